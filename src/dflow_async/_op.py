@@ -1,0 +1,404 @@
+"""OPs: reusable typed operations, in Dflow's class style or as decorated functions."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import os
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dflow_async._types import describe, matches
+from dflow_async.exceptions import SignatureError
+
+__all__ = [
+    "MISSING",
+    "OP",
+    "OPIO",
+    "Artifact",
+    "BigParameter",
+    "FunctionOP",
+    "OPIOSign",
+    "Parameter",
+    "StepContext",
+    "as_op",
+    "current_context",
+    "op",
+    "op_name",
+]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+#: Marks "no default": the port is required.
+MISSING: Any = _Missing()
+
+
+class Parameter:
+    """A small value passed in memory. ``Parameter(int, default=3)``."""
+
+    __slots__ = ("default", "description", "type")
+
+    def __init__(self, type: Any = Any, default: Any = MISSING, *, description: str | None = None):
+        self.type = type
+        self.default = default
+        self.description = description
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+    def __repr__(self) -> str:
+        default = "" if self.default is MISSING else f", default={self.default!r}"
+        return f"{type(self).__name__}({describe(self.type)}{default})"
+
+
+class BigParameter(Parameter):
+    """A large value; executors may pass it through the artifact store by reference."""
+
+    __slots__ = ()
+
+
+class Artifact:
+    """A file, a directory, or a list/dict of them, passed by path.
+
+    ``Artifact(Path)``, ``Artifact(list[Path])``, ``Artifact(dict[str, Path])``,
+    ``Artifact(Path, optional=True)``; in ``@op`` annotations also ``Annotated[Path, Artifact]``.
+    """
+
+    __slots__ = ("description", "optional", "type")
+
+    def __init__(
+        self, type: Any = Path, *, optional: bool = False, description: str | None = None
+    ) -> None:
+        self.type = type
+        self.optional = optional
+        self.description = description
+
+    @property
+    def required(self) -> bool:
+        return not self.optional
+
+    @property
+    def default(self) -> Any:
+        return None if self.optional else MISSING
+
+    def __repr__(self) -> str:
+        opt = ", optional=True" if self.optional else ""
+        return f"Artifact({describe(self.type)}{opt})"
+
+
+Port = Parameter | Artifact
+
+
+class OPIOSign(dict[str, Any]):
+    """The declared inputs or outputs of an OP: port name -> type, Parameter or Artifact."""
+
+    def ports(self) -> dict[str, Port]:
+        return {name: as_port(value) for name, value in self.items()}
+
+
+class OPIO(dict[str, Any]):
+    """The values an OP receives or returns, by port name."""
+
+
+def as_port(value: Any) -> Port:
+    """Normalise a sign entry: a bare type means ``Parameter(type)``."""
+    if isinstance(value, Parameter | Artifact):
+        return value
+    if value is Artifact:
+        return Artifact()
+    if typing.get_origin(value) is typing.Annotated:
+        base, *meta = typing.get_args(value)
+        for m in meta:
+            if m is Artifact:
+                return Artifact(base)
+            if isinstance(m, Artifact):
+                return Artifact(base, optional=m.optional, description=m.description)
+            if isinstance(m, Parameter):
+                return type(m)(base, m.default, description=m.description)
+    return Parameter(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Where the current attempt runs; ``current_context()`` returns it inside an OP.
+
+    ``async def`` OPs share the event loop's thread, so they cannot rely on the current
+    directory: they use ``workdir`` instead (relative output paths are resolved against it).
+    The directory is created on first access, so OPs that never touch files cost no mkdir.
+    """
+
+    workdir_path: Path
+    step: str
+    key: str | None
+    attempt: int
+    slice_index: int | None
+    run_id: str
+
+    @property
+    def workdir(self) -> Path:
+        os.makedirs(self.workdir_path, mode=0o700, exist_ok=True)
+        return self.workdir_path
+
+
+_current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("dflow_async_step")
+
+
+def current_context() -> StepContext:
+    """The context of the attempt being executed; fails outside an OP."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("current_context() is only available while an OP executes") from None
+
+
+class OP:
+    """Base class of class-style OPs (Dflow's ``dflow.python.OP``).
+
+    Override the classmethods :meth:`get_input_sign` / :meth:`get_output_sign` and
+    :meth:`execute` (plain or ``async def``). Instances are created with no arguments unless a
+    Step is given an instance.
+    """
+
+    #: Bump when the OP's meaning changes, to invalidate caches keyed on it.
+    version: ClassVar[str] = "0"
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign()
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign()
+
+    def execute(self, op_in: OPIO) -> Any:  # OPIO, or an awaitable of one for async OPs
+        raise NotImplementedError(f"{type(self).__name__}.execute() is not implemented")
+
+    @staticmethod
+    def exec_sign_check(func: Callable[..., Any]) -> Callable[..., Any]:
+        """Dflow's decorator; dflow-async always checks signs, so it changes nothing."""
+        return func
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.execute)
+
+    def input_ports(self) -> dict[str, Port]:
+        return OPIOSign(self.get_input_sign()).ports()
+
+    def output_ports(self) -> dict[str, Port]:
+        return OPIOSign(self.get_output_sign()).ports()
+
+
+class FunctionOP(OP):
+    """An OP made by :func:`op` from a function; calling it calls the function."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        inputs: dict[str, Port],
+        outputs: dict[str, Port],
+        single_output: bool,
+    ) -> None:
+        self.fn = fn
+        self._inputs = inputs
+        self._outputs = outputs
+        self._single = single_output
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = fn.__module__
+        self.__doc__ = fn.__doc__
+
+    def get_input_sign(self) -> OPIOSign:  # type: ignore[override]
+        return OPIOSign(self._inputs)
+
+    def get_output_sign(self) -> OPIOSign:  # type: ignore[override]
+        return OPIOSign(self._outputs)
+
+    def input_ports(self) -> dict[str, Port]:
+        return self._inputs
+
+    def output_ports(self) -> dict[str, Port]:
+        return self._outputs
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def execute(self, op_in: OPIO) -> Any:
+        result = self.fn(**op_in)
+        if inspect.isawaitable(result):
+            return self._await_and_wrap(result)
+        return self._wrap(result)
+
+    async def _await_and_wrap(self, awaitable: Any) -> OPIO:
+        return self._wrap(await awaitable)
+
+    def _wrap(self, result: Any) -> OPIO:
+        if self._single:
+            return OPIO(result=result)
+        if not self._outputs and result is None:
+            return OPIO()
+        if not isinstance(result, Mapping):
+            raise SignatureError(
+                f"OP {self.__qualname__!r} must return a dict with keys "
+                f"{sorted(self._outputs)} (its return annotation), got {type(result).__name__}"
+            )
+        return OPIO(result)
+
+    def __repr__(self) -> str:
+        return f"<op {self.__module__}.{self.__qualname__}>"
+
+    def __reduce__(self) -> Any:
+        # Pickle by reference when the module attribute is this very object: workers import
+        # it instead of receiving the function's code (and its globals) by value.
+        module = sys.modules.get(self.__module__)
+        if module is not None and self.__module__ != "__main__":
+            target: Any = module
+            try:
+                for part in self.__qualname__.split("."):
+                    target = getattr(target, part)
+            except AttributeError:
+                target = None
+            if target is self:
+                return (_import_object, (self.__module__, self.__qualname__))
+        return (FunctionOP, (self.fn, self._inputs, self._outputs, self._single))
+
+
+def _import_object(module: str, qualname: str) -> Any:
+    import importlib
+
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def op(fn: Callable[..., Any]) -> FunctionOP:
+    """Make an OP from a plain or ``async def`` function.
+
+    Inputs come from the parameters (defaults make them optional); outputs from the return
+    annotation: a dict literal ``{"name": type}``, a ``TypedDict``, or a single type (one output
+    named ``result``). ``Artifact(Path)`` or ``Annotated[Path, Artifact]`` marks artifact ports.
+    """
+    if not callable(fn):
+        raise TypeError(f"@op decorates a function, got {fn!r}")
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception as exc:  # a NameError in a string annotation, typically
+        raise SignatureError(f"cannot read the annotations of {fn.__qualname__!r}: {exc}") from exc
+    inputs: dict[str, Port] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise SignatureError(
+                f"@op function {fn.__qualname__!r} cannot take *args/**kwargs ({name!r}): "
+                "every input must be a named port"
+            )
+        port = as_port(hints.get(name, Any))
+        if param.default is not param.empty:
+            if isinstance(port, Artifact):
+                port = Artifact(port.type, optional=True, description=port.description)
+            else:
+                port = type(port)(port.type, param.default, description=port.description)
+        inputs[name] = port
+    outputs, single = _outputs_from_annotation(fn, hints.get("return", inspect.Signature.empty))
+    return FunctionOP(fn, inputs, outputs, single)
+
+
+def _outputs_from_annotation(fn: Callable[..., Any], ann: Any) -> tuple[dict[str, Port], bool]:
+    if ann is inspect.Signature.empty or ann is None or ann is type(None):
+        return {}, False
+    if isinstance(ann, dict):
+        return {str(k): as_port(v) for k, v in ann.items()}, False
+    if isinstance(ann, type) and issubclass(ann, dict) and hasattr(ann, "__total__"):
+        hints = typing.get_type_hints(ann, include_extras=True)
+        return {k: as_port(v) for k, v in hints.items()}, False
+    return {"result": as_port(ann)}, True
+
+
+def as_op(template: Any) -> OP:
+    """An OP instance for a Step's ``template``: an OP class, an OP instance or an ``@op``."""
+    if isinstance(template, OP):
+        return template
+    if isinstance(template, type) and issubclass(template, OP):
+        return template()
+    raise TypeError(
+        f"a Step template must be an OP class, an OP instance, an @op function, Steps or DAG; "
+        f"got {template!r}"
+    )
+
+
+def op_name(op: OP) -> str:
+    if isinstance(op, FunctionOP):
+        return f"{op.__module__}.{op.__qualname__}"
+    cls = type(op)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_opio(
+    ports: Mapping[str, Port], values: Mapping[str, Any], *, op: str, direction: str
+) -> dict[str, Any]:
+    """Check values against ports; fill defaults. Raises SignatureError listing every problem."""
+    problems: list[str] = []
+    checked: dict[str, Any] = {}
+    for name in values:
+        if name not in ports:
+            problems.append(
+                f"{direction} {name!r} is not declared (declared: {sorted(ports) or 'none'})"
+            )
+    for name, port in ports.items():
+        if name in values:
+            value = values[name]
+            if value is None and (not port.required or port.default is None):
+                checked[name] = None
+                continue
+            if not matches(port.type, value):
+                kind = "artifact" if isinstance(port, Artifact) else "parameter"
+                problems.append(
+                    f"{direction} {kind} {name!r} expects {describe(port.type)}, "
+                    f"got {type(value).__name__} ({_short(value)})"
+                )
+            checked[name] = value
+        elif port.required:
+            problems.append(f"{direction} {name!r} is required but missing")
+        else:
+            checked[name] = port.default
+    if problems:
+        raise SignatureError(f"OP {op!r}: " + "; ".join(problems))
+    return checked
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_artifact_port(port: Port) -> bool:
+    return isinstance(port, Artifact)
+
+
+def artifact_paths(value: Any) -> list[Path]:
+    """Every path inside an artifact value (a path, or a list/dict of paths)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in artifact_paths(v)]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in artifact_paths(v)]
+    return [Path(value)]

@@ -1,0 +1,80 @@
+"""Value objects that cross the scheduler/executor boundary.
+
+An executor receives an :class:`AttemptSpec` and returns an :class:`AttemptOutcome`. Both are
+frozen and picklable, so every transport (a thread, a process pipe, Dask, Ray, a pod) moves the
+same bytes and behaves the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AttemptOutcome",
+    "AttemptSpec",
+    "Failed",
+    "FailureKind",
+    "SliceInput",
+    "Succeeded",
+]
+
+#: Why an attempt failed. ``user``: the OP raised; ``transient``/``fatal``: the OP raised
+#: TransientError/FatalError; ``infra``: the worker or transport broke; ``lost``: the attempt
+#: vanished (worker killed); ``timeout``: the step's timeout expired; ``cancelled``: the run
+#: was cancelled.
+FailureKind = Literal["user", "transient", "fatal", "infra", "lost", "timeout", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SliceInput:
+    """What one slice of an attempt needs: its inputs and the directory it runs in."""
+
+    index: int | None  # slice index within a fan-out, None for a plain step
+    inputs: dict[str, Any]  # parameter values and artifact local paths, by port name
+    workdir: str  # absolute; created by the worker if missing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptSpec:
+    """One attempt of one step (a group of slices when ``group_size`` batches them)."""
+
+    attempt_id: str  # unique per run: "<step path>#<unit>@<attempt>"
+    run_id: str
+    step: str  # the step's path in the run, e.g. "loop/next/plus1"
+    key: str | None
+    attempt: int  # 0 for the first try
+    op: Any  # an OP instance; Any because executors may also carry it as pickled bytes
+    slices: tuple[SliceInput, ...]
+    timeout: float | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Succeeded:
+    """The attempt ran every slice; ``outputs`` holds one mapping per slice, in order."""
+
+    outputs: tuple[dict[str, Any], ...]
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    """The attempt failed. ``retryable`` is the worker's view; the scheduler's policy decides."""
+
+    kind: FailureKind
+    error: str  # one line: "ValueError: bad input"
+    traceback: str = ""
+    retryable: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+AttemptOutcome = Succeeded | Failed

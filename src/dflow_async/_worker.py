@@ -1,0 +1,219 @@
+"""run_attempt: the one function every executor runs, wherever it runs.
+
+It checks inputs against the OP's sign, runs the OP in the slice's work directory, checks the
+outputs, and turns artifact paths into absolute paths that stay inside the work directory.
+Everything that goes wrong becomes a :class:`Failed` value; nothing is raised to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import os
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dflow_async._op import (
+    OP,
+    OPIO,
+    Artifact,
+    StepContext,
+    _current,
+    check_opio,
+    op_name,
+)
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
+from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
+
+__all__ = ["arun_attempt", "failure_from_exception", "run_attempt", "thread_owns_cwd"]
+
+
+def run_attempt(spec: AttemptSpec, *, chdir: bool = True) -> AttemptOutcome:
+    """Run every slice of the attempt in this thread. ``chdir`` moves into each work dir:
+    safe in a worker process, or in a thread that called :func:`thread_owns_cwd`."""
+    start = time.perf_counter()
+    op: OP = spec.op
+    outputs: list[dict[str, Any]] = []
+    try:
+        for piece in spec.slices:
+            ctx = _context(spec, piece)
+            with _in_workdir(ctx.workdir_path, chdir):
+                inputs = _check_inputs(op, piece)
+                token = _current.set(ctx)
+                try:
+                    result = op.execute(OPIO(inputs))
+                    if inspect.isawaitable(result):
+                        result = asyncio.run(_await(result))
+                finally:
+                    _current.reset(token)
+                outputs.append(_check_outputs(op, result, ctx.workdir_path, piece))
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            raise
+        return failure_from_exception(exc, time.perf_counter() - start)
+    return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
+
+
+async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
+    """Run an ``async def`` OP's slices in the calling event loop (no cwd change)."""
+    start = time.perf_counter()
+    op: OP = spec.op
+    outputs: list[dict[str, Any]] = []
+    try:
+        for piece in spec.slices:
+            ctx = _context(spec, piece)
+            inputs = _check_inputs(op, piece)
+            token = _current.set(ctx)
+            try:
+                result = op.execute(OPIO(inputs))
+                if inspect.isawaitable(result):
+                    result = await result
+            finally:
+                _current.reset(token)
+            outputs.append(_check_outputs(op, result, ctx.workdir_path, piece))
+    except Exception as exc:
+        return failure_from_exception(exc, time.perf_counter() - start)
+    return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _context(spec: AttemptSpec, piece: SliceInput) -> StepContext:
+    return StepContext(
+        workdir_path=Path(piece.workdir),
+        step=spec.step,
+        key=spec.key,
+        attempt=spec.attempt,
+        slice_index=piece.index,
+        run_id=spec.run_id,
+    )
+
+
+def _check_inputs(op: OP, piece: SliceInput) -> dict[str, Any]:
+    ports = op.input_ports()
+    values = check_opio(ports, piece.inputs, op=op_name(op), direction="input")
+    for name, port in ports.items():
+        if isinstance(port, Artifact) and values.get(name) is not None:
+            values[name] = _as_paths(values[name])
+    return values
+
+
+def _as_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_paths(v) for v in value]
+    return Path(value)
+
+
+def _check_outputs(op: OP, result: Any, workdir: Path, piece: SliceInput) -> dict[str, Any]:
+    if result is None:
+        result = {}
+    if not isinstance(result, dict):
+        raise SignatureError(
+            f"OP {op_name(op)!r} must return an OPIO (a dict of outputs), "
+            f"got {type(result).__name__}"
+        )
+    ports = op.output_ports()
+    values = check_opio(ports, result, op=op_name(op), direction="output")
+    inputs = _input_artifact_paths(op, piece)
+    for name, port in ports.items():
+        if isinstance(port, Artifact) and values.get(name) is not None:
+            values[name] = _commit_paths(values[name], workdir, inputs, op, name)
+    return values
+
+
+def _input_artifact_paths(op: OP, piece: SliceInput) -> set[str]:
+    from dflow_async._op import artifact_paths
+
+    found: set[str] = set()
+    for name, port in op.input_ports().items():
+        if isinstance(port, Artifact):
+            found.update(os.path.realpath(p) for p in artifact_paths(piece.inputs.get(name)))
+    return found
+
+
+def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: OP, port: str) -> Any:
+    """Absolute, checked paths: inside the work dir, or an input passed through unchanged."""
+    if isinstance(value, dict):
+        return {k: _commit_paths(v, workdir, inputs, op, port) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_commit_paths(v, workdir, inputs, op, port) for v in value]
+    path = Path(value)
+    if not path.is_absolute():
+        path = workdir / path
+    real = os.path.realpath(path)
+    root = os.path.realpath(workdir)
+    if not (real == root or real.startswith(root + os.sep)) and real not in inputs:
+        raise ArtifactError(
+            f"OP {op_name(op)!r} output artifact {port!r} points at {str(value)!r}, outside its "
+            f"work directory {str(workdir)!r}: write outputs under the current directory "
+            f"(or current_context().workdir) and return relative paths"
+        )
+    if not os.path.lexists(real):
+        raise ArtifactError(
+            f"OP {op_name(op)!r} output artifact {port!r}: {str(path)!r} does not exist; "
+            "the OP must create it before returning"
+        )
+    return Path(real)
+
+
+def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
+    text = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(exc))
+    if isinstance(exc, TransientError):
+        return Failed(kind="transient", error=text, traceback=tb, retryable=True, duration=duration)
+    if isinstance(exc, FatalError | SignatureError | ArtifactError):
+        return Failed(kind="fatal", error=text, traceback=tb, retryable=False, duration=duration)
+    return Failed(kind="user", error=text, traceback=tb, retryable=False, duration=duration)
+
+
+@contextmanager
+def _in_workdir(workdir: Path, chdir: bool) -> Iterator[None]:
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    if not chdir:
+        yield
+        return
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+_CLONE_FS = 0x00000200
+_owns_cwd = threading.local()
+
+
+def thread_owns_cwd() -> bool:
+    """Give the calling thread its own current directory (Linux ``unshare(CLONE_FS)``).
+
+    After this, ``os.chdir`` in this thread moves neither the main thread nor other workers,
+    so sync OPs in worker threads can run in their own work directories as they would in a
+    process. Returns False where the platform does not allow it.
+    """
+    if getattr(_owns_cwd, "value", None) is None:
+        ok = False
+        if hasattr(os, "unshare"):  # Python 3.12+
+            try:
+                os.unshare(_CLONE_FS)
+                ok = True
+            except OSError:
+                ok = False
+        else:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                ok = libc.unshare(_CLONE_FS) == 0
+            except (OSError, AttributeError):
+                ok = False
+        _owns_cwd.value = ok
+    return bool(_owns_cwd.value)

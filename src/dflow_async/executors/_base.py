@@ -1,0 +1,110 @@
+"""The executor plugin interface.
+
+An executor only moves an :class:`~dflow_async._spec.AttemptSpec` to a place that runs
+:func:`dflow_async._worker.run_attempt` and brings the outcome back. Retries, timeouts, limits and
+ordering live in the scheduler, so every executor behaves the same.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from dflow_async._spec import AttemptOutcome, AttemptSpec
+from dflow_async.exceptions import ExecutorClosedError
+
+__all__ = ["AttemptHandle", "Executor"]
+
+
+@dataclass(eq=False, slots=True)
+class AttemptHandle:
+    """What ``submit`` returns; executors keep their own state in ``token``."""
+
+    spec: AttemptSpec
+    token: Any = None  # executor-private: a future, a worker slot, a pod name...
+
+
+class Executor(ABC):
+    """Base class of every executor. Use it as an async context manager.
+
+    Subclasses implement :meth:`start`, :meth:`stop`, :meth:`submit`, :meth:`wait` and
+    :meth:`cancel`; :meth:`check_op` and :meth:`reattach` have safe defaults.
+    """
+
+    #: The name users pass as ``executor=``; also the entry-point name.
+    name: ClassVar[str]
+
+    _state: str = "new"  # new -> open -> closed
+
+    async def __aenter__(self) -> Self:
+        if self._state == "closed":
+            raise ExecutorClosedError(
+                f"Cannot reopen the {self.name!r} executor once it has been closed; create a new one."
+            )
+        if self._state == "new":
+            await self.start()
+            self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel whatever is still running and release resources. Idempotent."""
+        if self._state == "open":
+            self._state = "closed"
+            await self.stop()
+        self._state = "closed"
+
+    def _ensure_open(self) -> None:
+        if self._state != "open":
+            raise ExecutorClosedError(
+                f"The {self.name!r} executor is not open: use it inside 'async with executor:'."
+            )
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Acquire resources (pools, clients)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Kill outstanding attempts and release resources; leave no process behind."""
+
+    @abstractmethod
+    async def submit(self, spec: AttemptSpec) -> AttemptHandle:
+        """Start the attempt and return at once."""
+
+    @abstractmethod
+    async def wait(self, handle: AttemptHandle) -> AttemptOutcome:
+        """The attempt's outcome. Worker deaths come back as ``Failed(kind="lost"|"infra")``."""
+
+    @abstractmethod
+    async def cancel(self, handle: AttemptHandle) -> None:
+        """Stop the attempt (kill its process where there is one). Idempotent."""
+
+    async def reattach(self, handle: AttemptHandle) -> AttemptHandle | None:
+        """Find an attempt started by an earlier driver; ``None`` when it cannot be found."""
+        return None
+
+    def check_op(self, op: Any) -> str | None:
+        """A sentence saying why this executor cannot run ``op``, or ``None`` when it can."""
+        return None
+
+    async def run(self, spec: AttemptSpec) -> AttemptOutcome:
+        """Submit, wait, and cancel the attempt if the waiting task is cancelled."""
+        handle = await self.submit(spec)
+        try:
+            return await self.wait(handle)
+        except BaseException:
+            import anyio
+
+            with anyio.CancelScope(shield=True):
+                await self.cancel(handle)
+            raise
