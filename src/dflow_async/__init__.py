@@ -1,0 +1,93 @@
+"""dflow-async: Dflow-style scientific workflows on a fast asyncio scheduler.
+
+Import everything from here; the underscored modules are private.
+"""
+
+from __future__ import annotations
+
+from dflow_async._artifacts import download_artifact, upload_artifact
+from dflow_async._events import EventHook, configure_logging
+from dflow_async._graph import (
+    DAG,
+    InputArtifact,
+    InputParameter,
+    Inputs,
+    OutputArtifact,
+    OutputParameter,
+    Outputs,
+    RetryPolicy,
+    Slices,
+    Step,
+    Steps,
+)
+from dflow_async._op import (
+    OP,
+    OPIO,
+    Artifact,
+    BigParameter,
+    OPIOSign,
+    Parameter,
+    StepContext,
+    current_context,
+    op,
+)
+from dflow_async._records import StepRecord
+from dflow_async._refs import if_expression, item
+from dflow_async._workflow import Result, Workflow
+from dflow_async.exceptions import (
+    ArtifactError,
+    DflowAsyncError,
+    ExecutorClosedError,
+    ExecutorNotFoundError,
+    FatalError,
+    SignatureError,
+    StepError,
+    TransientError,
+    WorkflowFailedError,
+    WorkflowValidationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DAG",
+    "OP",
+    "OPIO",
+    "Artifact",
+    "ArtifactError",
+    "BigParameter",
+    "DflowAsyncError",
+    "EventHook",
+    "ExecutorClosedError",
+    "ExecutorNotFoundError",
+    "FatalError",
+    "InputArtifact",
+    "InputParameter",
+    "Inputs",
+    "OPIOSign",
+    "OutputArtifact",
+    "OutputParameter",
+    "Outputs",
+    "Parameter",
+    "Result",
+    "RetryPolicy",
+    "SignatureError",
+    "Slices",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepRecord",
+    "Steps",
+    "TransientError",
+    "Workflow",
+    "WorkflowFailedError",
+    "WorkflowValidationError",
+    "__version__",
+    "configure_logging",
+    "current_context",
+    "download_artifact",
+    "if_expression",
+    "item",
+    "op",
+    "upload_artifact",
+]

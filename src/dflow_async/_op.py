@@ -217,6 +217,7 @@ class FunctionOP(OP):
         self._inputs = inputs
         self._outputs = outputs
         self._single = single_output
+        self._is_async = inspect.iscoroutinefunction(fn)
         self.__name__ = fn.__name__
         self.__qualname__ = fn.__qualname__
         self.__module__ = fn.__module__
@@ -236,7 +237,7 @@ class FunctionOP(OP):
 
     @property
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+        return self._is_async
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

@@ -1,0 +1,64 @@
+"""Structured step events through structlog, quiet unless the application asks for them.
+
+Events go to the stdlib logger ``dflow_async`` (structlog renders them), so they follow the
+application's logging setup; a library that prints on its own is a library nobody embeds.
+``configure_logging()`` is the one-liner for scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from dflow_async._records import StepRecord
+
+__all__ = ["EventHook", "configure_logging", "logging_hook"]
+
+#: ``hook(kind, record, fields)``: kind is started, succeeded, failed, retrying, skipped or
+#: cancelled; ``record`` is the step's live :class:`StepRecord`.
+EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
+
+_stdlib_logger = logging.getLogger("dflow_async")
+_stdlib_logger.addHandler(logging.NullHandler())
+
+
+def _logger() -> Any:
+    return structlog.wrap_logger(
+        _stdlib_logger,
+        processors=[
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.KeyValueRenderer(key_order=["event", "run_id", "step", "key"]),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+def logging_hook(run_id: str) -> EventHook | None:
+    """A hook that logs step events, or None when nobody listens (zero cost per step)."""
+    if not _stdlib_logger.isEnabledFor(logging.INFO):
+        return None
+    log = _logger().bind(run_id=run_id)
+
+    def hook(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        method = log.warning if kind in ("failed", "retrying") else log.info
+        extra = {k: v for k, v in fields.items() if v is not None}
+        if record.duration is not None and kind in ("succeeded", "failed"):
+            extra["duration"] = round(record.duration, 6)
+        method(f"step_{kind}", step=record.path, key=record.key, attempt=record.attempts, **extra)
+
+    return hook
+
+
+def configure_logging(level: int | str = "INFO", stream: Any = None) -> None:
+    """Print step events to ``stream`` (stderr by default) at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for h in list(_stdlib_logger.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler):
+            _stdlib_logger.removeHandler(h)
+    _stdlib_logger.addHandler(handler)
+    _stdlib_logger.setLevel(level)

@@ -1,0 +1,463 @@
+"""References and expressions: how a step's inputs, keys and conditions point at values that
+exist only at run time (template inputs, other steps' outputs, the fan-out ``item``).
+
+References format as Dflow's placeholders (``{{inputs.parameters.iter}}``,
+``{{steps.plus1.outputs.parameters.iter}}``, ``{{item}}``), so f-strings and %-formatting build
+key templates exactly as in Dflow; those strings are rendered per execution by :func:`render`.
+Python operators on references build :class:`Expr` trees, evaluated by the scheduler: nothing is
+ever passed to ``eval``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dflow_async._graph import Step
+
+__all__ = [
+    "Expr",
+    "Ref",
+    "Scope",
+    "Unavailable",
+    "evaluate",
+    "if_expression",
+    "item",
+    "placeholders",
+    "render",
+]
+
+
+class Unavailable(Exception):
+    """A referenced value does not exist: its producer was skipped or failed."""
+
+
+class Scope(Protocol):
+    """What evaluation needs from the scheduler: the running template's values."""
+
+    def input_value(self, name: str, kind: str) -> Any: ...
+    def output_value(self, step: str, name: str, kind: str) -> Any: ...
+    def item_value(self) -> Any: ...
+
+
+class Ref:
+    """Base of every run-time reference; operators build expressions."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__
+
+    def evaluate(self, scope: Scope) -> Any:
+        raise NotImplementedError
+
+    def placeholder(self) -> str:
+        raise NotImplementedError
+
+    def refs(self) -> Iterator[Ref]:
+        """Every leaf reference inside (itself for a leaf)."""
+        yield self
+
+    def __str__(self) -> str:
+        return self.placeholder()
+
+    def __format__(self, spec: str) -> str:
+        return self.placeholder()
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "a reference has no truth value until the workflow runs: combine conditions with "
+            "& | ~ instead of and/or/not, and pass them as when=..."
+        )
+
+    # comparisons and arithmetic build expressions
+    def __lt__(self, other: Any) -> Expr:
+        return Expr(operator.lt, "<", self, other)
+
+    def __le__(self, other: Any) -> Expr:
+        return Expr(operator.le, "<=", self, other)
+
+    def __gt__(self, other: Any) -> Expr:
+        return Expr(operator.gt, ">", self, other)
+
+    def __ge__(self, other: Any) -> Expr:
+        return Expr(operator.ge, ">=", self, other)
+
+    def __eq__(self, other: Any) -> Expr:  # type: ignore[override]
+        return Expr(operator.eq, "==", self, other)
+
+    def __ne__(self, other: Any) -> Expr:  # type: ignore[override]
+        return Expr(operator.ne, "!=", self, other)
+
+    def __add__(self, other: Any) -> Expr:
+        return Expr(operator.add, "+", self, other)
+
+    def __radd__(self, other: Any) -> Expr:
+        return Expr(operator.add, "+", other, self)
+
+    def __sub__(self, other: Any) -> Expr:
+        return Expr(operator.sub, "-", self, other)
+
+    def __rsub__(self, other: Any) -> Expr:
+        return Expr(operator.sub, "-", other, self)
+
+    def __mul__(self, other: Any) -> Expr:
+        return Expr(operator.mul, "*", self, other)
+
+    def __rmul__(self, other: Any) -> Expr:
+        return Expr(operator.mul, "*", other, self)
+
+    def __truediv__(self, other: Any) -> Expr:
+        return Expr(operator.truediv, "/", self, other)
+
+    def __floordiv__(self, other: Any) -> Expr:
+        return Expr(operator.floordiv, "//", self, other)
+
+    def __mod__(self, other: Any) -> Expr:
+        return Expr(operator.mod, "%", self, other)
+
+    def __and__(self, other: Any) -> Expr:
+        return Expr(_and, "&", self, other)
+
+    def __or__(self, other: Any) -> Expr:
+        return Expr(_or, "|", self, other)
+
+    def __invert__(self) -> Expr:
+        return Expr(operator.not_, "~", self)
+
+    def __neg__(self) -> Expr:
+        return Expr(operator.neg, "-", self)
+
+    def __getitem__(self, key: Any) -> Expr:
+        return Expr(operator.getitem, "[]", self, key)
+
+    def __len__(self) -> int:
+        raise TypeError("len() of a reference is unknown before the run: use argo_len(ref)")
+
+
+def _and(a: Any, b: Any) -> bool:
+    return bool(a) and bool(b)
+
+
+def _or(a: Any, b: Any) -> bool:
+    return bool(a) or bool(b)
+
+
+class Expr(Ref):
+    """``fn(*args)`` evaluated at run time; args may be references or plain values."""
+
+    __slots__ = ("args", "fn", "symbol")
+
+    def __init__(self, fn: Callable[..., Any], symbol: str, *args: Any) -> None:
+        self.fn = fn
+        self.symbol = symbol
+        self.args = args
+
+    def evaluate(self, scope: Scope) -> Any:
+        return self.fn(*(evaluate(a, scope) for a in self.args))
+
+    def refs(self) -> Iterator[Ref]:
+        for a in self.args:
+            yield from iter_refs(a)
+
+    def placeholder(self) -> str:
+        if len(self.args) == 2 and self.symbol != "[]":
+            return f"({_show(self.args[0])} {self.symbol} {_show(self.args[1])})"
+        if self.symbol == "[]":
+            return f"{_show(self.args[0])}[{self.args[1]!r}]"
+        return f"{self.symbol}({', '.join(_show(a) for a in self.args)})"
+
+    def __repr__(self) -> str:
+        return f"<expr {self.placeholder()}>"
+
+
+def _show(value: Any) -> str:
+    return value.placeholder() if isinstance(value, Ref) else repr(value)
+
+
+class IfExpr(Ref):
+    """``if_expression(_if, _then, _else)``: evaluates only the branch it takes, so the branch
+    not taken may refer to a skipped step."""
+
+    __slots__ = ("cond", "else_", "then")
+
+    def __init__(self, cond: Any, then: Any, else_: Any) -> None:
+        self.cond = cond
+        self.then = then
+        self.else_ = else_
+
+    def evaluate(self, scope: Scope) -> Any:
+        cond = evaluate(self.cond, scope)
+        if isinstance(cond, str):
+            cond = _truthy_string(cond)
+        return evaluate(self.then if cond else self.else_, scope)
+
+    def refs(self) -> Iterator[Ref]:
+        for a in (self.cond, self.then, self.else_):
+            yield from iter_refs(a)
+
+    def placeholder(self) -> str:
+        return f"({_show(self.then)} if {_show(self.cond)} else {_show(self.else_)})"
+
+
+def if_expression(_if: Any, _then: Any, _else: Any) -> IfExpr:
+    """A conditional value, as in Dflow: ``_then`` when ``_if`` holds, else ``_else``."""
+    return IfExpr(_if, _then, _else)
+
+
+class ItemRef(Ref):
+    """The current fan-out item (``with_param`` / ``Slices``); ``item["a"]`` digs into it."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: tuple[Any, ...] = ()) -> None:
+        self.path = path
+
+    def evaluate(self, scope: Scope) -> Any:
+        value = scope.item_value()
+        for part in self.path:
+            value = value[part]
+        return value
+
+    def __getitem__(self, key: Any) -> ItemRef:  # type: ignore[override]
+        return ItemRef((*self.path, key))
+
+    def placeholder(self) -> str:
+        return "{{" + ".".join(["item", *map(str, self.path)]) + "}}"
+
+
+#: The fan-out item placeholder: ``Step(..., parameters={"x": item}, with_param=[...])``.
+item = ItemRef()
+
+
+def iter_refs(value: Any) -> Iterator[Ref]:
+    """Every leaf reference in a value (a reference, an expression, or a list/dict of them)."""
+    if isinstance(value, Ref):
+        yield from value.refs()
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from iter_refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from iter_refs(v)
+
+
+def evaluate(value: Any, scope: Scope) -> Any:
+    """The run-time value of a bound input: references resolved, templates rendered."""
+    if isinstance(value, Ref):
+        return value.evaluate(scope)
+    if isinstance(value, str):
+        if "{{" in value:
+            return render(value, scope)
+        return value
+    if isinstance(value, list):
+        return [evaluate(v, scope) for v in value]
+    if isinstance(value, tuple):
+        return tuple(evaluate(v, scope) for v in value)
+    if isinstance(value, dict):
+        return {k: evaluate(v, scope) for k, v in value.items()}
+    return value
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+
+
+def placeholders(text: str) -> list[str]:
+    """The placeholder paths in a template string: ``["inputs.parameters.iter", "item"]``."""
+    return _PLACEHOLDER.findall(text)
+
+
+def placeholder_steps(text: str) -> list[str]:
+    """Names of steps a template string refers to (``steps.X...`` or ``tasks.X...``)."""
+    names = []
+    for path in placeholders(text):
+        parts = path.split(".")
+        if parts[0] in ("steps", "tasks") and len(parts) >= 2:
+            names.append(parts[1])
+    return names
+
+
+def resolve_placeholder(path: str, scope: Scope) -> Any:
+    parts = path.split(".")
+    head = parts[0]
+    if head == "item":
+        value = scope.item_value()
+        for part in parts[1:]:
+            value = value[int(part)] if isinstance(value, list | tuple) else value[part]
+        return value
+    if head == "inputs" and len(parts) == 3 and parts[1] in ("parameters", "artifacts"):
+        return scope.input_value(parts[2], parts[1])
+    if (
+        head in ("steps", "tasks")
+        and len(parts) == 5
+        and parts[2] == "outputs"
+        and parts[3] in ("parameters", "artifacts")
+    ):
+        return scope.output_value(parts[1], parts[4], parts[3])
+    raise ValueError(f"unknown placeholder {{{{{path}}}}}")
+
+
+def render(text: str, scope: Scope) -> Any:
+    """Render a template string. A string that is exactly one placeholder yields the raw value
+    (an int stays an int), as Dflow does when it parses parameters by their sign's type."""
+    match = _PLACEHOLDER.fullmatch(text.strip())
+    if match:
+        return resolve_placeholder(match.group(1), scope)
+    return _PLACEHOLDER.sub(lambda m: _as_text(resolve_placeholder(m.group(1), scope)), text)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    import json
+
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
+
+
+def _truthy_string(text: str) -> bool:
+    return text.strip().lower() not in ("", "false", "0", "none", "null")
+
+
+def referenced_steps(value: Any) -> Iterator[Step | str]:
+    """Producers a bound value depends on: Step objects from references, names from strings."""
+    from dflow_async._graph import OutputRef
+
+    for ref in iter_refs(value):
+        if isinstance(ref, OutputRef):
+            yield ref.step
+    yield from _string_steps(value)
+
+
+def _string_steps(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield from placeholder_steps(value)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _string_steps(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _string_steps(v)
+    elif isinstance(value, Expr):
+        for a in value.args:
+            yield from _string_steps(a)
+    elif isinstance(value, IfExpr):
+        for a in (value.cond, value.then, value.else_):
+            yield from _string_steps(a)
+
+
+def uses_item(value: Any) -> bool:
+    """Whether a bound value depends on the fan-out item (so it is evaluated per slice)."""
+    if any(isinstance(r, ItemRef) for r in iter_refs(value)):
+        return True
+    return any(p.split(".")[0] == "item" for p in _string_placeholders(value))
+
+
+def _string_placeholders(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield from placeholders(value)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _string_placeholders(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _string_placeholders(v)
+
+
+def safe_condition(text: str, scope: Scope) -> Any:
+    """Evaluate a Dflow/Argo ``when`` string such as ``"{{steps.a.outputs.parameters.n}} < 3"``.
+
+    Placeholders become bound names (never pasted-in source), the govaluate operators
+    ``&& || !`` become Python's, and the result is computed by walking the AST with a short
+    list of allowed nodes: comparisons, boolean and arithmetic operators, literals.
+    """
+    import ast
+
+    values: dict[str, Any] = {}
+
+    def bind(match: re.Match[str]) -> str:
+        name = f"_v{len(values)}"
+        value = resolve_placeholder(match.group(1), scope)
+        # Argo compares the text of parameters: a quoted placeholder ("{{x}}") stays a string
+        values[name] = value
+        return name
+
+    source = _PLACEHOLDER.sub(bind, text)
+    source = re.sub(r"([\"'])(_v\d+)\1", r"str(\2)", source)
+    source = source.replace("&&", " and ").replace("||", " or ")
+    source = re.sub(r"!(?!=)", " not ", source)
+    source = re.sub(r"\btrue\b", "True", source)
+    source = re.sub(r"\bfalse\b", "False", source)
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"cannot parse condition {text!r}: {exc.msg}") from None
+    return _eval_node(tree.body, values, text)
+
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {}
+_CMPOPS: dict[type, Callable[[Any, Any], Any]] = {}
+
+
+def _init_ops() -> None:
+    import ast
+
+    _BINOPS.update({
+        ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    })
+    _CMPOPS.update({
+        ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+        ast.Eq: _loose_eq, ast.NotEq: lambda a, b: not _loose_eq(a, b),
+        ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    })
+
+
+def _loose_eq(a: Any, b: Any) -> bool:
+    # Argo compares parameters as text: "3" == 3 and "true" == True hold there
+    if a == b:
+        return True
+    return _as_text(a).strip('"') == _as_text(b).strip('"') if type(a) is not type(b) else False
+
+
+def _eval_node(node: Any, values: dict[str, Any], text: str) -> Any:
+    import ast
+
+    if not _BINOPS:
+        _init_ops()
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in values:
+            return values[node.id]
+        if node.id in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[node.id]
+    if isinstance(node, ast.BoolOp):
+        results = (_eval_node(v, values, text) for v in node.values)
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.UnaryOp):
+        operand = _eval_node(node.operand, values, text)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        if isinstance(node.op, ast.USub):
+            return -operand
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](
+            _eval_node(node.left, values, text), _eval_node(node.right, values, text)
+        )
+    if isinstance(node, ast.Compare):
+        left = _eval_node(node.left, values, text)
+        for op_, comp in zip(node.ops, node.comparators):
+            right = _eval_node(comp, values, text)
+            if type(op_) not in _CMPOPS or not _CMPOPS[type(op_)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str":
+        return _as_text(_eval_node(node.args[0], values, text))
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_eval_node(e, values, text) for e in node.elts]
+    raise ValueError(f"condition {text!r} uses an unsupported construct ({type(node).__name__})")

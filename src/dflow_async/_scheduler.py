@@ -1,0 +1,79 @@
+"""The asyncio shell around :class:`~dflow_async._state.RunState`: it launches attempts on
+executors, sleeps before retries, enforces timeouts, and feeds outcomes back."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from dflow_async._spec import AttemptOutcome, Failed
+from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
+from dflow_async.executors._base import Executor
+
+__all__ = ["execute"]
+
+
+class _Shell:
+    def __init__(
+        self, state: RunState, executors: dict[Any, Executor], tg: anyio.abc.TaskGroup
+    ) -> None:
+        self.state = state
+        self.executors = executors
+        self.tg = tg
+
+    def apply(self, instructions: list[Instruction]) -> None:
+        start = self.tg.start_soon
+        for ins in instructions:
+            if isinstance(ins, Launch):
+                start(self.run_unit, ins.unit)
+            elif isinstance(ins, Retry):
+                start(self.retry_later, ins.unit, ins.delay)
+            elif isinstance(ins, Finish):
+                pass  # the task group ends when the last attempt does
+
+    async def run_unit(self, unit: Unit) -> None:
+        spec = unit.spec
+        executor = self.executors[unit.sr.node.executor]
+        try:
+            if spec.timeout is None:
+                outcome: AttemptOutcome = await executor.run(spec)
+            else:
+                with anyio.move_on_after(spec.timeout) as scope:
+                    outcome = await executor.run(spec)
+                if scope.cancelled_caught:
+                    outcome = Failed(
+                        kind="timeout",
+                        error=f"step {spec.step!r} timed out after {spec.timeout:g} s and was "
+                        "stopped; raise timeout= if it needs longer",
+                        retryable=True,
+                        duration=spec.timeout,
+                    )
+        except Exception as exc:  # a broken executor must not take the run down silently
+            outcome = Failed(
+                kind="infra",
+                error=f"executor {executor.name!r} failed: {type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+        self.apply(self.state.unit_finished(unit, outcome))
+
+    async def retry_later(self, unit: Unit, delay: float) -> None:
+        await anyio.sleep(delay)
+        self.apply(self.state.retry_due(unit))
+
+
+async def execute(state: RunState, executors: dict[Any, Executor]) -> str:
+    """Run to completion; returns the final status. Cancelling this coroutine cancels every
+    running attempt (executors kill their processes) before it returns."""
+    async with contextlib.AsyncExitStack() as stack:
+        for executor in executors.values():
+            await stack.enter_async_context(executor)
+        try:
+            async with anyio.create_task_group() as tg:
+                _Shell(state, executors, tg).apply(state.start())
+        except BaseException:
+            state.cancel()
+            raise
+    return state.status

@@ -1,0 +1,658 @@
+"""The run's state machine: events in, instructions out, no I/O.
+
+The asyncio shell (:mod:`dflow_async._scheduler`) feeds it attempt outcomes and carries out the
+instructions it returns (launch an attempt, retry one after a delay, finish). All bookkeeping is
+O(1) per event: predecessor counters are decremented, never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dflow_async._compile import CompiledStep, CompiledTemplate
+from dflow_async._op import MISSING
+from dflow_async._records import StepRecord
+from dflow_async._refs import Ref, Unavailable, evaluate, render, safe_condition
+from dflow_async._spec import AttemptSpec, Failed, SliceInput
+
+__all__ = ["Finish", "Launch", "Retry", "RunState", "Unit"]
+
+SKIPPED: Any = "<skipped>"
+FAILED: Any = "<failed>"
+
+EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """One attempt of a group of slices of an OP step."""
+
+    sr: StepRun
+    number: int  # unit index within the step
+    slice_ids: range
+    attempt: int
+    spec: AttemptSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    unit: Unit
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    unit: Unit
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    status: str
+
+
+Instruction = Launch | Retry | Finish
+
+
+class TemplateRun:
+    """One execution of a Steps/DAG template; implements the evaluation scope."""
+
+    __slots__ = (
+        "ct",
+        "failing",
+        "inputs",
+        "n_active",
+        "parent",
+        "path",
+        "pending",
+        "remaining",
+        "results",
+        "runs",
+        "unit_index",
+    )
+
+    def __init__(
+        self,
+        ct: CompiledTemplate,
+        inputs: dict[str, Any],
+        parent: StepRun | None,
+        path: str,
+        unit_index: int = 0,
+    ) -> None:
+        self.ct = ct
+        self.inputs = inputs
+        self.parent = parent
+        self.path = path
+        self.unit_index = unit_index
+        self.remaining = [n.npreds for n in ct.nodes]
+        self.results: list[Any] = [None] * len(ct.nodes)
+        self.runs: list[StepRun | None] = [None] * len(ct.nodes)
+        self.pending = len(ct.nodes)  # nodes not done yet
+        self.n_active = 0  # step runs started and not finished
+        self.failing = False
+
+    # Scope protocol
+    def input_value(self, name: str, kind: str) -> Any:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise Unavailable(f"template {self.ct.name!r} has no input {name!r}") from None
+
+    def output_value(self, step: str, name: str, kind: str) -> Any:
+        idx = self.ct.by_name.get(step)
+        result = self.results[idx] if idx is not None else None
+        if result is None or result is SKIPPED or result is FAILED:
+            state = {None: "not finished", SKIPPED: "skipped"}.get(result, "failed")
+            raise Unavailable(f"step {step!r} is {state}")
+        value = result[kind].get(name, MISSING)
+        if value is MISSING:
+            raise Unavailable(f"step {step!r} produced no {name!r}")
+        return value
+
+    def item_value(self) -> Any:
+        raise Unavailable("item is only defined in a fan-out step")
+
+
+class _ItemScope:
+    __slots__ = ("base", "item")
+
+    def __init__(self, base: TemplateRun, item: Any) -> None:
+        self.base = base
+        self.item = item
+
+    def input_value(self, name: str, kind: str) -> Any:
+        return self.base.input_value(name, kind)
+
+    def output_value(self, step: str, name: str, kind: str) -> Any:
+        return self.base.output_value(step, name, kind)
+
+    def item_value(self) -> Any:
+        return self.item
+
+
+class StepRun:
+    """One execution of one step node inside a template run."""
+
+    __slots__ = (
+        "children",
+        "common",
+        "done_units",
+        "failed",
+        "finished",
+        "indices",
+        "inflight",
+        "items",
+        "n_slices",
+        "n_units",
+        "next_unit",
+        "node",
+        "queued",
+        "record",
+        "running",
+        "slice_outputs",
+        "trun",
+    )
+
+    def __init__(self, trun: TemplateRun, node: CompiledStep, record: StepRecord) -> None:
+        self.trun = trun
+        self.node = node
+        self.record = record
+        self.common: dict[str, Any] = {}
+        self.items: list[Any] | None = None  # fan-out items
+        self.indices: list[int] | None = None  # which element of sliced inputs each item takes
+        self.n_slices = 1
+        self.n_units = 1
+        self.next_unit = 0
+        self.running = 0  # launched and not finished (excludes pending retries)
+        self.inflight = 0  # running + waiting for a retry
+        self.done_units = 0
+        self.failed = False  # a failure the step cannot tolerate: launch nothing more
+        self.finished = False
+        self.children: list[TemplateRun] = []
+        self.queued = False
+        self.slice_outputs: list[Any] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.failed or self.trun.failing
+
+    @property
+    def group_size(self) -> int:
+        sl = self.node.step.slices if self.node.step else None
+        return (sl.group_size or 1) if sl else 1
+
+    @property
+    def pool(self) -> int | None:
+        sl = self.node.step.slices if self.node.step else None
+        return sl.pool_size if sl else None
+
+
+class RunState:
+    """Everything the scheduler decides, as plain method calls returning instructions."""
+
+    def __init__(
+        self,
+        root: CompiledTemplate,
+        *,
+        run_id: str,
+        run_dir: str,
+        inputs: dict[str, Any] | None = None,
+        parallelism: int | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.root_ct = root
+        self.run_id = run_id
+        self.run_dir = run_dir.rstrip("/")
+        self.parallelism = parallelism
+        self.on_event = on_event
+        self.records: list[StepRecord] = []
+        self.ready: deque[StepRun] = deque()
+        self.retries: deque[Unit] = deque()
+        self.running = 0
+        self.status = "Running"
+        self.outputs: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
+        self._initial_inputs = dict(inputs or {})
+        self.root: TemplateRun | None = None
+
+    # ------------------------------------------------------------------ events in
+
+    def start(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        inputs = {n: i.default for n, i in self.root_ct.inputs.items()}
+        inputs.update(self._initial_inputs)
+        self.root = TemplateRun(self.root_ct, inputs, None, "")
+        self._start_template(self.root, out)
+        self._pump(out)
+        return out
+
+    def unit_finished(self, unit: Unit, outcome: Any) -> list[Instruction]:
+        out: list[Instruction] = []
+        sr = unit.sr
+        self.running -= 1
+        sr.running -= 1
+        sr.record.attempts += 1
+        if outcome.ok:
+            sr.inflight -= 1
+            sr.done_units += 1
+            base = unit.slice_ids.start
+            for offset, values in enumerate(outcome.outputs):
+                sr.slice_outputs[base + offset] = values
+            self._maybe_finish_step(sr, out)
+        else:
+            self._unit_failed(unit, outcome, out)
+        self._pump(out)
+        return out
+
+    def retry_due(self, unit: Unit) -> list[Instruction]:
+        out: list[Instruction] = []
+        self.retries.append(unit)
+        self._pump(out)
+        return out
+
+    def cancel(self) -> None:
+        """The shell was cancelled: mark what was running as Cancelled."""
+        for rec in self.records:
+            if rec.phase in ("Running", "Pending"):
+                rec.phase = "Cancelled"
+                rec.end = time.time()
+        self.status = "Cancelled"
+
+    # ------------------------------------------------------------------ templates
+
+    def _start_template(self, trun: TemplateRun, out: list[Instruction]) -> None:
+        if not trun.ct.nodes:
+            self._template_done(trun, out)
+            return
+        for idx in trun.ct.roots:
+            self._node_ready(trun, idx, out)
+
+    def _node_ready(self, trun: TemplateRun, idx: int, out: list[Instruction]) -> None:
+        if trun.failing:
+            return
+        node = trun.ct.nodes[idx]
+        if node.step is None:  # a barrier between Steps groups
+            self._node_done(trun, idx, {}, out)
+            return
+        step = node.step
+        path = f"{trun.path}/{node.name}" if trun.path else node.name
+        template = node.op and type(node.op).__name__
+        if node.sub is not None:
+            template = node.sub.name
+        elif node.op is not None and hasattr(node.op, "__qualname__"):
+            template = getattr(node.op, "__qualname__", template)
+        record = StepRecord(name=node.name, path=path, template=str(template))
+        self.records.append(record)
+        sr = StepRun(trun, node, record)
+        trun.runs[idx] = sr
+        trun.n_active += 1
+        try:
+            if not self._prepare(sr, trun):
+                self._skip(sr, out)
+                return
+        except Unavailable as exc:
+            self._skip(sr, out, str(exc))
+            return
+        except Exception as exc:  # a broken expression or input: fail this step, clearly
+            record.errors.append(f"{type(exc).__name__}: {exc}")
+            sr.failed = True
+            self._finish_step(sr, out)
+            return
+        if node.sub is not None:
+            self._start_children(sr, out)
+        else:
+            sr.queued = True
+            self.ready.append(sr)
+
+    def _prepare(self, sr: StepRun, trun: TemplateRun) -> bool:
+        """Resolve the step's condition, inputs, key and fan-out. False: skip the step."""
+        node = sr.node
+        step = node.step
+        assert step is not None
+        common: dict[str, Any] = {}
+        for b in node.bindings:
+            if b.per_item:
+                continue
+            try:
+                common[b.port] = evaluate(b.value, trun)
+            except Unavailable:
+                if node.inputs[b.port].default is MISSING:
+                    raise
+        for port, info in node.inputs.items():
+            if port not in common and info.default is not MISSING:
+                if not any(b.port == port and b.per_item for b in node.bindings):
+                    common[port] = info.default
+        sr.common = common
+        when = step.when
+        if when is not None and not self._condition(when, trun, common):
+            return False
+        if step.key is not None:
+            sr.record.key = str(render(step.key, trun)) if "{{" in step.key else step.key
+        if node.fan_out:
+            self._fan_out(sr, trun)
+        else:
+            sr.slice_outputs = [None]
+        return True
+
+    def _condition(self, when: Any, trun: TemplateRun, inputs: dict[str, Any]) -> bool:
+        if isinstance(when, bool):
+            return when
+        if isinstance(when, Ref):
+            value = when.evaluate(trun)
+        elif isinstance(when, str):
+            value = safe_condition(when, trun)
+        elif callable(when):
+            value = when(dict(inputs))
+        else:
+            raise TypeError(f"when= must be an expression, a callable or a bool, got {when!r}")
+        if isinstance(value, Ref):
+            raise TypeError("when= evaluated to a reference, not a value")
+        return bool(value)
+
+    def _fan_out(self, sr: StepRun, trun: TemplateRun) -> None:
+        step = sr.node.step
+        assert step is not None
+        sl = step.slices
+        sliced = sl.sliced_inputs if sl else ()
+        if step.with_param is not None:
+            items = evaluate(step.with_param, trun)
+            if isinstance(items, str):
+                items = json.loads(items)
+            items = list(items)
+        else:
+            lengths = {p: len(sr.common[p]) for p in sliced}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"sliced inputs have different lengths: {lengths}")
+            items = list(range(next(iter(lengths.values()), 0)))
+        indices = list(range(len(items)))
+        if sl is not None and sl.slices is not None:
+            indices = [int(evaluate(sl.slices, _ItemScope(trun, it))) for it in items]
+        for p in sliced:
+            value = sr.common[p]
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"sliced input {p!r} must be a list, got {type(value).__name__}")
+        sr.items = items
+        sr.indices = indices
+        sr.n_slices = len(items)
+        sr.record.slices = len(items)
+        sr.slice_outputs = [None] * len(items)
+        size = sr.group_size
+        sr.n_units = -(-len(items) // size)
+
+    def _slice_inputs(self, sr: StepRun, i: int) -> dict[str, Any]:
+        if sr.items is None:
+            return sr.common
+        node = sr.node
+        values = dict(sr.common)
+        scope = _ItemScope(sr.trun, sr.items[i])
+        for b in node.bindings:
+            if b.per_item:
+                values[b.port] = evaluate(b.value, scope)
+        sl = node.step.slices if node.step else None
+        if sl is not None:
+            assert sr.indices is not None
+            idx = sr.indices[i]
+            for p in sl.sliced_inputs:
+                values[p] = sr.common[p][idx]
+        return values
+
+    # ------------------------------------------------------------------ sub-templates
+
+    def _start_children(self, sr: StepRun, out: list[Instruction]) -> None:
+        sub = sr.node.sub
+        assert sub is not None
+        sr.record.phase = "Running"
+        sr.record.start = time.time()
+        self._emit("started", sr.record, {})
+        n = sr.n_slices
+        sr.n_units = n
+        sr.inflight = n
+        if n == 0:
+            self._finish_step(sr, out)
+            return
+        for i in range(n):
+            inputs = {name: info.default for name, info in sub.inputs.items()}
+            inputs.update(self._slice_inputs(sr, i))
+            path = sr.record.path if sr.items is None else f"{sr.record.path}[{i}]"
+            child = TemplateRun(sub, inputs, sr, path, i)
+            sr.children.append(child)
+            self._start_template(child, out)
+
+    def _template_done(self, trun: TemplateRun, out: list[Instruction]) -> None:
+        values: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
+        for name, (info, source) in trun.ct.outputs.items():
+            try:
+                values[info.kind][name] = evaluate(source, trun)
+            except Unavailable:
+                if info.default is not MISSING:
+                    values[info.kind][name] = info.default
+        parent = trun.parent
+        if parent is None:
+            self.outputs = values
+            self.status = "Failed" if trun.failing else "Succeeded"
+            out.append(Finish(self.status))
+            return
+        parent.inflight -= 1
+        if trun.failing:
+            parent.record.failed_slices += 1
+            if not parent.node.step or not parent.node.step.tolerates_failure:
+                parent.failed = True
+            parent.record.errors.append(f"sub-workflow {trun.path!r} failed")
+        else:
+            parent.done_units += 1
+            parent.slice_outputs[trun.unit_index] = {**values["parameters"], **values["artifacts"]}
+        self._maybe_finish_step(parent, out)
+
+    # ------------------------------------------------------------------ attempts
+
+    def _pump(self, out: list[Instruction]) -> None:
+        limit = self.parallelism
+        while self.retries and (limit is None or self.running < limit):
+            unit = self.retries.popleft()
+            sr = unit.sr
+            if sr.stopped:
+                sr.inflight -= 1
+                self._maybe_finish_step(sr, out)
+                continue
+            self._launch(unit, out)
+        ready = self.ready
+        while ready and (limit is None or self.running < limit):
+            sr = ready[0]
+            pool = sr.pool
+            if sr.stopped or sr.next_unit >= sr.n_units or (pool is not None and sr.running >= pool):
+                ready.popleft()
+                sr.queued = False
+                if sr.stopped:
+                    self._maybe_finish_step(sr, out)
+                continue
+            number = sr.next_unit
+            sr.next_unit += 1
+            sr.inflight += 1
+            size = sr.group_size
+            ids = range(number * size, min(sr.n_slices, (number + 1) * size))
+            self._launch(self._make_unit(sr, number, ids, 0), out)
+
+    def _make_unit(self, sr: StepRun, number: int, ids: range, attempt: int) -> Unit:
+        node = sr.node
+        record = sr.record
+        base = f"{self.run_dir}/steps/{record.path}"
+        pieces = []
+        for i in ids:
+            index = None if sr.items is None else i
+            where = f"{base}/a{attempt}" if index is None else f"{base}/s{index}/a{attempt}"
+            pieces.append(SliceInput(index=index, inputs=self._slice_inputs(sr, i), workdir=where))
+        step = node.step
+        assert step is not None
+        spec = AttemptSpec(
+            attempt_id=f"{record.path}#{number}@{attempt}",
+            run_id=self.run_id,
+            step=record.path,
+            key=record.key,
+            attempt=attempt,
+            op=node.op,
+            slices=tuple(pieces),
+            timeout=step.timeout,
+            resources=step.resources,
+        )
+        return Unit(sr, number, ids, attempt, spec)
+
+    def _launch(self, unit: Unit, out: list[Instruction]) -> None:
+        sr = unit.sr
+        record = sr.record
+        self.running += 1
+        sr.running += 1
+        if record.phase == "Pending":
+            record.phase = "Running"
+            record.start = time.time()
+            if self.on_event is not None:
+                self._emit("started", record, {"attempt": unit.attempt})
+        out.append(Launch(unit))
+
+    def _unit_failed(self, unit: Unit, outcome: Failed, out: list[Instruction]) -> None:
+        sr = unit.sr
+        node = sr.node
+        record = sr.record
+        where = "" if unit.spec.slices[0].index is None else f" (slices {unit.slice_ids.start}..)"
+        record.errors.append(f"attempt {unit.attempt}{where}: [{outcome.kind}] {outcome.error}")
+        retry = node.retry
+        if not sr.stopped and retry is not None and retry.should_retry(outcome.kind, unit.attempt):
+            delay = retry.delay(unit.attempt)
+            nxt = self._make_unit(sr, unit.number, unit.slice_ids, unit.attempt + 1)
+            self._emit("retrying", record, {"attempt": unit.attempt, "error": outcome.error,
+                                            "kind": outcome.kind, "delay": delay})
+            if delay > 0:
+                out.append(Retry(nxt, delay))
+            else:
+                self.retries.append(nxt)
+            return
+        sr.inflight -= 1
+        record.failed_slices += len(unit.slice_ids)
+        step = node.step
+        if step is None or not step.tolerates_failure:
+            sr.failed = True
+        self._maybe_finish_step(sr, out)
+
+    # ------------------------------------------------------------------ completion
+
+    def _maybe_finish_step(self, sr: StepRun, out: list[Instruction]) -> None:
+        if sr.inflight or sr.finished:
+            return
+        if sr.stopped or sr.done_units + _failed_units(sr) >= sr.n_units:
+            self._finish_step(sr, out)
+
+    def _finish_step(self, sr: StepRun, out: list[Instruction]) -> None:
+        node = sr.node
+        step = node.step
+        assert step is not None
+        record = sr.record
+        record.end = time.time()
+        trun = sr.trun
+        if sr.failed or record.failed_slices or sr.trun.failing:
+            ok_slices = sr.n_slices - record.failed_slices
+            complete = sr.done_units + _failed_units(sr) >= sr.n_units
+            tolerated = (
+                not sr.failed
+                and complete
+                and (not record.failed_slices or self._enough_success(step, ok_slices, sr.n_slices))
+            )
+            if not tolerated:
+                record.phase = "Failed" if sr.failed or record.failed_slices else "Cancelled"
+                if record.phase == "Cancelled" and record.start is None:
+                    record.phase = "Pending"  # never started: left as it was
+                self._emit(record.phase.lower(), record, {"error": record.error})
+                if record.phase == "Failed" and step.continue_on_failed and not trun.failing:
+                    self._node_done(trun, node.index, FAILED, out)
+                    return
+                self._end_run(sr)
+                trun.results[node.index] = FAILED
+                if not trun.failing and record.phase == "Failed":
+                    self._fail_template(trun, out)
+                self._check_failing_done(trun, out)
+                return
+        outputs = self._collect_outputs(sr)
+        record.outputs.parameters = outputs["parameters"]
+        record.outputs.artifacts = outputs["artifacts"]
+        record.phase = "Succeeded"
+        self._emit("succeeded", record, {})
+        self._node_done(trun, node.index, outputs, out)
+
+    def _enough_success(self, step: Any, ok: int, total: int) -> bool:
+        if step.continue_on_num_success is not None and ok >= step.continue_on_num_success:
+            return True
+        if step.continue_on_success_ratio is not None and total:
+            return ok / total >= step.continue_on_success_ratio
+        return bool(step.continue_on_failed)
+
+    def _collect_outputs(self, sr: StepRun) -> dict[str, dict[str, Any]]:
+        node = sr.node
+        result: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
+        if sr.items is None:
+            values = sr.slice_outputs[0] or {}
+            for name, value in values.items():
+                info = node.outputs.get(name)
+                result[info.kind if info else "parameters"][name] = value
+            return result
+        for name, info in node.outputs.items():
+            result[info.kind][name] = [
+                None if v is None else v.get(name) for v in sr.slice_outputs
+            ]
+        sr.slice_outputs = []  # the stacked lists now hold the values
+        return result
+
+    def _skip(self, sr: StepRun, out: list[Instruction], reason: str | None = None) -> None:
+        sr.record.phase = "Skipped"
+        sr.record.end = time.time()
+        self._emit("skipped", sr.record, {"reason": reason} if reason else {})
+        self._node_done(sr.trun, sr.node.index, SKIPPED, out)
+
+    def _end_run(self, sr: StepRun) -> None:
+        if not sr.finished:
+            sr.finished = True
+            sr.trun.n_active -= 1
+
+    def _node_done(self, trun: TemplateRun, idx: int, result: Any, out: list[Instruction]) -> None:
+        trun.results[idx] = result
+        trun.pending -= 1
+        sr = trun.runs[idx]
+        if sr is not None:
+            self._end_run(sr)
+            trun.runs[idx] = None  # finished runs are reachable through their records only
+        if trun.failing:
+            self._check_failing_done(trun, out)
+            return
+        remaining = trun.remaining
+        for s in trun.ct.nodes[idx].succs:
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                self._node_ready(trun, s, out)
+        if trun.pending == 0:
+            self._template_done(trun, out)
+
+    def _fail_template(self, trun: TemplateRun, out: list[Instruction]) -> None:
+        """Launch nothing more in this template run (and its sub-runs); let running attempts
+        finish so their outputs are kept, then report the failure upwards."""
+        trun.failing = True
+        for sr in list(trun.runs):
+            if sr is None or sr.finished:
+                continue
+            for child in sr.children:
+                if not child.failing:
+                    self._fail_template(child, out)
+            self._maybe_finish_step(sr, out)
+
+    def _check_failing_done(self, trun: TemplateRun, out: list[Instruction]) -> None:
+        if trun.failing and trun.n_active == 0 and trun.pending >= 0:
+            trun.pending = -1  # report once
+            self._template_done(trun, out)
+
+    def _emit(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, record, fields)
+
+
+def _failed_units(sr: StepRun) -> int:
+    size = sr.group_size
+    return -(-sr.record.failed_slices // size) if sr.record.failed_slices else 0

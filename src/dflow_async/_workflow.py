@@ -1,0 +1,277 @@
+"""Workflow: a named entry template plus run settings; ``run()`` validates, then executes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from dflow_async._compile import CompiledTemplate, compile_template
+from dflow_async._events import EventHook, logging_hook
+from dflow_async._graph import DAG, Step, Steps, Template
+from dflow_async._op import OP
+from dflow_async._records import StepRecord
+from dflow_async._state import RunState
+from dflow_async.exceptions import (
+    ExecutorNotFoundError,
+    WorkflowFailedError,
+    WorkflowValidationError,
+)
+from dflow_async.executors._base import Executor
+from dflow_async.executors._registry import make_executor
+
+__all__ = ["Result", "Workflow", "default_store"]
+
+
+def default_store() -> Path:
+    """Where runs are kept unless ``store=`` says otherwise: ``./.dflow-async``."""
+    return Path(os.environ.get("DFLOW_ASYNC_HOME", ".dflow-async"))
+
+
+class Workflow:
+    """A workflow: its entry Steps or DAG, and how to run it.
+
+    ``Workflow("name")`` starts with an empty Steps that ``add`` fills; pass ``steps=`` or
+    ``dag=`` to use a template built elsewhere.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        steps: Steps | None = None,
+        dag: DAG | None = None,
+        *,
+        parallelism: int | None = None,
+        executor: str | Executor = "inline",
+        store: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if steps is not None and dag is not None:
+            raise ValueError(f"Workflow {name!r}: pass steps= or dag=, not both")
+        self.name = name
+        self.entrypoint: Template = steps or dag or Steps(name)
+        if parallelism is not None and parallelism < 1:
+            raise ValueError(f"Workflow {name!r}: parallelism must be >= 1, got {parallelism}")
+        self.parallelism = parallelism
+        self.executor = executor
+        self.store = store
+
+    def add(self, step: Step | Sequence[Step]) -> Workflow:
+        self.entrypoint.add(step)  # type: ignore[attr-defined]
+        return self
+
+    # ---------------------------------------------------------------- checks
+
+    def validate(
+        self, *, executor: str | Executor | None = None, parameters: dict[str, Any] | None = None
+    ) -> CompiledTemplate:
+        """Compile and check everything; raises WorkflowValidationError listing every problem."""
+        return self._prepare(executor, parameters)[0]
+
+    def _prepare(
+        self, executor: str | Executor | None, parameters: dict[str, Any] | None
+    ) -> tuple[CompiledTemplate, dict[Any, Executor]]:
+        default = executor if executor is not None else self.executor
+        executors: dict[Any, Executor] = {}
+        broken: dict[Any, str] = {}
+
+        def check_executor(spec: Any, op: OP) -> str | None:
+            if spec in broken:
+                return None  # said once, for the first step that uses it
+            found = executors.get(spec)
+            if found is None:
+                try:
+                    found = executors[spec] = make_executor(spec)
+                except (ExecutorNotFoundError, TypeError) as exc:
+                    broken[spec] = str(exc)
+                    return broken[spec]
+            return found.check_op(op)
+
+        compiled, problems = compile_template(
+            self.entrypoint, default_executor=default, check_executor=check_executor
+        )
+        provided = set(parameters or {})
+        problems = [p for p in problems if not _is_provided(p, provided)]
+        for name in sorted(provided - set(compiled.inputs)):
+            problems.append(
+                f"run(parameters=...) gives {name!r}, which {self.entrypoint.name!r} does not "
+                f"declare (inputs: {sorted(compiled.inputs) or 'none'})"
+            )
+        if problems:
+            raise WorkflowValidationError(self.name, problems)
+        return compiled, executors
+
+    # ---------------------------------------------------------------- running
+
+    def run(
+        self,
+        *,
+        parameters: dict[str, Any] | None = None,
+        executor: str | Executor | None = None,
+        parallelism: int | None = None,
+        run_id: str | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
+    ) -> Result:
+        """Run to completion and return the result (blocks; use ``arun`` inside a loop)."""
+
+        async def main() -> Result:
+            return await self.arun(
+                parameters=parameters,
+                executor=executor,
+                parallelism=parallelism,
+                run_id=run_id,
+                on_event=on_event,
+            )
+
+        return anyio.run(main)
+
+    async def arun(
+        self,
+        *,
+        parameters: dict[str, Any] | None = None,
+        executor: str | Executor | None = None,
+        parallelism: int | None = None,
+        run_id: str | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
+    ) -> Result:
+        """Run inside the current event loop (Jupyter, an async application)."""
+        compiled, executors = self._prepare(executor, parameters)
+        run_id = run_id or f"{self.name}-{secrets.token_hex(3)}"
+        store = Path(self.store) if self.store is not None else default_store()
+        if str(store).startswith("file://"):
+            store = Path(str(store)[len("file://") :])
+        run_dir = (store / "runs" / run_id).absolute()
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hooks = _hooks(on_event, run_id)
+        state = RunState(
+            compiled,
+            run_id=run_id,
+            run_dir=str(run_dir),
+            inputs=parameters,
+            parallelism=parallelism if parallelism is not None else self.parallelism,
+            on_event=_fan(hooks),
+        )
+        status = "Running"
+        try:
+            from dflow_async._scheduler import execute
+
+            status = await execute(state, executors)
+        finally:
+            if status == "Running":
+                state.status = "Cancelled"
+        return Result(
+            name=self.name,
+            run_id=run_id,
+            run_dir=run_dir,
+            status=state.status,
+            records=state.records,
+            outputs=state.outputs,
+        )
+
+
+def _is_provided(problem: str, provided: set[str]) -> bool:
+    return problem.startswith("workflow entry ") and any(
+        f"input {name!r} has no value" in problem for name in provided
+    )
+
+
+def _hooks(on_event: EventHook | Iterable[EventHook] | None, run_id: str) -> list[EventHook]:
+    hooks: list[EventHook] = []
+    if callable(on_event):
+        hooks.append(on_event)
+    elif on_event is not None:
+        hooks.extend(on_event)
+    log = logging_hook(run_id)
+    if log is not None:
+        hooks.append(log)
+    return hooks
+
+
+def _fan(hooks: list[EventHook]) -> EventHook | None:
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def fan(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        for h in hooks:
+            h(kind, record, fields)
+
+    return fan
+
+
+class Result:
+    """The outcome of a run: ``status``, ``run_id``, ``query_step(...)``, ``outputs``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        run_id: str,
+        run_dir: Path,
+        status: str,
+        records: list[StepRecord],
+        outputs: dict[str, dict[str, Any]],
+    ) -> None:
+        self.name = name
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.status = status
+        self.records = records
+        self.outputs = outputs
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Succeeded"
+
+    def query_step(
+        self,
+        name: str | Sequence[str] | None = None,
+        key: str | Sequence[str] | None = None,
+        phase: str | Sequence[str] | None = None,
+        *,
+        predicate: Callable[[StepRecord], bool] | None = None,
+    ) -> list[StepRecord]:
+        """Step records matching every given filter, in start order.
+
+        ``name`` matches a step's name or its full path (``"loop/next/plus1"``).
+        """
+        names = _as_set(name)
+        keys = _as_set(key)
+        phases = _as_set(phase)
+        found = []
+        for rec in self.records:
+            if names is not None and rec.name not in names and rec.path not in names:
+                continue
+            if keys is not None and rec.key not in keys:
+                continue
+            if phases is not None and rec.phase not in phases:
+                continue
+            if predicate is not None and not predicate(rec):
+                continue
+            found.append(rec)
+        return found
+
+    def raise_for_status(self) -> Result:
+        if self.status != "Succeeded":
+            failed = [r for r in self.records if r.phase == "Failed"]
+            detail = "; ".join(f"{r.path}: {r.error}" for r in failed[:5])
+            raise WorkflowFailedError(
+                f"workflow {self.name!r} (run {self.run_id}) {self.status.lower()}"
+                + (f": {detail}" if detail else "")
+            )
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Result {self.run_id} {self.status}: {len(self.records)} steps>"
+
+
+def _as_set(value: str | Sequence[str] | None) -> set[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {value}
+    return set(value)

@@ -1,0 +1,157 @@
+"""The in-process executor: ``async def`` OPs run in the event loop, plain OPs on threads.
+
+Plain OPs go to a small pool of worker threads through one queue, and their outcomes come
+back in batches: one loop wake-up carries every outcome that finished meanwhile. A per-step
+``to_thread`` hand-off would cost more than a tiny OP itself. Each worker thread owns its
+current directory (``unshare(CLONE_FS)`` on Linux), so OPs that write relative paths land in
+their own work directory, as they would in a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from typing import Any
+
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed
+from dflow_async._worker import arun_attempt, run_attempt, thread_owns_cwd
+from dflow_async.executors._base import AttemptHandle, Executor
+
+__all__ = ["InlineExecutor"]
+
+_STOP = object()
+
+
+class InlineExecutor(Executor):
+    """Runs attempts in this process. ``max_workers`` threads serve plain (sync) OPs.
+
+    A timed-out or cancelled sync OP cannot be killed (Python threads cannot be): its outcome
+    is reported at once and the thread finishes the call in the background. Use the
+    ``process`` executor for OPs that may hang.
+    """
+
+    name = "inline"
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[AttemptOutcome], AttemptOutcome]] = []
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        threads, self._threads = self._threads, []
+        # threads may still be inside a hung OP; do not block the loop waiting for them
+        for t in threads:
+            t.join(timeout=0)
+
+    # --------------------------------------------------------------- fast path
+
+    async def run(self, spec: AttemptSpec) -> AttemptOutcome:
+        self._ensure_open()
+        if _is_async(spec.op):
+            return await arun_attempt(spec)
+        future = self._enqueue(spec)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    # --------------------------------------------------------------- interface
+
+    async def submit(self, spec: AttemptSpec) -> AttemptHandle:
+        self._ensure_open()
+        if _is_async(spec.op):
+            task = asyncio.ensure_future(arun_attempt(spec))
+            return AttemptHandle(spec, task)
+        return AttemptHandle(spec, self._enqueue(spec))
+
+    async def wait(self, handle: AttemptHandle) -> AttemptOutcome:
+        future: asyncio.Future[AttemptOutcome] = handle.token
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                return Failed(kind="cancelled", error="the attempt was cancelled")
+            raise
+
+    async def cancel(self, handle: AttemptHandle) -> None:
+        future: asyncio.Future[AttemptOutcome] = handle.token
+        if not future.done():
+            future.cancel()
+
+    # --------------------------------------------------------------- threads
+
+    def _enqueue(self, spec: AttemptSpec) -> asyncio.Future[AttemptOutcome]:
+        assert self._loop is not None
+        future: asyncio.Future[AttemptOutcome] = self._loop.create_future()
+        self._queue.put((spec, future))
+        with self._lock:
+            grow = self._idle == 0 and len(self._threads) < self.max_workers
+            if grow:
+                self._idle += 1  # counted idle until it picks up its first item
+        if grow:
+            t = threading.Thread(target=self._work, name="dflow-async-inline", daemon=True)
+            self._threads.append(t)
+            t.start()
+        return future
+
+    def _work(self) -> None:
+        owns_cwd = thread_owns_cwd()
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            with self._lock:
+                self._idle -= 1
+            spec, future = item
+            if future.cancelled():
+                outcome: AttemptOutcome = Failed(kind="cancelled", error="cancelled before start")
+            else:
+                outcome = run_attempt(spec, chdir=owns_cwd)
+            with self._lock:
+                self._idle += 1
+                self._done.append((future, outcome))
+                wake = not self._wake_pending
+                self._wake_pending = True
+            if wake:
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop closed while a hung OP finished
+                    return
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._wake_pending = False
+        for future, outcome in done:
+            if not future.done():
+                future.set_result(outcome)
+
+
+_ASYNC_CACHE: dict[Any, bool] = {}
+
+
+def _is_async(op: Any) -> bool:
+    # FunctionOP answers per instance; class OPs per class (cached: inspect is not free)
+    flag = getattr(op, "_is_async", None)
+    if flag is not None:
+        return bool(flag)
+    cls = type(op)
+    known = _ASYNC_CACHE.get(cls)
+    if known is None:
+        known = _ASYNC_CACHE[cls] = bool(op.is_async)
+    return known
