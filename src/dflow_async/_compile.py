@@ -31,16 +31,14 @@ from dflow_async._refs import (
     iter_refs,
     placeholder_steps,
     placeholders,
-    referenced_steps,
     uses_item,
 )
 from dflow_async._types import describe, is_compatible, matches
 
-__all__ = ["CompiledStep", "CompiledTemplate", "PortInfo", "compile_template"]
+__all__ = ["CompiledStep", "CompiledTemplate", "PortInfo", "as_networkx", "compile_template"]
 
 
-@dataclass(frozen=True, slots=True)
-class PortInfo:
+class PortInfo(typing.NamedTuple):  # a tuple: built once per port per step, cheaply
     kind: str  # "parameters" | "artifacts"
     type: Any
     default: Any  # MISSING when required
@@ -67,6 +65,8 @@ class CompiledStep:
     executor: Any = None  # a name or an Executor instance
     retry: RetryPolicy | None = None
     fan_out: bool = False
+    producers: set[str] = field(default_factory=set)  # names of steps it depends on
+    key_per_item: bool = False  # the key uses the fan-out item: one record per slice
     succs: list[int] = field(default_factory=list)
     npreds: int = 0
 
@@ -170,6 +170,7 @@ class _Compiler:
                 self.problem(f"{where} (OP {op_name(node.op)}): {message}")
         node.retry = step.retry
         node.fan_out = step.slices is not None or step.with_param is not None
+        node.key_per_item = node.fan_out and uses_item(step.key)
         self.bindings(ct, node, where)
         self.slices(node, where)
         self.references(ct, node, where)
@@ -265,16 +266,21 @@ class _Compiler:
     def references(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
         assert step is not None
-        values: list[Any] = [b.value for b in node.bindings]
-        values += [step.when, step.with_param, step.key]
+        values: list[Any] = [b.value for b in node.bindings if _is_dynamic(b.value)]
+        values += [v for v in (step.when, step.with_param, step.key) if v is not None]
+        producers = node.producers
         for value in values:
             for ref in iter_refs(value):
                 self.check_ref(ct, ref, where)
+                if isinstance(ref, OutputRef):
+                    producers.add(ref.step.name)
             for name in _string_step_names(value):
+                producers.add(name)
                 if name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {name!r}")
         for dep in step.dependencies:
             name = dep.name if isinstance(dep, Step) else dep
+            producers.add(name)
             if name not in ct.by_name:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
         if isinstance(step.with_param, ItemRef):
@@ -317,65 +323,63 @@ class _Compiler:
 
     def edges(self, ct: CompiledTemplate) -> None:
         tpl = ct.template
-        graph = nx.DiGraph()
-        graph.add_nodes_from(range(len(ct.nodes)))
-        group_of: dict[str, int] = {}
+        group_of: dict[int, int] = {}  # id(step) -> its group in a Steps template
         for g, group in enumerate(tpl.groups):
             for s in group:
-                group_of.setdefault(s.name, g)
+                group_of.setdefault(id(s), g)
+        edges: set[tuple[int, int]] = set()
         for node in ct.nodes[: ct.n_steps]:
             step = node.step
             assert step is not None
-            producers: set[str] = set()
-            for value in [b.value for b in node.bindings] + [step.when, step.with_param, step.key]:
-                for p in referenced_steps(value):
-                    producers.add(p.name if isinstance(p, Step) else p)
-            for d in step.dependencies:
-                producers.add(d.name if isinstance(d, Step) else d)
-            for name in producers:
+            for name in node.producers:
                 idx = ct.by_name.get(name)
                 if idx is None:
                     continue
                 if idx == node.index:
                     self.problem(f"step {ct.name}.{node.name}: depends on its own outputs")
                     continue
-                if not isinstance(tpl, DAG) and group_of[name] >= group_of[node.name]:
+                producer = ct.nodes[idx].step
+                if not isinstance(tpl, DAG) and group_of[id(producer)] >= group_of[id(step)]:
                     self.problem(
                         f"step {ct.name}.{node.name}: uses step {name!r}, which runs in the same "
                         f"or a later group of Steps {ct.name!r}; add it after {name!r}"
                     )
                     continue
-                graph.add_edge(idx, node.index)
+                edges.add((idx, node.index))
         if not isinstance(tpl, DAG):
-            self.barriers(ct, graph)
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            names = [ct.nodes[a].name for a, _ in cycle] + [ct.nodes[cycle[0][0]].name]
-            self.problem(f"DAG {ct.name!r} has a cycle: {' -> '.join(names)}")
-            return
-        # a transitive reduction would save edges, but costs O(n*m); plain edges are enough
-        for a, b in graph.edges:
+            self.barriers(ct, edges)
+        for a, b in edges:
             ct.nodes[a].succs.append(b)
             ct.nodes[b].npreds += 1
         ct.roots = [n.index for n in ct.nodes if n.npreds == 0]
+        if not _acyclic(ct):
+            # counters found a cycle; networkx names it for the message
+            graph = nx.DiGraph(list(edges))
+            cycle = nx.find_cycle(graph)
+            names = [ct.nodes[a].name for a, _ in cycle] + [ct.nodes[cycle[0][0]].name]
+            kind = "DAG" if isinstance(tpl, DAG) else "Steps"
+            self.problem(f"{kind} {ct.name!r} has a cycle: {' -> '.join(names)}")
 
-    def barriers(self, ct: CompiledTemplate, graph: nx.DiGraph) -> None:
+    def barriers(self, ct: CompiledTemplate, edges: set[tuple[int, int]]) -> None:
         """Steps groups run in order: a barrier node between consecutive groups keeps the edge
         count linear (n + m instead of n * m for two wide groups)."""
         groups = ct.template.groups
         for g in range(1, len(groups)):
             barrier = CompiledStep(index=len(ct.nodes), name=f"<group {g}>", step=None)
             ct.nodes.append(barrier)
-            graph.add_node(barrier.index)
             for s in groups[g - 1]:
-                if s.name in ct.by_name:
-                    graph.add_edge(ct.by_name[s.name], barrier.index)
+                idx = self._node_of(ct, s)
+                if idx is not None:
+                    edges.add((idx, barrier.index))
             for s in groups[g]:
-                if s.name in ct.by_name:
-                    graph.add_edge(barrier.index, ct.by_name[s.name])
+                idx = self._node_of(ct, s)
+                if idx is not None:
+                    edges.add((barrier.index, idx))
+
+    @staticmethod
+    def _node_of(ct: CompiledTemplate, step: Step) -> int | None:
+        idx = ct.by_name.get(step.name)
+        return idx if idx is not None and ct.nodes[idx].step is step else None
 
     def template_outputs(self, ct: CompiledTemplate) -> None:
         for name, (info, source) in ct.outputs.items():
@@ -387,6 +391,39 @@ class _Compiler:
             for step_name in _string_step_names(source):
                 if step_name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {step_name!r}")
+
+
+def _acyclic(ct: CompiledTemplate) -> bool:
+    """Kahn's algorithm on the precomputed counters: O(nodes + edges)."""
+    remaining = [n.npreds for n in ct.nodes]
+    todo = list(ct.roots)
+    seen = 0
+    while todo:
+        idx = todo.pop()
+        seen += 1
+        for s in ct.nodes[idx].succs:
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                todo.append(s)
+    return seen == len(ct.nodes)
+
+
+def as_networkx(ct: CompiledTemplate) -> nx.DiGraph:
+    """The template's steps as a networkx graph (barriers folded away), for export and tools."""
+    graph = nx.DiGraph()
+    for node in ct.nodes[: ct.n_steps]:
+        graph.add_node(node.name, sub=node.sub.name if node.sub else None)
+
+    def real_succs(idx: int) -> set[int]:
+        found: set[int] = set()
+        for s in ct.nodes[idx].succs:
+            found.update([s] if ct.nodes[s].step is not None else real_succs(s))
+        return found
+
+    for node in ct.nodes[: ct.n_steps]:
+        for s in real_succs(node.index):
+            graph.add_edge(node.name, ct.nodes[s].name)
+    return graph
 
 
 def _string_step_names(value: Any) -> list[str]:

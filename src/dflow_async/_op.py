@@ -141,7 +141,7 @@ class StepContext:
     The directory is created on first access, so OPs that never touch files cost no mkdir.
     """
 
-    workdir_path: Path
+    workdir_path: str
     step: str
     key: str | None
     attempt: int
@@ -151,7 +151,7 @@ class StepContext:
     @property
     def workdir(self) -> Path:
         os.makedirs(self.workdir_path, mode=0o700, exist_ok=True)
-        return self.workdir_path
+        return Path(self.workdir_path)
 
 
 _current: contextvars.ContextVar[StepContext] = contextvars.ContextVar("dflow_async_step")
@@ -342,6 +342,45 @@ def as_op(template: Any) -> OP:
     raise TypeError(
         f"a Step template must be an OP class, an OP instance, an @op function, Steps or DAG; "
         f"got {template!r}"
+    )
+
+
+class PortPlan(typing.NamedTuple):
+    """An OP's ports, split once so the per-attempt path does no sign parsing."""
+
+    name: str
+    inputs: dict[str, Port]
+    outputs: dict[str, Port]
+    in_artifacts: tuple[str, ...]
+    out_artifacts: tuple[str, ...]
+
+
+_PLANS: dict[type, PortPlan] = {}
+
+
+def port_plan(op: OP) -> PortPlan:
+    """The cached :class:`PortPlan` of an OP (per instance for ``@op``, per class otherwise)."""
+    if isinstance(op, FunctionOP):
+        plan = op.__dict__.get("_plan")
+        if plan is None:
+            plan = op.__dict__["_plan"] = _make_plan(op)
+        return plan
+    cls = type(op)
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _make_plan(op)
+    return plan
+
+
+def _make_plan(op: OP) -> PortPlan:
+    inputs = op.input_ports()
+    outputs = op.output_ports()
+    return PortPlan(
+        name=op_name(op),
+        inputs=inputs,
+        outputs=outputs,
+        in_artifacts=tuple(n for n, p in inputs.items() if isinstance(p, Artifact)),
+        out_artifacts=tuple(n for n, p in outputs.items() if isinstance(p, Artifact)),
     )
 
 

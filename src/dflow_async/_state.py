@@ -154,6 +154,7 @@ class StepRun:
         "record",
         "running",
         "slice_outputs",
+        "slice_records",
         "trun",
     )
 
@@ -175,6 +176,7 @@ class StepRun:
         self.children: list[TemplateRun] = []
         self.queued = False
         self.slice_outputs: list[Any] = []
+        self.slice_records: list[StepRecord] | None = None  # when the key differs per slice
 
     @property
     def stopped(self) -> bool:
@@ -241,6 +243,8 @@ class RunState:
             base = unit.slice_ids.start
             for offset, values in enumerate(outcome.outputs):
                 sr.slice_outputs[base + offset] = values
+            if sr.slice_records is not None:
+                self._slices_done(sr, unit, "Succeeded", outcome.outputs)
             self._maybe_finish_step(sr, out)
         else:
             self._unit_failed(unit, outcome, out)
@@ -329,13 +333,31 @@ class RunState:
         when = step.when
         if when is not None and not self._condition(when, trun, common):
             return False
-        if step.key is not None:
-            sr.record.key = str(render(step.key, trun)) if "{{" in step.key else step.key
         if node.fan_out:
             self._fan_out(sr, trun)
         else:
             sr.slice_outputs = [None]
+        if step.key is not None:
+            if sr.items is not None and node.key_per_item:
+                self._slice_records(sr, step.key)
+            else:
+                sr.record.key = str(render(step.key, trun)) if "{{" in step.key else step.key
         return True
+
+    def _slice_records(self, sr: StepRun, key: str) -> None:
+        """One record per slice, each with its own rendered key (Dflow's per-slice keys)."""
+        assert sr.items is not None
+        records = []
+        for i, it in enumerate(sr.items):
+            rec = StepRecord(
+                name=f"{sr.record.name}[{i}]",
+                path=f"{sr.record.path}[{i}]",
+                template=sr.record.template,
+                key=str(render(key, _ItemScope(sr.trun, it))),
+            )
+            records.append(rec)
+        self.records.extend(records)
+        sr.slice_records = records
 
     def _condition(self, when: Any, trun: TemplateRun, inputs: dict[str, Any]) -> bool:
         if isinstance(when, bool):
@@ -511,6 +533,31 @@ class RunState:
                 self._emit("started", record, {"attempt": unit.attempt})
         out.append(Launch(unit))
 
+    def _slices_done(
+        self,
+        sr: StepRun,
+        unit: Unit,
+        phase: Any,
+        outputs: tuple[dict[str, Any], ...] | None,
+        error: str | None = None,
+    ) -> None:
+        assert sr.slice_records is not None
+        now = time.time()
+        for offset, i in enumerate(unit.slice_ids):
+            rec = sr.slice_records[i]
+            rec.phase = phase
+            rec.attempts = unit.attempt + 1
+            rec.start = rec.start or sr.record.start
+            rec.end = now
+            rec.workdirs.append(unit.spec.slices[offset].workdir)
+            if outputs is not None:
+                for name, value in outputs[offset].items():
+                    info = sr.node.outputs.get(name)
+                    kind = info.kind if info else "parameters"
+                    getattr(rec.outputs, kind)[name] = value
+            if error:
+                rec.errors.append(error)
+
     def _unit_failed(self, unit: Unit, outcome: Failed, out: list[Instruction]) -> None:
         sr = unit.sr
         node = sr.node
@@ -530,6 +577,8 @@ class RunState:
             return
         sr.inflight -= 1
         record.failed_slices += len(unit.slice_ids)
+        if sr.slice_records is not None:
+            self._slices_done(sr, unit, "Failed", None, outcome.error)
         step = node.step
         if step is None or not step.tolerates_failure:
             sr.failed = True

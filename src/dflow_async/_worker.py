@@ -22,11 +22,12 @@ from typing import Any
 from dflow_async._op import (
     OP,
     OPIO,
-    Artifact,
+    PortPlan,
     StepContext,
     _current,
+    artifact_paths,
     check_opio,
-    op_name,
+    port_plan,
 )
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
@@ -41,21 +42,19 @@ def run_attempt(spec: AttemptSpec, *, chdir: bool = True) -> AttemptOutcome:
     op: OP = spec.op
     outputs: list[dict[str, Any]] = []
     try:
+        plan = port_plan(op)
         for piece in spec.slices:
-            ctx = _context(spec, piece)
-            with _in_workdir(ctx.workdir_path, chdir):
-                inputs = _check_inputs(op, piece)
-                token = _current.set(ctx)
+            with _in_workdir(piece.workdir, chdir):
+                inputs = _check_inputs(plan, piece)
+                token = _current.set(_context(spec, piece))
                 try:
                     result = op.execute(OPIO(inputs))
                     if inspect.isawaitable(result):
                         result = asyncio.run(_await(result))
                 finally:
                     _current.reset(token)
-                outputs.append(_check_outputs(op, result, ctx.workdir_path, piece))
-    except BaseException as exc:
-        if not isinstance(exc, Exception):
-            raise
+                outputs.append(_check_outputs(plan, result, piece))
+    except Exception as exc:
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
 
@@ -66,17 +65,17 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     op: OP = spec.op
     outputs: list[dict[str, Any]] = []
     try:
+        plan = port_plan(op)
         for piece in spec.slices:
-            ctx = _context(spec, piece)
-            inputs = _check_inputs(op, piece)
-            token = _current.set(ctx)
+            inputs = _check_inputs(plan, piece)
+            token = _current.set(_context(spec, piece))
             try:
                 result = op.execute(OPIO(inputs))
                 if inspect.isawaitable(result):
                     result = await result
             finally:
                 _current.reset(token)
-            outputs.append(_check_outputs(op, result, ctx.workdir_path, piece))
+            outputs.append(_check_outputs(plan, result, piece))
     except Exception as exc:
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
@@ -88,7 +87,7 @@ async def _await(awaitable: Any) -> Any:
 
 def _context(spec: AttemptSpec, piece: SliceInput) -> StepContext:
     return StepContext(
-        workdir_path=Path(piece.workdir),
+        workdir_path=piece.workdir,
         step=spec.step,
         key=spec.key,
         attempt=spec.attempt,
@@ -97,11 +96,10 @@ def _context(spec: AttemptSpec, piece: SliceInput) -> StepContext:
     )
 
 
-def _check_inputs(op: OP, piece: SliceInput) -> dict[str, Any]:
-    ports = op.input_ports()
-    values = check_opio(ports, piece.inputs, op=op_name(op), direction="input")
-    for name, port in ports.items():
-        if isinstance(port, Artifact) and values.get(name) is not None:
+def _check_inputs(plan: PortPlan, piece: SliceInput) -> dict[str, Any]:
+    values = check_opio(plan.inputs, piece.inputs, op=plan.name, direction="input")
+    for name in plan.in_artifacts:
+        if values.get(name) is not None:
             values[name] = _as_paths(values[name])
     return values
 
@@ -114,34 +112,31 @@ def _as_paths(value: Any) -> Any:
     return Path(value)
 
 
-def _check_outputs(op: OP, result: Any, workdir: Path, piece: SliceInput) -> dict[str, Any]:
+def _check_outputs(plan: PortPlan, result: Any, piece: SliceInput) -> dict[str, Any]:
     if result is None:
         result = {}
     if not isinstance(result, dict):
         raise SignatureError(
-            f"OP {op_name(op)!r} must return an OPIO (a dict of outputs), "
-            f"got {type(result).__name__}"
+            f"OP {plan.name!r} must return an OPIO (a dict of outputs), got {type(result).__name__}"
         )
-    ports = op.output_ports()
-    values = check_opio(ports, result, op=op_name(op), direction="output")
-    inputs = _input_artifact_paths(op, piece)
-    for name, port in ports.items():
-        if isinstance(port, Artifact) and values.get(name) is not None:
-            values[name] = _commit_paths(values[name], workdir, inputs, op, name)
+    values = check_opio(plan.outputs, result, op=plan.name, direction="output")
+    if plan.out_artifacts:
+        workdir = Path(piece.workdir)
+        inputs = _input_artifact_paths(plan, piece)
+        for name in plan.out_artifacts:
+            if values.get(name) is not None:
+                values[name] = _commit_paths(values[name], workdir, inputs, plan.name, name)
     return values
 
 
-def _input_artifact_paths(op: OP, piece: SliceInput) -> set[str]:
-    from dflow_async._op import artifact_paths
-
+def _input_artifact_paths(plan: PortPlan, piece: SliceInput) -> set[str]:
     found: set[str] = set()
-    for name, port in op.input_ports().items():
-        if isinstance(port, Artifact):
-            found.update(os.path.realpath(p) for p in artifact_paths(piece.inputs.get(name)))
+    for name in plan.in_artifacts:
+        found.update(os.path.realpath(p) for p in artifact_paths(piece.inputs.get(name)))
     return found
 
 
-def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: OP, port: str) -> Any:
+def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: str, port: str) -> Any:
     """Absolute, checked paths: inside the work dir, or an input passed through unchanged."""
     if isinstance(value, dict):
         return {k: _commit_paths(v, workdir, inputs, op, port) for k, v in value.items()}
@@ -154,13 +149,13 @@ def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: OP, port: str
     root = os.path.realpath(workdir)
     if not (real == root or real.startswith(root + os.sep)) and real not in inputs:
         raise ArtifactError(
-            f"OP {op_name(op)!r} output artifact {port!r} points at {str(value)!r}, outside its "
+            f"OP {op!r} output artifact {port!r} points at {str(value)!r}, outside its "
             f"work directory {str(workdir)!r}: write outputs under the current directory "
             f"(or current_context().workdir) and return relative paths"
         )
     if not os.path.lexists(real):
         raise ArtifactError(
-            f"OP {op_name(op)!r} output artifact {port!r}: {str(path)!r} does not exist; "
+            f"OP {op!r} output artifact {port!r}: {str(path)!r} does not exist; "
             "the OP must create it before returning"
         )
     return Path(real)
@@ -177,7 +172,7 @@ def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
 
 
 @contextmanager
-def _in_workdir(workdir: Path, chdir: bool) -> Iterator[None]:
+def _in_workdir(workdir: str, chdir: bool) -> Iterator[None]:
     os.makedirs(workdir, mode=0o700, exist_ok=True)
     if not chdir:
         yield
