@@ -1,0 +1,184 @@
+"""The worker-process side of :class:`~dflow_async.executors._process.ProcessExecutor`.
+
+A worker receives one cloudpickled :class:`~dflow_async._spec.AttemptSpec` at a time over its
+pipe, runs it with :func:`~dflow_async._worker.run_attempt` and sends back the cloudpickled
+outcome. It never raises into the pipe: whatever goes wrong becomes a ``Failed`` value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import struct
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from dflow_async._spec import AttemptSpec, Failed, FailureKind, Succeeded
+
+__all__ = ["frame_messages", "lost_outcome", "worker_main"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_main(conn: Connection) -> None:
+    """Serve attempts until the driver closes the pipe (or kills this process)."""
+    _detach()
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        reply = _serve(data)
+        try:
+            conn.send_bytes(reply)
+        except OSError:
+            return
+
+
+def _detach() -> None:
+    # Own session and process group: the driver kills the whole group, and with it every
+    # subprocess the OP started; the terminal's Ctrl-C reaches the driver only.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    # A no-op handler rather than SIG_IGN: exec'd subprocesses get the default back.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    if sys.platform.startswith("linux"):  # die with our parent (the driver or its fork server)
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # A fork server's children inherit its "driver alive" fd, which would keep the server
+    # (our parent) alive after the driver died; we never use that fd.
+    with contextlib.suppress(Exception):
+        from multiprocessing import forkserver
+
+        server: Any = forkserver._forkserver
+        if server._forkserver_pid is None and server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+    # The driver may die (even by SIGKILL) while an attempt runs: take the whole process
+    # group down with it, subprocesses included. The sentinel is EOF once the driver is gone.
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        watch = threading.Thread(
+            target=_watch_driver, args=(parent.sentinel,), name="dflow-driver-watch", daemon=True
+        )
+        watch.start()
+
+
+def _watch_driver(sentinel: int) -> None:
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    if os.getpgid(0) == os.getpid():  # we lead our own group: never signal the driver's
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _serve(data: bytes) -> bytes:
+    from dflow_async._worker import failure_from_exception, run_attempt
+
+    outcome: Any
+    try:
+        spec = cloudpickle.loads(data)
+    except Exception as exc:
+        outcome = Failed(
+            kind="fatal",
+            error=(
+                f"the attempt could not be unpickled in the worker process "
+                f"({type(exc).__name__}: {exc}); make sure the OP's module is importable there "
+                "or use executor='inline'"
+            ),
+            traceback=traceback.format_exc(),
+        )
+    else:
+        try:
+            outcome = run_attempt(spec, chdir=True)
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt raised by the OP itself
+            outcome = failure_from_exception(exc)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return _dump_outcome(outcome)
+
+
+def _dump_outcome(outcome: Any) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps(outcome))
+    except Exception as exc:
+        error = (
+            f"the outcome could not be pickled to send it back from the worker process "
+            f"({type(exc).__name__}: {exc})"
+        )
+        tb = traceback.format_exc()
+    kind: FailureKind = "infra"
+    if isinstance(outcome, Succeeded):
+        for position, outputs in enumerate(outcome.outputs):
+            for name, value in outputs.items():
+                try:
+                    cloudpickle.dumps(value)
+                except Exception as exc:
+                    where = f" of slice {position}" if len(outcome.outputs) > 1 else ""
+                    error = (
+                        f"output {name!r}{where} could not be pickled to send it back from the "
+                        f"worker process ({type(exc).__name__}: {exc}); return picklable values "
+                        "or use executor='inline'"
+                    )
+                    tb = traceback.format_exc()
+                    kind = "user"
+                    break
+            if kind == "user":
+                break
+    duration = getattr(outcome, "duration", 0.0)
+    failed = Failed(kind=kind, error=error, traceback=tb, retryable=False, duration=duration)
+    return bytes(cloudpickle.dumps(failed))
+
+
+# -- used by the driver -------------------------------------------------------------------
+
+
+def frame_messages(buf: bytearray) -> list[bytes]:
+    """Remove and return the complete messages at the front of ``buf``.
+
+    The framing is ``multiprocessing.Connection.send_bytes``'s: a ``!i`` length, or ``-1``
+    followed by a ``!Q`` length for messages of 2 GiB and more.
+    """
+    messages = []
+    while len(buf) >= 4:
+        (size,) = struct.unpack_from("!i", buf)
+        start = 4
+        if size == -1:
+            if len(buf) < 12:
+                break
+            (size,) = struct.unpack_from("!Q", buf, 4)
+            start = 12
+        if len(buf) < start + size:
+            break
+        messages.append(bytes(buf[start : start + size]))
+        del buf[: start + size]
+    return messages
+
+
+def lost_outcome(spec: AttemptSpec, pid: int, code: int | None) -> Failed:
+    if code is None:
+        how = "vanished and its exit status is unknown"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        how = f"was killed by signal {-code} ({name})"
+    else:
+        how = f"exited with code {code}"
+    error = (
+        f"the worker process (pid {pid}) running attempt {spec.attempt_id!r} {how} before "
+        "reporting an outcome"
+    )
+    return Failed(kind="lost", error=error, retryable=True)
