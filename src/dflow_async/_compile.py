@@ -163,7 +163,7 @@ class _Compiler:
                 node.inputs[name] = PortInfo(kind, port.type, port.default)
             for name, port in node.op.output_ports().items():
                 kind = "artifacts" if isinstance(port, Artifact) else "parameters"
-                node.outputs[name] = PortInfo(kind, port.type, MISSING)
+                node.outputs[name] = PortInfo(kind, port.type, port.default)
             node.executor = step.executor if step.executor is not None else self.default_executor
             message = self.check_executor(node.executor, node.op)
             if message:

@@ -106,6 +106,10 @@ class TemplateRun:
         idx = self.ct.by_name.get(step)
         result = self.results[idx] if idx is not None else None
         if result is None or result is SKIPPED or result is FAILED:
+            if result is not None and idx is not None:
+                info = self.ct.nodes[idx].outputs.get(name)
+                if info is not None and info.default is not MISSING:
+                    return info.default  # Argo's rule: a skipped step's output falls back
             state = {None: "not finished", SKIPPED: "skipped"}.get(result, "failed")
             raise Unavailable(f"step {step!r} is {state}")
         value = result[kind].get(name, MISSING)
@@ -219,6 +223,9 @@ class RunState:
         self.outputs: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
         self._initial_inputs = dict(inputs or {})
         self.root: TemplateRun | None = None
+        # nodes that became ready and templates that completed, handled in a loop rather than
+        # by recursion: a 10,000-group Steps or a 1,000-iteration loop must not hit the stack
+        self._todo: deque[tuple[TemplateRun, int]] = deque()
 
     # ------------------------------------------------------------------ events in
 
@@ -248,6 +255,9 @@ class RunState:
             self._maybe_finish_step(sr, out)
         else:
             self._unit_failed(unit, outcome, out)
+        if not sr.queued and sr.next_unit < sr.n_units and not sr.stopped:
+            sr.queued = True  # it left the queue at its pool_size; it has units left
+            self.ready.appendleft(sr)
         self._pump(out)
         return out
 
@@ -269,10 +279,9 @@ class RunState:
 
     def _start_template(self, trun: TemplateRun, out: list[Instruction]) -> None:
         if not trun.ct.nodes:
-            self._template_done(trun, out)
+            self._todo.append((trun, -1))
             return
-        for idx in trun.ct.roots:
-            self._node_ready(trun, idx, out)
+        self._todo.extend((trun, idx) for idx in trun.ct.roots)
 
     def _node_ready(self, trun: TemplateRun, idx: int, out: list[Instruction]) -> None:
         if trun.failing:
@@ -320,11 +329,7 @@ class RunState:
         for b in node.bindings:
             if b.per_item:
                 continue
-            try:
-                common[b.port] = evaluate(b.value, trun)
-            except Unavailable:
-                if node.inputs[b.port].default is MISSING:
-                    raise
+            common[b.port] = evaluate(b.value, trun)
         for port, info in node.inputs.items():
             if port not in common and info.default is not MISSING:
                 if not any(b.port == port and b.per_item for b in node.bindings):
@@ -470,32 +475,48 @@ class RunState:
 
     # ------------------------------------------------------------------ attempts
 
+    def _drain(self, out: list[Instruction]) -> None:
+        todo = self._todo
+        while todo:
+            trun, idx = todo.popleft()
+            if idx < 0:
+                self._template_done(trun, out)
+            else:
+                self._node_ready(trun, idx, out)
+
     def _pump(self, out: list[Instruction]) -> None:
+        """Handle ready nodes, then start attempts while slots are free; repeat until calm."""
         limit = self.parallelism
-        while self.retries and (limit is None or self.running < limit):
-            unit = self.retries.popleft()
-            sr = unit.sr
-            if sr.stopped:
-                sr.inflight -= 1
-                self._maybe_finish_step(sr, out)
-                continue
-            self._launch(unit, out)
         ready = self.ready
-        while ready and (limit is None or self.running < limit):
-            sr = ready[0]
-            pool = sr.pool
-            if sr.stopped or sr.next_unit >= sr.n_units or (pool is not None and sr.running >= pool):
-                ready.popleft()
-                sr.queued = False
+        while True:
+            self._drain(out)
+            while self.retries and (limit is None or self.running < limit):
+                unit = self.retries.popleft()
+                sr = unit.sr
                 if sr.stopped:
+                    sr.inflight -= 1
                     self._maybe_finish_step(sr, out)
-                continue
-            number = sr.next_unit
-            sr.next_unit += 1
-            sr.inflight += 1
-            size = sr.group_size
-            ids = range(number * size, min(sr.n_slices, (number + 1) * size))
-            self._launch(self._make_unit(sr, number, ids, 0), out)
+                    continue
+                self._launch(unit, out)
+            while ready and (limit is None or self.running < limit):
+                sr = ready[0]
+                pool = sr.pool
+                if sr.stopped or sr.next_unit >= sr.n_units or (
+                    pool is not None and sr.running >= pool
+                ):
+                    ready.popleft()
+                    sr.queued = False
+                    if sr.stopped:
+                        self._maybe_finish_step(sr, out)
+                    continue
+                number = sr.next_unit
+                sr.next_unit += 1
+                sr.inflight += 1
+                size = sr.group_size
+                ids = range(number * size, min(sr.n_slices, (number + 1) * size))
+                self._launch(self._make_unit(sr, number, ids, 0), out)
+            if not self._todo:
+                return
 
     def _make_unit(self, sr: StepRun, number: int, ids: range, attempt: int) -> Unit:
         node = sr.node
@@ -676,9 +697,10 @@ class RunState:
         for s in trun.ct.nodes[idx].succs:
             remaining[s] -= 1
             if remaining[s] == 0:
-                self._node_ready(trun, s, out)
+                self._todo.append((trun, s))
         if trun.pending == 0:
-            self._template_done(trun, out)
+            trun.pending = -1  # report once
+            self._todo.append((trun, -1))
 
     def _fail_template(self, trun: TemplateRun, out: list[Instruction]) -> None:
         """Launch nothing more in this template run (and its sub-runs); let running attempts
@@ -695,7 +717,7 @@ class RunState:
     def _check_failing_done(self, trun: TemplateRun, out: list[Instruction]) -> None:
         if trun.failing and trun.n_active == 0 and trun.pending >= 0:
             trun.pending = -1  # report once
-            self._template_done(trun, out)
+            self._todo.append((trun, -1))
 
     def _emit(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         if self.on_event is not None:

@@ -54,7 +54,7 @@ def run_attempt(spec: AttemptSpec, *, chdir: bool = True) -> AttemptOutcome:
                 finally:
                     _current.reset(token)
                 outputs.append(_check_outputs(plan, result, piece))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
 
