@@ -625,6 +625,7 @@ class RunState:
             complete = sr.done_units + _failed_units(sr) >= sr.n_units
             tolerated = (
                 not sr.failed
+                and sr.items is not None  # a fan-out may succeed with holes; one step cannot
                 and complete
                 and (not record.failed_slices or self._enough_success(step, ok_slices, sr.n_slices))
             )

@@ -1,0 +1,433 @@
+"""End-to-end behaviour of the scheduler on the inline executor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dflow_async import (
+    DAG,
+    OPIO,
+    Artifact,
+    FatalError,
+    OutputParameter,
+    RetryPolicy,
+    Slices,
+    Step,
+    Steps,
+    TransientError,
+    Workflow,
+    current_context,
+    if_expression,
+    item,
+    op,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(autouse=True)
+def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+@op
+def plus1(iter: int) -> {"iter": int}:  # type: ignore[valid-type]
+    return {"iter": iter + 1}
+
+
+@op
+def ident(x: int = 0) -> int:
+    return x
+
+
+def make_loop(limit: int) -> Steps:
+    loop = Steps("loop", inputs={"iter": 0, "limit": limit})
+    p = Step(
+        "plus1",
+        plus1,
+        parameters={"iter": loop.inputs.parameters["iter"]},
+        key=f"iter-{loop.inputs.parameters['iter']}",
+    )
+    loop.add(p)
+    again = p.outputs.parameters["iter"] < loop.inputs.parameters["limit"]
+    nxt = Step(
+        "next",
+        loop,
+        parameters={"iter": p.outputs.parameters["iter"], "limit": loop.inputs.parameters["limit"]},
+        when=again,
+    )
+    loop.add(nxt)
+    loop.outputs.parameters["iter"] = OutputParameter(
+        value_from_expression=if_expression(
+            _if=again, _then=nxt.outputs.parameters["iter"], _else=p.outputs.parameters["iter"]
+        )
+    )
+    return loop
+
+
+def test_recursion_loop_with_keys_and_conditional_output() -> None:
+    result = Workflow("rec", steps=make_loop(5)).run()
+    assert result.status == "Succeeded"
+    assert result.outputs["parameters"]["iter"] == 5
+    keys = [r.key for r in result.query_step(phase="Succeeded") if r.key]
+    assert keys == [f"iter-{i}" for i in range(5)]
+    (third,) = result.query_step(key="iter-2")
+    assert third.path == "next/next/plus1"
+    assert third.outputs.parameters["iter"] == 3
+
+
+def test_deep_recursion_does_not_exhaust_the_stack() -> None:
+    result = Workflow("deep", steps=make_loop(400)).run()
+    assert result.status == "Succeeded"
+    assert result.outputs["parameters"]["iter"] == 400
+
+
+def test_long_sequential_steps_of_skipped_steps() -> None:
+    wf = Workflow("skips")
+    for i in range(3000):
+        wf.add(Step(f"s{i}", ident, when=False))
+    result = wf.run()
+    assert result.status == "Succeeded"
+    assert {r.phase for r in result.records} == {"Skipped"}
+
+
+def test_dflow_style_string_condition_and_placeholder_keys() -> None:
+    wf = Workflow("strings")
+    a = Step("a", ident, parameters={"x": 3})
+    wf.add(a)
+    hi = Step("hi", ident, parameters={"x": 1}, when="%s > 2" % a.outputs.parameters["result"])
+    lo = Step("lo", ident, parameters={"x": 1}, when="%s <= 2" % a.outputs.parameters["result"])
+    both = Step("both", ident, when="{{steps.a.outputs.parameters.result}} == 3 && true")
+    wf.add([hi, lo, both])
+    result = wf.run()
+    phases = {r.name: r.phase for r in result.records}
+    assert phases == {"a": "Succeeded", "hi": "Succeeded", "lo": "Skipped", "both": "Succeeded"}
+
+
+def test_with_param_items_and_per_slice_keys() -> None:
+    @op
+    def area(w: int, h: int) -> int:
+        return w * h
+
+    wf = Workflow("items")
+    rects = [{"w": 1, "h": 2}, {"w": 3, "h": 4}]
+    wf.add(
+        Step(
+            "area",
+            area,
+            parameters={"w": item["w"], "h": item["h"]},
+            with_param=rects,
+            key="area-{{item.w}}",
+        )
+    )
+    result = wf.run()
+    (parent,) = result.query_step(name="area")
+    assert parent.outputs.parameters["result"] == [2, 12]
+    assert result.query_step(key="area-3")[0].outputs.parameters["result"] == 12
+
+
+def test_slices_over_upstream_list_with_group_size() -> None:
+    @op
+    def make(n: int) -> list[int]:
+        return list(range(n))
+
+    wf = Workflow("slices")
+    m = Step("make", make, parameters={"n": 23})
+    sq = Step(
+        "sq",
+        plus1,
+        parameters={"iter": m.outputs.parameters["result"]},
+        slices=Slices(input_parameter=["iter"], output_parameter=["iter"], group_size=5),
+    )
+    wf.add(m)
+    wf.add(sq)
+    wf.add(Step("sum", ident, parameters={"x": 0}))
+    result = wf.run()
+    assert result.query_step(name="sq")[0].outputs.parameters["iter"] == list(range(1, 24))
+
+
+def test_sliced_artifacts_each_slice_in_its_own_directory() -> None:
+    @op
+    def write(n: int) -> {"files": Artifact(list[Path])}:  # type: ignore[valid-type]
+        paths = []
+        for i in range(n):
+            Path(f"in{i}.txt").write_text(str(i))
+            paths.append(Path(f"in{i}.txt"))
+        return {"files": paths}
+
+    @op
+    def double(f: Artifact(Path)) -> {"out": Artifact(Path)}:  # type: ignore[valid-type]
+        Path("out.txt").write_text(str(2 * int(f.read_text())))  # same name in every slice
+        return {"out": Path("out.txt")}
+
+    wf = Workflow("art")
+    w = Step("write", write, parameters={"n": 4})
+    d = Step(
+        "double",
+        double,
+        artifacts={"f": w.outputs.artifacts["files"]},
+        slices=Slices(input_artifact=["f"], output_artifact=["out"]),
+    )
+    wf.add(w)
+    wf.add(d)
+    result = wf.run()
+    outs = result.query_step(name="double")[0].outputs.artifacts["out"]
+    assert [Path(p).read_text() for p in outs] == ["0", "2", "4", "6"]
+    assert len({str(p) for p in outs}) == 4
+
+
+def test_retries_transient_then_fatal_is_final(tmp_path: Path) -> None:
+    @op
+    def flaky(marker: str) -> int:
+        attempt = current_context().attempt
+        if attempt < 2:
+            raise TransientError(f"try {attempt}")
+        return attempt
+
+    @op
+    def fatal(x: int) -> int:
+        raise FatalError("input is physically impossible")
+
+    fast = RetryPolicy(max_retries=3, backoff=0.01, jitter=0.0)
+    wf = Workflow("retry")
+    wf.add(Step("flaky", flaky, parameters={"marker": str(tmp_path)}, retries=fast))
+    result = wf.run()
+    (rec,) = result.records
+    assert rec.phase == "Succeeded" and rec.attempts == 3
+    assert rec.outputs.parameters["result"] == 2
+
+    wf2 = Workflow("fatal")
+    wf2.add(Step("fatal", fatal, parameters={"x": 1}, retries=fast))
+    (rec2,) = wf2.run().records
+    assert rec2.phase == "Failed" and rec2.attempts == 1 and "FatalError" in rec2.error
+
+
+def test_retry_on_user_errors_when_asked() -> None:
+    @op
+    def boom() -> int:
+        if current_context().attempt == 0:
+            raise RuntimeError("first try fails")
+        return 1
+
+    policy = RetryPolicy(max_retries=1, backoff=0.0, jitter=0.0, retry_on={"user"})
+    wf = Workflow("user-retry")
+    wf.add(Step("boom", boom, retries=policy))
+    (rec,) = wf.run().records
+    assert rec.phase == "Succeeded" and rec.attempts == 2
+
+
+def test_continue_on_failed_lets_the_workflow_go_on() -> None:
+    @op
+    def bad() -> int:
+        raise ValueError("broken")
+
+    wf = Workflow("cof")
+    b = Step("bad", bad, continue_on_failed=True)
+    wf.add(b)
+    wf.add(Step("uses", ident, parameters={"x": b.outputs.parameters["result"]}))
+    wf.add(Step("independent", ident, parameters={"x": 2}))
+    result = wf.run()
+    phases = {r.name: r.phase for r in result.records}
+    assert result.status == "Succeeded"
+    assert phases == {"bad": "Failed", "uses": "Skipped", "independent": "Succeeded"}
+
+
+def test_continue_on_num_success_threshold_not_met_fails() -> None:
+    @op
+    def odd_fails(x: int) -> int:
+        if x % 2:
+            raise ValueError("odd")
+        return x
+
+    wf = Workflow("num")
+    wf.add(
+        Step(
+            "fan",
+            odd_fails,
+            parameters={"x": [0, 1, 2, 3]},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+            continue_on_num_success=3,
+        )
+    )
+    result = wf.run()
+    assert result.status == "Failed"
+    assert result.records[0].failed_slices == 2
+
+
+def test_sub_workflow_outputs_feed_the_parent_dag() -> None:
+    inner = DAG("inner", inputs={"a": 1})
+    s = Step("s", plus1, parameters={"iter": inner.inputs.parameters["a"]})
+    inner.add(s)
+    inner.outputs.parameters["out"] = OutputParameter(value_from_parameter=s.outputs.parameters["iter"])
+    dag = DAG("outer")
+    call = Step("call", inner, parameters={"a": 41})
+    after = Step("after", ident, parameters={"x": call.outputs.parameters["out"]})
+    dag.add([after, call])
+    result = Workflow("sub", dag=dag).run()
+    assert result.query_step(name="after")[0].outputs.parameters["result"] == 42
+    assert result.query_step(name="call/s")[0].outputs.parameters["iter"] == 42
+
+
+def test_sync_ops_on_threads_each_get_their_own_cwd() -> None:
+    @op
+    def write_here(x: int) -> {"f": Artifact(Path), "cwd": str}:  # type: ignore[valid-type]
+        Path("same-name.txt").write_text(str(x))
+        time.sleep(0.01)  # overlap with the other slices on other threads
+        return {"f": Path("same-name.txt"), "cwd": os.getcwd()}
+
+    wf = Workflow("cwd")
+    wf.add(
+        Step(
+            "w",
+            write_here,
+            parameters={"x": list(range(8))},
+            slices=Slices(input_parameter=["x"], output_parameter=["cwd"], output_artifact=["f"]),
+        )
+    )
+    result = wf.run()
+    rec = result.records[0]
+    assert [Path(p).read_text() for p in rec.outputs.artifacts["f"]] == [str(i) for i in range(8)]
+    assert len(set(rec.outputs.parameters["cwd"])) == 8
+    assert Path.cwd() == Path(os.getcwd())  # the driver's cwd never moved
+
+
+def test_output_artifact_outside_workdir_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("x")
+
+    @op
+    def escape() -> {"f": Artifact(Path)}:  # type: ignore[valid-type]
+        return {"f": Path("../../../../elsewhere.txt")}
+
+    wf = Workflow("escape")
+    wf.add(Step("escape", escape))
+    (rec,) = wf.run().records
+    assert rec.phase == "Failed"
+    assert "outside its work directory" in rec.error
+
+
+def test_signature_violations_fail_the_step_with_port_names() -> None:
+    class Wrong(__import__("dflow_async").OP):
+        @classmethod
+        def get_input_sign(cls):
+            return {"x": int}
+
+        @classmethod
+        def get_output_sign(cls):
+            return {"y": int}
+
+        def execute(self, op_in):
+            return OPIO({"y": "not an int", "extra": 1})
+
+    wf = Workflow("sig")
+    wf.add(Step("wrong", Wrong, parameters={"x": 1}))
+    (rec,) = wf.run().records
+    assert rec.phase == "Failed"
+    assert "output 'extra' is not declared" in rec.error
+    assert "output parameter 'y' expects int, got str" in rec.error
+
+
+def test_arun_inside_a_running_loop_and_events() -> None:
+    @op
+    async def sleepy(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    events: list[tuple[str, str]] = []
+    wf = Workflow("async")
+    a = Step("a", sleepy, parameters={"x": 1})
+    wf.add(a)
+    wf.add(Step("b", ident, parameters={"x": a.outputs.parameters["result"]}))
+
+    async def main() -> str:
+        result = await wf.arun(on_event=lambda kind, rec, f: events.append((kind, rec.name)))
+        return result.status
+
+    assert asyncio.run(main()) == "Succeeded"
+    assert events == [("started", "a"), ("succeeded", "a"), ("started", "b"), ("succeeded", "b")]
+
+
+def test_async_fan_out_runs_concurrently() -> None:
+    @op
+    async def nap(x: int) -> int:
+        await asyncio.sleep(0.2)
+        return x
+
+    wf = Workflow("naps")
+    wf.add(Step("nap", nap, parameters={"x": list(range(200))},
+                slices=Slices(input_parameter=["x"], output_parameter=["result"])))
+    started = time.monotonic()
+    result = wf.run()
+    elapsed = time.monotonic() - started
+    assert result.records[0].outputs.parameters["result"] == list(range(200))
+    # serial execution would take 40 s; this only guards against it, it is no benchmark
+    assert elapsed < 20
+
+
+def test_ctrl_c_cancels_the_run_and_kills_worker_processes(tmp_path: Path) -> None:
+    script = tmp_path / "hang_wf.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from dflow_async import Step, Workflow
+            from dflow_async.testing._ops import hang
+            wf = Workflow("ctrl-c", executor="process")
+            wf.add([Step(f"h{{i}}", hang, parameters={{"marker_dir": {str(tmp_path)!r}, "seconds": 60}})
+                    for i in range(2)])
+            if __name__ == "__main__":
+                wf.run()
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stderr=err)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pid-*"))) < 2:
+        assert time.monotonic() < deadline, "the OPs never started"
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("pid-*")]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_anyio_cancellation_of_arun_propagates() -> None:
+    @op
+    async def forever() -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+    wf = Workflow("forever")
+    wf.add(Step("f", forever))
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.2) as scope:
+            await wf.arun()
+        return scope.cancelled_caught
+
+    assert anyio.run(main) is True

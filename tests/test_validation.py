@@ -1,0 +1,165 @@
+"""Bad workflows are rejected before any step runs, with every problem listed at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dflow_async import (
+    DAG,
+    Artifact,
+    Inputs,
+    InputParameter,
+    Slices,
+    Step,
+    Steps,
+    Workflow,
+    WorkflowValidationError,
+    op,
+)
+from dflow_async.testing._ops import HoldsLock
+
+
+@op
+def needs(x: int, label: str) -> {"y": int}:  # type: ignore[valid-type]
+    return {"y": x}
+
+
+@op
+def give_text() -> str:
+    return "a"
+
+
+@op
+def takes_file(f: Artifact(Path)) -> int:  # type: ignore[valid-type]
+    return 1
+
+
+def problems(wf: Workflow, **kwargs) -> list[str]:
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run(**kwargs)
+    return info.value.problems
+
+
+@pytest.fixture(autouse=True)
+def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def test_every_problem_is_reported_at_once_and_nothing_runs(tmp_path: Path) -> None:
+    wf = Workflow("bad")
+    a = Step("a", needs, parameters={"x": "seven", "lable": "typo"})
+    b = Step("b", needs, parameters={"x": a.outputs.parameters["z"], "label": "ok"})
+    wf.add(a)
+    wf.add(b)
+    found = problems(wf)
+    text = "\n".join(found)
+    assert "step bad.a: input 'x' expects int, got str" in text
+    assert "binds parameter 'lable'" in text and "['label', 'x']" in text
+    assert "required input parameter 'label' is not bound" in text
+    assert "step 'a' has no output parameter 'z' (it has: ['y'])" in text
+    assert len(found) == 4
+    assert not (tmp_path / ".dflow-async").exists()
+
+
+def test_cycle_names_the_steps() -> None:
+    dag = DAG("loop")
+    a = Step("a", needs, parameters={"x": 1, "label": "a"})
+    b = Step("b", needs, parameters={"x": a.outputs.parameters["y"], "label": "b"})
+    a.dependencies.append(b)
+    dag.add([a, b])
+    (problem,) = problems(Workflow("w", dag=dag))
+    assert "DAG 'loop' has a cycle" in problem
+    assert "a -> b -> a" in problem or "b -> a -> b" in problem
+
+
+def test_type_mismatch_between_producer_and_consumer() -> None:
+    dag = DAG("d")
+    t = Step("t", give_text)
+    n = Step("n", needs, parameters={"x": t.outputs.parameters["result"], "label": "l"})
+    dag.add([t, n])
+    (problem,) = problems(Workflow("w", dag=dag))
+    assert "input 'x' expects int but step 't' output 'result' is str" in problem
+
+
+def test_parameter_bound_as_artifact_and_unknown_reference() -> None:
+    other = Step("elsewhere", give_text)
+    wf = Workflow("w")
+    wf.add(Step("f", takes_file, parameters={"f": "x.txt"}))
+    wf.add(Step("g", needs, parameters={"x": 1, "label": other.outputs.parameters["result"]}))
+    found = problems(wf)
+    assert any("'f' is an artifact port; bind it in artifacts=" in p for p in found)
+    assert any("refers to step 'elsewhere', which is not a step of 'w'" in p for p in found)
+
+
+def test_duplicate_names_and_same_group_reference() -> None:
+    steps = Steps("s")
+    a = Step("a", needs, parameters={"x": 1, "label": "a"})
+    b = Step("b", needs, parameters={"x": a.outputs.parameters["y"], "label": "b"})
+    steps.add([a, b])
+    steps.add(Step("a", needs, parameters={"x": 1, "label": "again"}))
+    found = problems(Workflow("w", steps=steps))
+    assert any("two steps named 'a'" in p for p in found)
+    assert any("uses step 'a', which runs in the same or a later group" in p for p in found)
+
+
+def test_unknown_executor_lists_installed_and_what_to_install() -> None:
+    wf = Workflow("w", executor="ray")
+    wf.add(Step("a", needs, parameters={"x": 1, "label": "a"}))
+    (problem,) = problems(wf)
+    assert "no executor named 'ray'" in problem
+    assert "inline" in problem and "process" in problem
+    assert "pip install dflow-async-ray" in problem
+
+
+def test_unpicklable_op_on_process_executor_names_the_step() -> None:
+    wf = Workflow("w", executor="process")
+    wf.add(Step("locked", HoldsLock(), parameters={"x": 1}))
+    (problem,) = problems(wf)
+    assert "step w.locked" in problem and "cannot" in problem
+
+
+def test_reference_to_another_templates_input() -> None:
+    outer = Steps("outer", inputs={"n": 1})
+    inner = Steps("inner", inputs=Inputs(parameters={"m": InputParameter()}))
+    inner.add(Step("use", needs, parameters={"x": outer.inputs.parameters["n"], "label": "l"}))
+    outer.add(Step("call", inner, parameters={"m": 2}))
+    (problem,) = problems(Workflow("w", steps=outer))
+    assert "refers to input 'n' of 'outer', but the step belongs to 'inner'" in problem
+
+
+def test_slices_naming_unknown_ports_and_item_without_fan_out() -> None:
+    from dflow_async import item
+
+    wf = Workflow("w")
+    wf.add(
+        Step(
+            "fan",
+            needs,
+            parameters={"x": [1, 2], "label": "l"},
+            slices=Slices(input_parameter=["x", "nope"], output_parameter=["zz"]),
+        )
+    )
+    wf.add(Step("single", needs, parameters={"x": item, "label": "l"}))
+    found = "\n".join(problems(wf))
+    assert "Slices names input 'nope'" in found
+    assert "Slices names output 'zz'" in found
+    assert "uses item but has neither with_param nor slices" in found
+
+
+def test_entry_inputs_need_values_and_unknown_run_parameters() -> None:
+    steps = Steps("main", inputs=Inputs(parameters={"n": InputParameter()}))
+    steps.add(Step("a", needs, parameters={"x": steps.inputs.parameters["n"], "label": "l"}))
+    wf = Workflow("w", steps=steps)
+    assert any("input 'n' has no value" in p for p in problems(wf))
+    assert any("gives 'm'" in p for p in problems(wf, parameters={"n": 1, "m": 2}))
+    result = wf.run(parameters={"n": 5})
+    assert result.query_step(name="a")[0].outputs.parameters["y"] == 5
+
+
+def test_references_have_no_truth_value() -> None:
+    a = Step("a", needs, parameters={"x": 1, "label": "l"})
+    with pytest.raises(TypeError, match="& | ~"):
+        if a.outputs.parameters["y"] > 1 and True:
+            pass
