@@ -50,12 +50,10 @@ from dflow_async.exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DAG",
-    "OP",
-    "OPIO",
     "Artifact",
     "ArtifactError",
     "BigParameter",
+    "DAG",
     "DflowAsyncError",
     "EventHook",
     "ExecutorClosedError",
@@ -64,6 +62,8 @@ __all__ = [
     "InputArtifact",
     "InputParameter",
     "Inputs",
+    "OP",
+    "OPIO",
     "OPIOSign",
     "OutputArtifact",
     "OutputParameter",
