@@ -282,6 +282,10 @@ class FunctionOP(OP):
         return (FunctionOP, (self.fn, self._inputs, self._outputs, self._single))
 
 
+# Dflow's ``@OP.function`` decorator: the same as ``@op``.
+OP.function = staticmethod(lambda fn: op(fn))  # type: ignore[attr-defined]
+
+
 def _import_object(module: str, qualname: str) -> Any:
     import importlib
 
@@ -339,6 +343,12 @@ def as_op(template: Any) -> OP:
         return template
     if isinstance(template, type) and issubclass(template, OP):
         return template()
+    if hasattr(template, "get_input_sign") and hasattr(template, "execute"):
+        # an OP written against another library's base class (pydflow's dflow.python.OP):
+        # the compatibility layer wraps it, translating its sign descriptors
+        from dflow_async.dflow._adapt import adapt_foreign_op
+
+        return adapt_foreign_op(template)
     raise TypeError(
         f"a Step template must be an OP class, an OP instance, an @op function, Steps or DAG; "
         f"got {template!r}"
