@@ -1,0 +1,419 @@
+"""The ``dflow-async`` command line, run as a real subprocess on workflow files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dflow_async import __version__
+from dflow_async.cli import app
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+HEADER = """\
+from pathlib import Path
+
+from dflow_async import DAG, RetryPolicy, Step, Steps, Workflow, op
+
+
+@op
+def plus1(x: int) -> int:
+    return x + 1
+
+
+@op
+def boom(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+"""
+
+SIMPLE = """
+inner = DAG("inner-tpl", inputs={"x": 1})
+a = Step("inner-a", plus1, {"x": inner.inputs.parameters["x"]})
+b = Step("inner-b", plus1, {"x": a.outputs.parameters["result"]})
+inner.add([a, b])
+
+wf = Workflow("simple")
+first = Step("first-step", plus1, {"x": 1})
+wf.add(first)
+wf.add([
+    Step("second-step", plus1, {"x": first.outputs.parameters["result"]}),
+    Step("sub-flow", inner, {"x": first.outputs.parameters["result"]}),
+])
+
+if __name__ == "__main__":
+    Path("ran-as-main").write_text("the CLI must not run the file as __main__")
+    wf.run()
+"""
+
+
+def write(tmp_path: Path, name: str, body: str, header: str = HEADER) -> Path:
+    path = tmp_path / name
+    path.write_text(header + textwrap.dedent(body))
+    return path
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
+    env["DFLOW_ASYNC_HOME"] = str(tmp_path / "store")
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dflow_async.cli", *args],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_run_success_prints_summary(tmp_path: Path) -> None:
+    write(tmp_path, "simple.py", SIMPLE)
+    proc = cli(tmp_path, "run", "simple.py")
+    assert proc.returncode == 0, proc.stderr
+    for path in ("first-step", "second-step", "sub-flow", "sub-flow/inner-a", "sub-flow/inner-b"):
+        assert path in proc.stdout
+    assert "Succeeded" in proc.stdout
+    assert "workflow 'simple' succeeded" in proc.stdout
+    run_id = re.search(r"run id:\s+(\S+)", proc.stdout)
+    run_dir = re.search(r"run dir:\s+(\S+)", proc.stdout)
+    assert run_id and run_dir
+    assert run_id.group(1).startswith("simple-")
+    assert Path(run_dir.group(1)) == tmp_path / "store" / "runs" / run_id.group(1)
+    assert Path(run_dir.group(1)).is_dir()
+    assert not (tmp_path / "ran-as-main").exists()
+
+
+def test_run_quiet_and_options(tmp_path: Path) -> None:
+    write(tmp_path, "simple.py", SIMPLE)
+    proc = cli(tmp_path, "run", "simple.py", "--quiet", "--parallelism", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "workflow 'simple' succeeded" in proc.stdout
+    assert "first-step" not in proc.stdout  # no step table when quiet
+    assert "run id:" in proc.stdout
+
+
+FAILING = """
+wf = Workflow("failing")
+ok = Step("ok-step", plus1, {"x": 1})
+wf.add(ok)
+retry = RetryPolicy(max_retries=1, retry_on={"user"}, backoff=0, jitter=0)
+wf.add(Step("boom-step", boom, {"x": ok.outputs.parameters["result"]}, retries=retry))
+"""
+
+
+def test_run_failure_exits_1_and_shows_error(tmp_path: Path) -> None:
+    write(tmp_path, "failing.py", FAILING)
+    proc = cli(tmp_path, "run", "failing.py")
+    assert proc.returncode == 1, proc.stderr
+    assert "boom-step" in proc.stdout
+    assert "Failed" in proc.stdout
+    assert "ValueError: bad input 2" in proc.stdout
+    assert "workflow 'failing' failed" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+    quiet = cli(tmp_path, "run", "failing.py", "-q")
+    assert quiet.returncode == 1
+    assert "boom-step" in quiet.stdout
+    assert "ValueError: bad input 2" in quiet.stdout
+
+
+def test_big_run_summarises_by_phase(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "big.py",
+        """
+        wf = Workflow("big")
+        wf.add([Step(f"s{i:03d}", plus1, {"x": i}) for i in range(55)])
+        wf.add(Step("last-one", boom, {"x": 0}))
+        """,
+    )
+    proc = cli(tmp_path, "run", "big.py")
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"Succeeded\s*\S\s*55", proc.stdout)
+    assert "last-one" in proc.stdout  # failed steps are listed
+    assert "s007" not in proc.stdout  # succeeded ones are only counted
+
+
+INVALID = """
+wf = Workflow("invalid")
+wf.add(Step("unbound", plus1, {"y": 1}))
+wf.add(Step("mistyped", plus1, {"x": "nope"}))
+"""
+
+
+def test_validation_error_exits_2_with_every_problem(tmp_path: Path) -> None:
+    write(tmp_path, "invalid.py", INVALID)
+    for command in ("run", "graph"):
+        proc = cli(tmp_path, command, "invalid.py")
+        assert proc.returncode == 2, proc.stderr
+        assert "cannot run, 3 problems found" in proc.stderr
+        assert "binds parameter 'y'" in proc.stderr
+        assert "required input parameter 'x' is not bound" in proc.stderr
+        assert "input 'x' expects int, got str" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_unknown_executor_is_a_validation_error(tmp_path: Path) -> None:
+    write(tmp_path, "simple.py", SIMPLE)
+    proc = cli(tmp_path, "run", "simple.py", "--executor", "no-such-executor")
+    assert proc.returncode == 2
+    assert "no executor named 'no-such-executor'" in proc.stderr
+
+
+def test_process_executor_imports_ops_from_the_file(tmp_path: Path) -> None:
+    # a local helper module next to the file: importable in the driver and in the workers
+    (tmp_path / "wfhelpers.py").write_text(
+        "from dflow_async import op\n\n\n@op\ndef triple(x: int) -> int:\n    return 3 * x\n"
+    )
+    write(
+        tmp_path,
+        "procwf.py",
+        """
+        from wfhelpers import triple
+
+        wf = Workflow("proc")
+        one = Step("local-op", plus1, {"x": 1})
+        wf.add(one)
+        wf.add(Step("helper-op", triple, {"x": one.outputs.parameters["result"]}))
+        """,
+    )
+    proc = cli(tmp_path, "run", "procwf.py", "--executor", "process")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "local-op" in proc.stdout
+    assert "helper-op" in proc.stdout
+
+
+# ---------------------------------------------------------------- choosing the object
+
+TWO = """
+first = Workflow("first")
+first.add(Step("only-in-first", plus1, {"x": 1}))
+second = Workflow("second")
+second.add(Step("only-in-second", plus1, {"x": 2}))
+same_as_first = first
+"""
+
+
+def test_file_object_selection(tmp_path: Path) -> None:
+    write(tmp_path, "two.py", TWO)
+    proc = cli(tmp_path, "run", "two.py:second")
+    assert proc.returncode == 0, proc.stderr
+    assert "only-in-second" in proc.stdout
+    assert "only-in-first" not in proc.stdout
+
+
+def test_ambiguous_and_wrong_objects(tmp_path: Path) -> None:
+    write(tmp_path, "two.py", TWO)
+    proc = cli(tmp_path, "run", "two.py")
+    assert proc.returncode == 2
+    assert "found 2: first, second" in proc.stderr
+    assert "FILE.py:NAME" in proc.stderr
+
+    proc = cli(tmp_path, "run", "two.py:missing")
+    assert proc.returncode == 2
+    assert "no attribute 'missing'" in proc.stderr
+
+    proc = cli(tmp_path, "run", "two.py:plus1")
+    assert proc.returncode == 2
+    assert "not a dflow_async.Workflow" in proc.stderr
+
+    write(tmp_path, "none.py", "x = 1\n")
+    proc = cli(tmp_path, "graph", "none.py")
+    assert proc.returncode == 2
+    assert "found none" in proc.stderr
+
+    proc = cli(tmp_path, "run", "does-not-exist.py")
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr
+
+
+def test_file_that_raises_while_loading(tmp_path: Path) -> None:
+    write(tmp_path, "broken.py", "\nraise RuntimeError('broken on purpose')\n")
+    proc = cli(tmp_path, "run", "broken.py")
+    assert proc.returncode == 2
+    assert "RuntimeError: broken on purpose" in proc.stderr
+    assert "broken.py" in proc.stderr
+    assert "importlib" not in proc.stderr  # only the user's frames
+
+
+# ---------------------------------------------------------------- graph
+
+
+def mermaid_edges(text: str) -> set[tuple[str, str]]:
+    labels = dict(re.findall(r"^\s*(\w+)\[\[?\"(.*?)\"\]?\]$", text, re.M))
+    labels.update(re.findall(r"^\s*subgraph (\w+)\[\"(.*?)\"\]$", text, re.M))
+    pairs = re.findall(r"^\s*(\w+) -\.?->(?:\|[^|]*\|)? (\w+)$", text, re.M)
+    return {(labels[a], labels[b]) for a, b in pairs}
+
+
+def dot_edges(text: str) -> set[tuple[str, str]]:
+    labels = dict(re.findall(r'^\s*"(\w+)" \[label="(.*?)"', text, re.M))
+    pairs = re.findall(r'^\s*"(\w+)" -> "(\w+)"', text, re.M)
+    return {(labels[a], labels[b]) for a, b in pairs}
+
+
+def test_graph_mermaid(tmp_path: Path) -> None:
+    write(tmp_path, "simple.py", SIMPLE)
+    proc = cli(tmp_path, "graph", "simple.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("flowchart TD")
+    assert 'subgraph t1["inner-tpl"]' in out
+    assert mermaid_edges(out) == {
+        ("first-step", "second-step"),
+        ("first-step", "sub-flow"),
+        ("inner-a", "inner-b"),
+        ("sub-flow", "inner-tpl"),  # the step uses the template's subgraph
+    }
+
+
+def test_graph_dot(tmp_path: Path) -> None:
+    write(tmp_path, "simple.py", SIMPLE)
+    proc = cli(tmp_path, "graph", "simple.py:wf", "--format", "dot")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith('digraph "simple" {')
+    assert 'subgraph "cluster_t1"' in out
+    assert 'label="inner-tpl";' in out
+    assert dot_edges(out) == {
+        ("first-step", "second-step"),
+        ("first-step", "sub-flow"),
+        ("inner-a", "inner-b"),
+        ("sub-flow", "inner-a"),  # to the cluster's first node, clipped at the cluster
+    }
+    assert 'lhead="cluster_t1"' in out
+
+
+RECURSIVE = """
+loop = Steps("loop", inputs={"i": 0})
+inc = Step("increment", plus1, {"x": loop.inputs.parameters["i"]})
+loop.add(inc)
+loop.add(Step("again", loop, {"i": inc.outputs.parameters["result"]},
+              when="{{steps.increment.outputs.parameters.result}} < 3"))
+
+shared = DAG("shared", inputs={"i": 0})
+shared.add(Step("work", plus1, {"x": shared.inputs.parameters["i"]}))
+
+wf = Workflow("recursive")
+wf.add(Step("start", loop, {"i": 0}))
+wf.add([Step("use-1", shared, {"i": 1}), Step("use \\"2\\"", shared, {"i": 2})])
+"""
+
+
+def test_graph_recursion_and_shared_templates_drawn_once(tmp_path: Path) -> None:
+    write(tmp_path, "rec.py", RECURSIVE)
+    mermaid = cli(tmp_path, "graph", "rec.py").stdout
+    assert mermaid.count("subgraph ") == 2
+    assert mermaid.count('["work"]') == 1
+    assert re.search(r"^\s*\w+ -\.->\|recursion\| \w+$", mermaid, re.M)
+    assert ("again", "increment") in mermaid_edges(mermaid)
+    assert "use #quot;2#quot;" in mermaid  # quotes in names are escaped
+
+    proc = cli(tmp_path, "graph", "rec.py", "-f", "dot")
+    assert proc.returncode == 0, proc.stderr
+    dot = proc.stdout
+    assert dot.count("subgraph ") == 2
+    assert 'label="recursion"' in dot
+    assert ("again", "increment") in dot_edges(dot)
+    assert r'label="use \"2\""' in dot
+
+    run = cli(tmp_path, "run", "rec.py")
+    assert run.returncode == 0, run.stderr
+    assert "start/again/again/increment" in run.stdout
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "hang.py",
+        """
+        import time
+
+
+        HERE = Path(__file__).parent
+
+
+        @op
+        def hang(x: int) -> int:
+            (HERE / "started").write_text("yes")
+            while not (HERE / "release").exists():
+                time.sleep(0.05)
+            return x
+
+
+        wf = Workflow("hang")
+        wf.add(Step("hang", hang, {"x": 1}))
+        """,
+    )
+    # a shell's background job starts with SIGINT ignored; give the child Python's handler
+    code = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('dflow_async.cli', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", "hang.py"],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the step never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        (tmp_path / "release").write_text("go")
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert re.search(r"interrupted: run hang-\w+ was cancelled", err)
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- small commands
+
+
+def test_executors_and_version() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["executors"])
+    assert result.exit_code == 0
+    names = result.stdout.split()
+    assert "inline" in names
+    assert "process" in names
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_executors_subprocess(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "executors")
+    assert proc.returncode == 0, proc.stderr
+    assert {"inline", "process"} <= set(proc.stdout.split())
