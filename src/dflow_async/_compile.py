@@ -35,7 +35,14 @@ from dflow_async._refs import (
 )
 from dflow_async._types import describe, is_compatible, matches
 
-__all__ = ["CompiledStep", "CompiledTemplate", "PortInfo", "as_networkx", "compile_template"]
+__all__ = [
+    "CompiledStep",
+    "CompiledTemplate",
+    "PortInfo",
+    "as_networkx",
+    "compile_template",
+    "definition_digest",
+]
 
 
 class PortInfo(typing.NamedTuple):  # a tuple: built once per port per step, cheaply
@@ -391,6 +398,54 @@ class _Compiler:
             for step_name in _string_step_names(source):
                 if step_name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {step_name!r}")
+
+
+def definition_digest(root: CompiledTemplate) -> str:
+    """A digest of what the workflow does: templates, steps, OPs and bound inputs. Resume
+    refuses a run whose definition changed, since its recorded outputs may no longer apply."""
+    import hashlib
+
+    h = hashlib.sha256()
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        ct = todo.pop()
+        if id(ct) in seen:
+            continue
+        seen.add(id(ct))
+        inputs = sorted((n, repr(i.default)) for n, i in ct.inputs.items())
+        outputs = sorted((n, repr(_canon(src))) for n, (_, src) in ct.outputs.items())
+        h.update(repr((ct.name, inputs, outputs)).encode())
+        for node in ct.nodes[: ct.n_steps]:
+            step = node.step
+            assert step is not None
+            if node.sub is not None:
+                todo.append(node.sub)
+                what = f"template:{node.sub.name}"
+            else:
+                what = f"{op_name(node.op) if node.op else '?'}@{getattr(node.op, 'version', '')}"
+            bindings = [(b.port, _canon(b.value)) for b in node.bindings]
+            h.update(
+                repr((
+                    node.name, what, bindings, _canon(step.when), _canon(step.key),
+                    _canon(step.with_param), repr(step.slices), sorted(node.producers),
+                )).encode()
+            )
+    return "sha256:" + h.hexdigest()
+
+
+def _canon(value: Any) -> Any:
+    if value is None or isinstance(value, int | float | str | bool):
+        return value
+    if isinstance(value, Ref):
+        return value.placeholder()
+    if isinstance(value, list | tuple):
+        return [_canon(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canon(v) for k, v in value.items()}
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+    return repr(value)
 
 
 def _acyclic(ct: CompiledTemplate) -> bool:

@@ -10,6 +10,8 @@ from typing import Any
 import anyio
 
 from dflow_async._spec import AttemptOutcome, Failed
+from dflow_async._journal import JournalError
+from dflow_async._recorder import Recorder
 from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
 from dflow_async.executors._base import Executor
 
@@ -17,10 +19,17 @@ __all__ = ["execute"]
 
 
 class _Shell:
-    def __init__(self, state: RunState, executors: dict[Any, Executor], tg: asyncio.TaskGroup):
+    def __init__(
+        self,
+        state: RunState,
+        executors: dict[Any, Executor],
+        tg: asyncio.TaskGroup,
+        recorder: Recorder | None,
+    ) -> None:
         self.state = state
         self.executors = executors
         self.tg = tg
+        self.recorder = recorder
 
     def apply(self, instructions: list[Instruction]) -> None:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
@@ -32,7 +41,9 @@ class _Shell:
             elif isinstance(ins, Retry):
                 spawn(self.retry_later(ins.unit, ins.delay))
             elif isinstance(ins, Finish):
-                pass  # the task group ends when the last attempt does
+                # the task group ends when the last attempt (and the journal flusher) does
+                if self.recorder is not None:
+                    self.recorder.finish(ins.status)
 
     async def run_unit(self, unit: Unit) -> None:
         spec = unit.spec
@@ -64,7 +75,9 @@ class _Shell:
         self.apply(self.state.retry_due(unit))
 
 
-async def execute(state: RunState, executors: dict[Any, Executor]) -> str:
+async def execute(
+    state: RunState, executors: dict[Any, Executor], recorder: Recorder | None = None
+) -> str:
     """Run to completion; returns the final status. Cancelling this coroutine cancels every
     running attempt (executors kill their processes) before it returns."""
     async with contextlib.AsyncExitStack() as stack:
@@ -72,8 +85,13 @@ async def execute(state: RunState, executors: dict[Any, Executor]) -> str:
             await stack.enter_async_context(executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                _Shell(state, executors, tg).apply(state.start())
+                if recorder is not None:
+                    tg.create_task(recorder.run())
+                _Shell(state, executors, tg, recorder).apply(state.start())
         except BaseException:
             state.cancel()
+            if recorder is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(JournalError):
+                    await anyio.to_thread.run_sync(recorder.flush_now, "Cancelled")
             raise
     return state.status

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ SKIPPED: Any = "<skipped>"
 FAILED: Any = "<failed>"
 
 EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
+UnitHook = Callable[[str, int, Sequence[Any]], None]  # (step path, unit number, slice outputs)
 
 
 @dataclass(slots=True, eq=False)
@@ -209,12 +210,29 @@ class RunState:
         inputs: dict[str, Any] | None = None,
         parallelism: int | None = None,
         on_event: EventHook | None = None,
+        on_unit: UnitHook | None = None,
+        restored: Sequence[StepRecord] = (),
+        restored_units: dict[str, dict[int, list[Any]]] | None = None,
+        reuse: Sequence[StepRecord] = (),
+        attempt_suffix: str = "",
     ) -> None:
         self.root_ct = root
         self.run_id = run_id
         self.run_dir = run_dir.rstrip("/")
         self.parallelism = parallelism
         self.on_event = on_event
+        self.on_unit = on_unit
+        self.attempt_suffix = attempt_suffix
+        # resume: what an earlier driver of this run finished, by path
+        self.restored = {r.path: r for r in restored if r.phase == "Succeeded"}
+        self.restored_slices: dict[str, list[StepRecord]] = {}
+        for r in restored:
+            parent, sep, rest = r.path.rpartition("[")
+            if sep and rest[:-1].isdigit() and parent in self.restored:
+                self.restored_slices.setdefault(parent, []).append(r)
+        self.restored_units = restored_units or {}
+        # reuse_step: finished records of other runs, by key
+        self.reuse = {r.key: r for r in reuse if r.key is not None and r.phase == "Succeeded"}
         self.records: list[StepRecord] = []
         self.ready: deque[StepRun] = deque()
         self.retries: deque[Unit] = deque()
@@ -245,14 +263,8 @@ class RunState:
         sr.running -= 1
         sr.record.attempts += 1
         if outcome.ok:
-            sr.inflight -= 1
-            sr.done_units += 1
-            base = unit.slice_ids.start
-            for offset, values in enumerate(outcome.outputs):
-                sr.slice_outputs[base + offset] = values
-            if sr.slice_records is not None:
-                self._slices_done(sr, unit, "Succeeded", outcome.outputs)
-            self._maybe_finish_step(sr, out)
+            workdirs = [p.workdir for p in unit.spec.slices]
+            self._unit_ok(sr, unit.number, unit.slice_ids, unit.attempt, workdirs, outcome.outputs, out)
         else:
             self._unit_failed(unit, outcome, out)
         if not sr.queued and sr.next_unit < sr.n_units and not sr.stopped:
@@ -260,6 +272,30 @@ class RunState:
             self.ready.appendleft(sr)
         self._pump(out)
         return out
+
+    def _unit_ok(
+        self,
+        sr: StepRun,
+        number: int,
+        ids: range,
+        attempt: int,
+        workdirs: list[str],
+        outputs: Sequence[dict[str, Any]],
+        out: list[Instruction],
+    ) -> None:
+        sr.inflight -= 1
+        sr.done_units += 1
+        base = ids.start
+        for offset, values in enumerate(outputs):
+            sr.slice_outputs[base + offset] = values
+        if sr.items is None:
+            sr.record.workdirs.extend(workdirs)
+        else:
+            if sr.slice_records is not None:
+                self._slices_done(sr, ids, attempt, workdirs, "Succeeded", outputs)
+            if self.on_unit is not None:
+                self.on_unit(sr.record.path, number, outputs)
+        self._maybe_finish_step(sr, out)
 
     def retry_due(self, unit: Unit) -> list[Instruction]:
         out: list[Instruction] = []
@@ -273,6 +309,7 @@ class RunState:
             if rec.phase in ("Running", "Pending"):
                 rec.phase = "Cancelled"
                 rec.end = time.time()
+                self._emit("cancelled", rec, {})
         self.status = "Cancelled"
 
     # ------------------------------------------------------------------ templates
@@ -292,6 +329,12 @@ class RunState:
             return
         step = node.step
         path = f"{trun.path}/{node.name}" if trun.path else node.name
+        done = self.restored.get(path)
+        if done is not None:
+            self.records.append(done)
+            self.records.extend(self.restored_slices.get(path, ()))
+            self._node_done(trun, idx, _outputs_of(done), out)
+            return
         template = node.op and type(node.op).__name__
         if node.sub is not None:
             template = node.sub.name
@@ -313,6 +356,15 @@ class RunState:
             record.errors.append(f"{type(exc).__name__}: {exc}")
             sr.failed = True
             self._finish_step(sr, out)
+            return
+        reused = self.reuse.get(record.key) if record.key is not None else None
+        if reused is not None:
+            record.outputs.parameters = dict(reused.outputs.parameters)
+            record.outputs.artifacts = dict(reused.outputs.artifacts)
+            record.phase = "Succeeded"
+            record.start = record.end = time.time()
+            self._emit("reused", record, {"from": reused.path})
+            self._node_done(trun, idx, _outputs_of(record), out)
             return
         if node.sub is not None:
             self._start_children(sr, out)
@@ -514,6 +566,14 @@ class RunState:
                 sr.inflight += 1
                 size = sr.group_size
                 ids = range(number * size, min(sr.n_slices, (number + 1) * size))
+                finished = self.restored_units.get(sr.record.path)
+                if finished is not None and number in finished:
+                    # an earlier driver of this run finished this unit: keep its outputs
+                    if sr.record.phase == "Pending":
+                        sr.record.phase = "Running"
+                        sr.record.start = time.time()
+                    self._unit_ok(sr, number, ids, 0, [], finished[number], out)
+                    continue
                 self._launch(self._make_unit(sr, number, ids, 0), out)
             if not self._todo:
                 return
@@ -525,7 +585,8 @@ class RunState:
         pieces = []
         for i in ids:
             index = None if sr.items is None else i
-            where = f"{base}/a{attempt}" if index is None else f"{base}/s{index}/a{attempt}"
+            name = f"a{attempt}{self.attempt_suffix}"
+            where = f"{base}/{name}" if index is None else f"{base}/s{index}/{name}"
             pieces.append(SliceInput(index=index, inputs=self._slice_inputs(sr, i), workdir=where))
         step = node.step
         assert step is not None
@@ -557,20 +618,23 @@ class RunState:
     def _slices_done(
         self,
         sr: StepRun,
-        unit: Unit,
+        ids: range,
+        attempt: int,
+        workdirs: list[str],
         phase: Any,
-        outputs: tuple[dict[str, Any], ...] | None,
+        outputs: Sequence[dict[str, Any]] | None,
         error: str | None = None,
     ) -> None:
         assert sr.slice_records is not None
         now = time.time()
-        for offset, i in enumerate(unit.slice_ids):
+        for offset, i in enumerate(ids):
             rec = sr.slice_records[i]
             rec.phase = phase
-            rec.attempts = unit.attempt + 1
+            rec.attempts = attempt + 1
             rec.start = rec.start or sr.record.start
             rec.end = now
-            rec.workdirs.append(unit.spec.slices[offset].workdir)
+            if offset < len(workdirs):
+                rec.workdirs.append(workdirs[offset])
             if outputs is not None:
                 for name, value in outputs[offset].items():
                     info = sr.node.outputs.get(name)
@@ -578,6 +642,7 @@ class RunState:
                     getattr(rec.outputs, kind)[name] = value
             if error:
                 rec.errors.append(error)
+            self._emit("slice_succeeded" if phase == "Succeeded" else "slice_failed", rec, {})
 
     def _unit_failed(self, unit: Unit, outcome: Failed, out: list[Instruction]) -> None:
         sr = unit.sr
@@ -599,7 +664,8 @@ class RunState:
         sr.inflight -= 1
         record.failed_slices += len(unit.slice_ids)
         if sr.slice_records is not None:
-            self._slices_done(sr, unit, "Failed", None, outcome.error)
+            workdirs = [p.workdir for p in unit.spec.slices]
+            self._slices_done(sr, unit.slice_ids, unit.attempt, workdirs, "Failed", None, outcome.error)
         step = node.step
         if step is None or not step.tolerates_failure:
             sr.failed = True
@@ -620,20 +686,22 @@ class RunState:
         record = sr.record
         record.end = time.time()
         trun = sr.trun
-        if sr.failed or record.failed_slices or sr.trun.failing:
+        complete = sr.done_units + _failed_units(sr) >= sr.n_units
+        clean = not sr.failed and complete and not record.failed_slices
+        if not clean:
             ok_slices = sr.n_slices - record.failed_slices
-            complete = sr.done_units + _failed_units(sr) >= sr.n_units
             tolerated = (
                 not sr.failed
                 and sr.items is not None  # a fan-out may succeed with holes; one step cannot
                 and complete
-                and (not record.failed_slices or self._enough_success(step, ok_slices, sr.n_slices))
+                and self._enough_success(step, ok_slices, sr.n_slices)
             )
             if not tolerated:
                 record.phase = "Failed" if sr.failed or record.failed_slices else "Cancelled"
                 if record.phase == "Cancelled" and record.start is None:
                     record.phase = "Pending"  # never started: left as it was
-                self._emit(record.phase.lower(), record, {"error": record.error})
+                kind = "failed" if record.phase == "Failed" else "cancelled"
+                self._emit(kind, record, {"error": record.error})
                 if record.phase == "Failed" and step.continue_on_failed and not trun.failing:
                     self._node_done(trun, node.index, FAILED, out)
                     return
@@ -723,6 +791,10 @@ class RunState:
     def _emit(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(kind, record, fields)
+
+
+def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
+    return {"parameters": record.outputs.parameters, "artifacts": record.outputs.artifacts}
 
 
 def _failed_units(sr: StepRun) -> int:

@@ -10,7 +10,9 @@ from typing import Any
 
 import anyio
 
-from dflow_async._compile import CompiledTemplate, compile_template
+from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
+from dflow_async._journal import Journal, JournalError
+from dflow_async._recorder import Recorder
 from dflow_async._events import EventHook, logging_hook
 from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._op import OP
@@ -58,6 +60,8 @@ class Workflow:
         self.parallelism = parallelism
         self.executor = executor
         self.store = store
+        #: "FILE.py:OBJECT" the workflow came from; recorded so `dflow-async resume` finds it
+        self.source: str | None = None
 
     def add(self, step: Step | Sequence[Step]) -> Workflow:
         self.entrypoint.add(step)  # type: ignore[attr-defined]
@@ -114,8 +118,17 @@ class Workflow:
         parallelism: int | None = None,
         run_id: str | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
+        resume: str | None = None,
+        reuse_step: Sequence[StepRecord] | None = None,
+        journal: bool = True,
     ) -> Result:
-        """Run to completion and return the result (blocks; use ``arun`` inside a loop)."""
+        """Run to completion and return the result (blocks; use ``arun`` inside a loop).
+
+        ``resume=RUN_ID`` continues a run that was interrupted: its succeeded steps keep their
+        outputs and are not executed again. ``reuse_step=[records]`` takes succeeded step
+        records (matched by key) from earlier runs instead of executing those steps.
+        ``journal=False`` keeps no journal (no resume, no inspection from other processes).
+        """
 
         async def main() -> Result:
             return await self.arun(
@@ -124,6 +137,9 @@ class Workflow:
                 parallelism=parallelism,
                 run_id=run_id,
                 on_event=on_event,
+                resume=resume,
+                reuse_step=reuse_step,
+                journal=journal,
             )
 
         return anyio.run(main)
@@ -136,32 +152,65 @@ class Workflow:
         parallelism: int | None = None,
         run_id: str | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
+        resume: str | None = None,
+        reuse_step: Sequence[StepRecord] | None = None,
+        journal: bool = True,
     ) -> Result:
         """Run inside the current event loop (Jupyter, an async application)."""
         compiled, executors = self._prepare(executor, parameters)
-        run_id = run_id or f"{self.name}-{secrets.token_hex(3)}"
-        store = Path(self.store) if self.store is not None else default_store()
-        if str(store).startswith("file://"):
-            store = Path(str(store)[len("file://") :])
-        run_dir = (store / "runs" / run_id).absolute()
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        hooks = _hooks(on_event, run_id)
+        if resume is not None and run_id is not None and run_id != resume:
+            raise ValueError("pass run_id= or resume=, not both")
+        run_id = resume or run_id or f"{self.name}-{secrets.token_hex(3)}"
+        run_dir = (self.store_path() / "runs" / run_id).absolute()
+        hook = _fan(_hooks(on_event, run_id))
+        recorder: Recorder | None = None
+        restored: list[StepRecord] = []
+        units: dict[str, dict[int, list[Any]]] = {}
+        suffix = ""
+        if journal:
+            digest = definition_digest(compiled)
+            if resume is not None:
+                jr, snapshot = Journal.resume(run_dir)
+                recorded = snapshot.meta.get("definition_digest")
+                if recorded != digest:
+                    jr.close()
+                    raise JournalError(
+                        f"run {run_id} was started from a different workflow definition "
+                        f"({recorded} != {digest}); resume needs the same workflow. To build on "
+                        "its results, start a new run with reuse_step="
+                    )
+                restored, units = snapshot.records, snapshot.units
+                suffix = f".r{jr.epoch - 1}"
+            else:
+                jr = Journal.create(run_dir, meta=self._meta(run_id, digest, parameters))
+            recorder = Recorder(jr, hook)
+        elif resume is not None:
+            raise ValueError("resume= needs the run's journal; do not pass journal=False")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = RunState(
             compiled,
             run_id=run_id,
             run_dir=str(run_dir),
             inputs=parameters,
             parallelism=parallelism if parallelism is not None else self.parallelism,
-            on_event=_fan(hooks),
+            on_event=recorder.on_event if recorder is not None else hook,
+            on_unit=recorder.on_unit if recorder is not None else None,
+            restored=restored,
+            restored_units=units,
+            reuse=list(reuse_step or ()),
+            attempt_suffix=suffix,
         )
         status = "Running"
         try:
             from dflow_async._scheduler import execute
 
-            status = await execute(state, executors)
+            status = await execute(state, executors, recorder)
         finally:
             if status == "Running":
                 state.status = "Cancelled"
+            if recorder is not None:
+                recorder.journal.close()
         return Result(
             name=self.name,
             run_id=run_id,
@@ -170,6 +219,32 @@ class Workflow:
             records=state.records,
             outputs=state.outputs,
         )
+
+    def store_path(self) -> Path:
+        store = Path(self.store) if self.store is not None else default_store()
+        if str(store).startswith("file://"):
+            store = Path(str(store)[len("file://") :])
+        return store
+
+    def _meta(self, run_id: str, digest: str, parameters: dict[str, Any] | None) -> dict[str, str]:
+        import json
+        import sys
+        import time
+
+        source = self.source
+        if source is None:
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            source = str(Path(main).absolute()) if main else ""
+        return {
+            "run_id": run_id,
+            "workflow": self.name,
+            "definition_digest": digest,
+            "created": repr(time.time()),
+            "status": "Running",
+            "source": source,
+            "cwd": os.getcwd(),
+            "parameters": json.dumps(parameters or {}, default=repr),
+        }
 
 
 def _is_provided(problem: str, provided: set[str]) -> bool:

@@ -116,7 +116,8 @@ class ExecutorConformance:
 
     def test_timeout_stops_the_attempt(self) -> None:
         wf = Workflow("timeout")
-        wf.add(Step("hang", _ops.hang, parameters={"marker_dir": str(self.tmp)}, timeout=0.5))
+        # long enough for a fresh worker process to start and record its pid, even on a busy machine
+        wf.add(Step("hang", _ops.hang, parameters={"marker_dir": str(self.tmp)}, timeout=3.0))
         try:
             result = self.run(wf)
         finally:

@@ -1,0 +1,113 @@
+"""JSON encoding of step outputs for the journal: no pickle in the journal itself.
+
+Values JSON cannot hold (arrays, custom objects) are written as blobs next to the journal and
+referenced by digest; paths and artifact references keep their type through a small tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path, PurePath
+from typing import Any
+
+__all__ = ["decode", "encode"]
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def encode(value: Any, blob_dir: Path | None) -> str:
+    if _flat(value):  # the common case, straight to the C encoder
+        return json.dumps(value, separators=(",", ":"))
+    return json.dumps(_to_json(value, blob_dir), separators=(",", ":"), allow_nan=True)
+
+
+def _flat(value: Any) -> bool:
+    """A dict of dicts of scalars (step outputs of plain parameters): JSON as it is."""
+    if type(value) is not dict:
+        return False
+    for inner in value.values():
+        if type(inner) is not dict:
+            return False
+        for k, v in inner.items():
+            if type(v) not in _SCALARS or k.startswith("__dfa_"):
+                return False
+    return True
+
+
+def decode(text: str | None, blob_dir: Path | None) -> Any:
+    if text is None:
+        return None
+    return _from_json(json.loads(text), blob_dir)
+
+
+def _to_json(value: Any, blob_dir: Path | None) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [_to_json(v, blob_dir) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if any(k.startswith("__dfa_") for k in value):
+            return {"__dfa_dict": [[k, _to_json(v, blob_dir)] for k, v in value.items()]}
+        return {k: _to_json(v, blob_dir) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__dfa_tuple": [_to_json(v, blob_dir) for v in value]}
+    if isinstance(value, PurePath):
+        return {"__dfa_path": str(value)}
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json) and type(value).__name__ == "ArtifactRef":
+        return {"__dfa_ref": to_json()}
+    return {"__dfa_blob": _write_blob(value, blob_dir)}
+
+
+def _from_json(value: Any, blob_dir: Path | None) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v, blob_dir) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (tag, inner), = value.items()
+            if tag == "__dfa_tuple":
+                return tuple(_from_json(v, blob_dir) for v in inner)
+            if tag == "__dfa_path":
+                return Path(inner)
+            if tag == "__dfa_dict":
+                return {k: _from_json(v, blob_dir) for k, v in inner}
+            if tag == "__dfa_ref":
+                from dflow_async._store import ArtifactRef
+
+                return ArtifactRef.from_json(inner)
+            if tag == "__dfa_blob":
+                return _read_blob(inner, blob_dir)
+        return {k: _from_json(v, blob_dir) for k, v in value.items()}
+    return value
+
+
+def _write_blob(value: Any, blob_dir: Path | None) -> str:
+    import cloudpickle
+
+    if blob_dir is None:
+        raise TypeError(f"cannot record a {type(value).__name__} value without a blob directory")
+    data = cloudpickle.dumps(value)
+    name = hashlib.sha256(data).hexdigest()
+    target = blob_dir / name
+    if not target.exists():
+        blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = target.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    return name
+
+
+def _read_blob(name: str, blob_dir: Path | None) -> Any:
+    if blob_dir is None or not all(c in "0123456789abcdef" for c in name):
+        raise ValueError(f"bad blob reference {name!r} in the journal")
+    data = (blob_dir / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != name:
+        raise ValueError(f"blob {name} next to the journal is corrupted (digest mismatch)")
+    return pickle.loads(data)

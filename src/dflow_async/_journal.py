@@ -1,0 +1,328 @@
+"""The durable run journal: SQLite in WAL mode, one per run directory.
+
+It records the workflow's definition digest, every step state change, finished units of
+fan-outs (so a resumed fan-out reruns only what was not done), and outputs (JSON, large or
+exotic values as blobs beside it). Writes are buffered and committed in one transaction per
+burst, with ``synchronous=FULL`` so a committed burst survives power loss.
+
+One driver per run: an exclusive ``flock`` on ``driver.lock`` (released by the kernel when the
+driver dies, even by SIGKILL) and a fencing epoch checked inside every write transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dflow_async._codec import decode, encode
+from dflow_async._records import StepOutputValues, StepRecord
+from dflow_async.exceptions import DflowAsyncError
+
+__all__ = ["Journal", "JournalError", "RunBusyError", "RunSnapshot", "read_run"]
+
+SCHEMA_VERSION = 1
+JOURNAL_NAME = "journal.sqlite"
+LOCK_NAME = "driver.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS steps (
+    path TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL, template TEXT NOT NULL,
+    key TEXT, phase TEXT NOT NULL, attempts INTEGER NOT NULL, errors TEXT,
+    start REAL, "end" REAL, slices INTEGER, failed_slices INTEGER NOT NULL, outputs TEXT,
+    workdirs TEXT
+);
+CREATE INDEX IF NOT EXISTS steps_key ON steps(key);
+CREATE TABLE IF NOT EXISTS units (
+    path TEXT NOT NULL, unit INTEGER NOT NULL, outputs TEXT NOT NULL, PRIMARY KEY (path, unit)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, path TEXT NOT NULL,
+    kind TEXT NOT NULL, attempt INTEGER NOT NULL, detail TEXT
+);
+"""
+
+
+# Starting and succeeding are captured by the steps table itself (phase, start, end); the
+# events log keeps the transitions worth a line of their own. Halves the rows per step.
+_ROUTINE = frozenset({"started", "succeeded", "slice_succeeded"})
+
+
+class JournalError(DflowAsyncError):
+    """The journal is missing, corrupted, from a newer version, or was taken over."""
+
+
+class RunBusyError(JournalError):
+    """Another driver holds the run."""
+
+
+@dataclass(slots=True)
+class RunSnapshot:
+    """What a journal says about a run, read without taking the driver lock."""
+
+    run_id: str
+    run_dir: Path
+    meta: dict[str, str]
+    records: list[StepRecord]
+    units: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.meta.get("status", "Unknown")
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    if not create and not path.exists():
+        raise JournalError(f"no journal at {str(path)!r}: is this a dflow-async run directory?")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if not create:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(
+            f"the journal {str(path)!r} is corrupted or truncated ({exc}); it cannot be trusted. "
+            "Start a new run (reuse_step= can take results from another run)."
+        ) from None
+    return conn
+
+
+def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"the journal {str(path)!r} has no readable metadata ({exc})") from None
+    version = int(meta.get("schema_version", "0") or 0)
+    if version == 0:
+        raise JournalError(f"the journal {str(path)!r} has no schema version: not a dflow-async journal")
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"the journal {str(path)!r} has schema version {version}, newer than this "
+            f"dflow-async understands ({SCHEMA_VERSION}); upgrade dflow-async to read it"
+        )
+    return meta
+
+
+class Journal:
+    """The writing side, held by the one driver of a run."""
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int, epoch: int):
+        self.run_dir = run_dir
+        self.blob_dir = run_dir / "values"
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self.epoch = epoch
+        self._steps: dict[str, tuple[Any, ...]] = {}  # latest state per path, this burst
+        self._units: list[tuple[str, int, Any]] = []
+        self._events: list[tuple[float, str, str, int, str | None]] = []
+        self._meta: dict[str, str] = {}
+        self._seq = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def create(cls, run_dir: Path, *, meta: dict[str, str]) -> Journal:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = run_dir / JOURNAL_NAME
+        if path.exists():
+            raise JournalError(f"run directory {str(run_dir)!r} already has a journal; resume it instead")
+        lock_fd = _lock(run_dir, meta.get("run_id", run_dir.name))
+        conn = _connect(path, create=True)
+        conn.executescript(_SCHEMA)
+        rows = {**meta, "schema_version": str(SCHEMA_VERSION), "epoch": "1"}
+        rows.update(_driver_meta())
+        with _tx(conn):
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
+        os.chmod(path, 0o600)
+        return cls(run_dir, conn, lock_fd, 1)
+
+    @classmethod
+    def resume(cls, run_dir: Path) -> tuple[Journal, RunSnapshot]:
+        path = run_dir / JOURNAL_NAME
+        if not path.exists():
+            raise JournalError(f"no run journal in {str(run_dir)!r}: nothing to resume")
+        lock_fd = _lock(run_dir, run_dir.name)
+        try:
+            conn = _connect(path, create=False)
+            snapshot = _snapshot(conn, run_dir)
+            epoch = int(snapshot.meta.get("epoch", "0")) + 1
+            with _tx(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    {"epoch": str(epoch), "status": "Running", **_driver_meta()}.items(),
+                )
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        journal = cls(run_dir, conn, lock_fd, epoch)
+        journal._seq = max((r.seq for r in _seq_rows(conn)), default=0)
+        return journal, snapshot
+
+    # ------------------------------------------------------------------ buffering
+
+    def step_changed(self, kind: str, record: StepRecord, attempt: int, detail: str | None) -> None:
+        self._seq += 1
+        rec = record
+        self._steps[rec.path] = (
+            rec.path, self._seq, rec.name, rec.template, rec.key, rec.phase, rec.attempts,
+            list(rec.errors) if rec.errors else None, rec.start, rec.end, rec.slices,
+            rec.failed_slices,
+            {"parameters": rec.outputs.parameters, "artifacts": rec.outputs.artifacts}
+            if rec.phase == "Succeeded" else None,
+            list(rec.workdirs) if rec.workdirs else None,
+        )
+        if kind not in _ROUTINE:
+            self._events.append((time.time(), rec.path, kind, attempt, detail))
+
+    def unit_done(self, path: str, unit: int, outputs: Sequence[Any]) -> None:
+        self._units.append((path, unit, list(outputs)))
+
+    def set_meta(self, **values: str) -> None:
+        self._meta.update(values)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._steps or self._units or self._events or self._meta)
+
+    def take(self) -> Any:
+        """Detach this burst's rows (on the event loop) to write them elsewhere."""
+        burst = (self._steps, self._units, self._events, self._meta)
+        self._steps, self._units, self._events, self._meta = {}, [], [], {}
+        return burst
+
+    def write(self, burst: Any) -> None:
+        """Encode and commit one burst in one fenced transaction (runs in a worker thread)."""
+        steps, units, events, meta = burst
+        blob = self.blob_dir
+        step_rows = [
+            (*row[:7], _json(row[7]), *row[8:12], _enc(row[12], blob), _json(row[13]))
+            for row in steps.values()
+        ]
+        unit_rows = [(p, u, encode(o, blob)) for p, u, o in units]
+        with _tx(self._conn):
+            current = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+            if current is None or int(current[0]) != self.epoch:
+                raise JournalError(
+                    f"run {self.run_dir.name} was taken over by another driver (epoch "
+                    f"{current[0] if current else '?'} != {self.epoch}); this driver stops writing"
+                )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", step_rows
+            )
+            self._conn.executemany("INSERT OR REPLACE INTO units VALUES (?,?,?)", unit_rows)
+            self._conn.executemany(
+                "INSERT INTO events (ts, path, kind, attempt, detail) VALUES (?,?,?,?,?)", events
+            )
+            if meta:
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(self.take())
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_run(run_dir: Path) -> RunSnapshot:
+    """Read a run's journal from any process, while it runs or afterwards."""
+    path = run_dir / JOURNAL_NAME
+    conn = _connect(path, create=False)
+    try:
+        return _snapshot(conn, run_dir)
+    finally:
+        conn.close()
+
+
+def _snapshot(conn: sqlite3.Connection, run_dir: Path) -> RunSnapshot:
+    meta = _read_meta(conn, run_dir / JOURNAL_NAME)
+    blob = run_dir / "values"
+    records = []
+    for row in conn.execute(
+        'SELECT path, name, template, key, phase, attempts, errors, start, "end", slices, '
+        "failed_slices, outputs, workdirs FROM steps ORDER BY seq"
+    ):
+        outputs = decode(row[11], blob) or {"parameters": {}, "artifacts": {}}
+        records.append(
+            StepRecord(
+                name=row[1], path=row[0], template=row[2], key=row[3], phase=row[4],
+                attempts=row[5], errors=json.loads(row[6]) if row[6] else [],
+                start=row[7], end=row[8], slices=row[9], failed_slices=row[10],
+                outputs=StepOutputValues(outputs["parameters"], outputs["artifacts"]),
+                workdirs=json.loads(row[12]) if row[12] else [],
+            )
+        )
+    units: dict[str, dict[int, list[Any]]] = {}
+    for path, unit, outputs in conn.execute("SELECT path, unit, outputs FROM units"):
+        units.setdefault(path, {})[unit] = decode(outputs, blob)
+    return RunSnapshot(meta.get("run_id", run_dir.name), run_dir, meta, records, units)
+
+
+@dataclass(slots=True)
+class _SeqRow:
+    seq: int
+
+
+def _seq_rows(conn: sqlite3.Connection) -> list[_SeqRow]:
+    return [_SeqRow(s) for (s,) in conn.execute("SELECT seq FROM steps")]
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _tx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _lock(run_dir: Path, run_id: str) -> int:
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunBusyError(
+            f"run {run_id} is already being driven by {holder}; stop that driver first "
+            "(two drivers would run the same steps twice)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def _driver_meta() -> dict[str, str]:
+    return {"driver_pid": str(os.getpid()), "driver_host": socket.gethostname()}
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _enc(value: Any, blob: Path) -> str | None:
+    return None if value is None else encode(value, blob)
