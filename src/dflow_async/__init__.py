@@ -33,6 +33,7 @@ from dflow_async._op import (
 )
 from dflow_async._records import StepRecord
 from dflow_async._refs import if_expression, item
+from dflow_async._runs import Run, list_runs
 from dflow_async._workflow import Result, Workflow
 from dflow_async.exceptions import (
     ArtifactError,
@@ -71,6 +72,7 @@ __all__ = [
     "Parameter",
     "Result",
     "RetryPolicy",
+    "Run",
     "SignatureError",
     "Slices",
     "Step",
@@ -88,6 +90,7 @@ __all__ = [
     "download_artifact",
     "if_expression",
     "item",
+    "list_runs",
     "op",
     "upload_artifact",
 ]

@@ -74,6 +74,7 @@ class CompiledStep:
     fan_out: bool = False
     producers: set[str] = field(default_factory=set)  # names of steps it depends on
     key_per_item: bool = False  # the key uses the fan-out item: one record per slice
+    cache: bool = False
     succs: list[int] = field(default_factory=list)
     npreds: int = 0
 
@@ -176,6 +177,7 @@ class _Compiler:
             if message:
                 self.problem(f"{where} (OP {op_name(node.op)}): {message}")
         node.retry = step.retry
+        node.cache = bool(step.cache if step.cache is not None else getattr(node.op, "cache", False))
         node.fan_out = step.slices is not None or step.with_param is not None
         node.key_per_item = node.fan_out and uses_item(step.key)
         self.bindings(ct, node, where)

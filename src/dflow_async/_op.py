@@ -175,6 +175,8 @@ class OP:
 
     #: Bump when the OP's meaning changes, to invalidate caches keyed on it.
     version: ClassVar[str] = "0"
+    #: Default for ``Step(cache=...)``: reuse an earlier success with the same code and inputs.
+    cache: ClassVar[bool] = False
 
     @classmethod
     def get_input_sign(cls) -> OPIOSign:

@@ -5,6 +5,7 @@ after its record is durable."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ class Recorder:
         self._wake.set()
 
     def finish(self, status: str) -> None:
-        self.journal.set_meta(status=status)
+        self.journal.set_meta(status=status, ended=repr(time.time()))
         self._closing = True
         self._wake.set()
 

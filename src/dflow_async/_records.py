@@ -37,6 +37,7 @@ class StepRecord:
     slices: int | None = None  # number of slices of a fan-out step
     failed_slices: int = 0
     workdirs: list[str] = field(default_factory=list)
+    cached: bool = False  # outputs came from the step cache; the OP did not run
 
     @property
     def duration(self) -> float | None:
@@ -47,6 +48,16 @@ class StepRecord:
     @property
     def error(self) -> str | None:
         return self.errors[-1] if self.errors else None
+
+    def modify_output_parameter(self, name: str, value: Any) -> StepRecord:
+        """Change an output before reusing this record (``reuse_step=``), as in Dflow."""
+        self.outputs.parameters[name] = value
+        return self
+
+    def modify_output_artifact(self, name: str, artifact: Any) -> StepRecord:
+        """Point an output artifact elsewhere before reusing this record."""
+        self.outputs.artifacts[name] = artifact
+        return self
 
     def artifact_paths(self, name: str) -> list[Path]:
         from dflow_async._op import artifact_paths

@@ -9,7 +9,8 @@ from typing import Any
 
 import anyio
 
-from dflow_async._spec import AttemptOutcome, Failed
+from dflow_async._cache import StepCache
+from dflow_async._spec import AttemptOutcome, Failed, Succeeded
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
 from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
@@ -25,11 +26,13 @@ class _Shell:
         executors: dict[Any, Executor],
         tg: asyncio.TaskGroup,
         recorder: Recorder | None,
+        cache: StepCache | None,
     ) -> None:
         self.state = state
         self.executors = executors
         self.tg = tg
         self.recorder = recorder
+        self.cache = cache
 
     def apply(self, instructions: list[Instruction]) -> None:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
@@ -46,6 +49,22 @@ class _Shell:
                     self.recorder.finish(ins.status)
 
     async def run_unit(self, unit: Unit) -> None:
+        spec = unit.spec
+        cache = self.cache if unit.sr.node.cache else None
+        key = None
+        if cache is not None:
+            key = await anyio.to_thread.run_sync(cache.key, spec)
+            hit = await anyio.to_thread.run_sync(cache.get, key)
+            if hit is not None:
+                unit.sr.record.cached = True
+                self.apply(self.state.unit_finished(unit, Succeeded(outputs=tuple(hit))))
+                return
+        outcome = await self.attempt(unit)
+        if key is not None and cache is not None and outcome.ok:
+            await anyio.to_thread.run_sync(cache.put, key, outcome.outputs)
+        self.apply(self.state.unit_finished(unit, outcome))
+
+    async def attempt(self, unit: Unit) -> AttemptOutcome:
         spec = unit.spec
         executor = self.executors[unit.sr.node.executor]
         try:
@@ -68,7 +87,7 @@ class _Shell:
                 error=f"executor {executor.name!r} failed: {type(exc).__name__}: {exc}",
                 retryable=True,
             )
-        self.apply(self.state.unit_finished(unit, outcome))
+        return outcome
 
     async def retry_later(self, unit: Unit, delay: float) -> None:
         await anyio.sleep(delay)
@@ -76,7 +95,10 @@ class _Shell:
 
 
 async def execute(
-    state: RunState, executors: dict[Any, Executor], recorder: Recorder | None = None
+    state: RunState,
+    executors: dict[Any, Executor],
+    recorder: Recorder | None = None,
+    cache: StepCache | None = None,
 ) -> str:
     """Run to completion; returns the final status. Cancelling this coroutine cancels every
     running attempt (executors kill their processes) before it returns."""
@@ -87,7 +109,7 @@ async def execute(
             async with asyncio.TaskGroup() as tg:
                 if recorder is not None:
                     tg.create_task(recorder.run())
-                _Shell(state, executors, tg, recorder).apply(state.start())
+                _Shell(state, executors, tg, recorder, cache).apply(state.start())
         except BaseException:
             state.cancel()
             if recorder is not None:

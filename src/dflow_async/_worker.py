@@ -29,22 +29,26 @@ from dflow_async._op import (
     check_opio,
     port_plan,
 )
+from dflow_async._capture import capture
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
 __all__ = ["arun_attempt", "failure_from_exception", "run_attempt", "thread_owns_cwd"]
 
 
-def run_attempt(spec: AttemptSpec, *, chdir: bool = True) -> AttemptOutcome:
+def run_attempt(
+    spec: AttemptSpec, *, chdir: bool = True, capture_fds: bool = False
+) -> AttemptOutcome:
     """Run every slice of the attempt in this thread. ``chdir`` moves into each work dir:
-    safe in a worker process, or in a thread that called :func:`thread_owns_cwd`."""
+    safe in a worker process, or in a thread that called :func:`thread_owns_cwd`.
+    ``capture_fds`` (worker processes) sends file descriptors 1/2 to the attempt's log."""
     start = time.perf_counter()
     op: OP = spec.op
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
         for piece in spec.slices:
-            with _in_workdir(piece.workdir, chdir):
+            with _in_workdir(piece.workdir, chdir), capture(piece.workdir, fds=capture_fds):
                 inputs = _check_inputs(plan, piece)
                 token = _current.set(_context(spec, piece))
                 try:
@@ -70,9 +74,10 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             inputs = _check_inputs(plan, piece)
             token = _current.set(_context(spec, piece))
             try:
-                result = op.execute(OPIO(inputs))
-                if inspect.isawaitable(result):
-                    result = await result
+                with capture(piece.workdir):
+                    result = op.execute(OPIO(inputs))
+                    if inspect.isawaitable(result):
+                        result = await result
             finally:
                 _current.reset(token)
             outputs.append(_check_outputs(plan, result, piece))

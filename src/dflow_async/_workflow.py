@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from dflow_async._cache import StepCache
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
 from dflow_async._journal import Journal, JournalError
 from dflow_async._recorder import Recorder
@@ -205,7 +206,8 @@ class Workflow:
         try:
             from dflow_async._scheduler import execute
 
-            status = await execute(state, executors, recorder)
+            cache = StepCache(self.store_path().absolute() / "cache")
+            status = await execute(state, executors, recorder, cache)
         finally:
             if status == "Running":
                 state.status = "Cancelled"
@@ -314,21 +316,7 @@ class Result:
 
         ``name`` matches a step's name or its full path (``"loop/next/plus1"``).
         """
-        names = _as_set(name)
-        keys = _as_set(key)
-        phases = _as_set(phase)
-        found = []
-        for rec in self.records:
-            if names is not None and rec.name not in names and rec.path not in names:
-                continue
-            if keys is not None and rec.key not in keys:
-                continue
-            if phases is not None and rec.phase not in phases:
-                continue
-            if predicate is not None and not predicate(rec):
-                continue
-            found.append(rec)
-        return found
+        return select_records(self.records, name=name, key=key, phase=phase, predicate=predicate)
 
     def raise_for_status(self) -> Result:
         if self.status != "Succeeded":
@@ -342,6 +330,31 @@ class Result:
 
     def __repr__(self) -> str:
         return f"<Result {self.run_id} {self.status}: {len(self.records)} steps>"
+
+
+def select_records(
+    records: Sequence[StepRecord],
+    *,
+    name: str | Sequence[str] | None = None,
+    key: str | Sequence[str] | None = None,
+    phase: str | Sequence[str] | None = None,
+    predicate: Callable[[StepRecord], bool] | None = None,
+) -> list[StepRecord]:
+    names = _as_set(name)
+    keys = _as_set(key)
+    phases = _as_set(phase)
+    found = []
+    for rec in records:
+        if names is not None and rec.name not in names and rec.path not in names:
+            continue
+        if keys is not None and rec.key not in keys:
+            continue
+        if phases is not None and rec.phase not in phases:
+            continue
+        if predicate is not None and not predicate(rec):
+            continue
+        found.append(rec)
+    return found
 
 
 def _as_set(value: str | Sequence[str] | None) -> set[str] | None:

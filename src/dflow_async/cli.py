@@ -131,6 +131,7 @@ def load_workflow(target: str) -> Workflow:
             raise CliError(
                 f"{path.name}:{obj} is a {type(found).__name__}, not a dflow_async.Workflow"
             )
+        found.source = f"{path}:{obj}"  # recorded in the journal for `dflow-async resume`
         return found
     names = _workflows_in(module)
     if len(names) != 1:
@@ -141,6 +142,7 @@ def load_workflow(target: str) -> Workflow:
             f"({found_text}); name the one to use as FILE.py:NAME, e.g. {example}"
         )
     wf: Workflow = getattr(module, names[0])
+    wf.source = f"{path}:{names[0]}"
     return wf
 
 
@@ -340,6 +342,11 @@ def render_graph(entry: CompiledTemplate, fmt: str = "mermaid", *, title: str = 
     if not mermaid:
         lines.append("}")
     return "\n".join(lines)
+
+
+from dflow_async import _cli_runs  # noqa: E402  (registers list/get/logs/resume/...)
+
+_cli_runs.register(app)
 
 
 def main() -> None:

@@ -100,7 +100,7 @@ def _serve(data: bytes) -> bytes:
         )
     else:
         try:
-            outcome = run_attempt(spec, chdir=True)
+            outcome = run_attempt(spec, chdir=True, capture_fds=True)
         except BaseException as exc:  # SystemExit/KeyboardInterrupt raised by the OP itself
             outcome = failure_from_exception(exc)
     for stream in (sys.stdout, sys.stderr):

@@ -1,0 +1,143 @@
+"""Step caching: skip a step whose OP and inputs match an earlier success in the same store.
+
+The key is a digest of the OP's identity, its code (source text) and version, and every input
+of every slice of the attempt: parameters by canonical JSON (pickle digest when not JSON),
+artifacts by the sha256 of their content. Entries are small JSON files under
+``<store>/cache/``; writing one is atomic (temp + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dflow_async._codec import decode, encode
+from dflow_async._op import OP, FunctionOP, op_name, port_plan
+from dflow_async._spec import AttemptSpec
+
+__all__ = ["StepCache"]
+
+_CODE_DIGESTS: dict[int, str] = {}
+
+
+def code_digest(op: OP) -> str:
+    """The OP's identity, version and source text: editing the OP's code misses the cache."""
+    target: Any = op.fn if isinstance(op, FunctionOP) else type(op)
+    cached = _CODE_DIGESTS.get(id(target))
+    if cached is not None:
+        return cached
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        source = getattr(getattr(target, "__code__", None), "co_code", b"").hex()
+    text = f"{op_name(op)}\0{getattr(op, 'version', '')}\0{source}"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    _CODE_DIGESTS[id(target)] = digest
+    return digest
+
+
+class StepCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.values = root / "values"
+
+    def key(self, spec: AttemptSpec) -> str:
+        """Computed in a worker thread: hashing artifacts reads their bytes."""
+        op: OP = spec.op
+        plan = port_plan(op)
+        h = hashlib.sha256(code_digest(op).encode())
+        for piece in spec.slices:
+            h.update(b"\0slice")
+            for name in sorted(piece.inputs):
+                value = piece.inputs[name]
+                h.update(f"\0{name}=".encode())
+                if name in plan.in_artifacts:
+                    h.update(_artifact_digest(value).encode())
+                else:
+                    h.update(_value_digest(value).encode())
+        return h.hexdigest()
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        path = self.root / f"{key}.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            outputs = decode(text, self.values)
+        except (ValueError, OSError):
+            return None  # a damaged entry is a miss, never a wrong answer
+        for slice_outputs in outputs:
+            for value in slice_outputs.values():
+                if not _artifacts_exist(value):
+                    return None  # the artifacts it points at were deleted
+        return list(outputs)
+
+    def put(self, key: str, outputs: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(encode(list(outputs), self.values))
+        os.replace(tmp, self.root / f"{key}.json")
+
+    def clear(self) -> int:
+        if not self.root.exists():
+            return 0
+        count = sum(1 for _ in self.root.glob("*.json"))
+        shutil.rmtree(self.root)
+        return count
+
+
+def _value_digest(value: Any) -> str:
+    try:
+        text = json.dumps(value, sort_keys=True, default=_no_json)
+        return "j" + hashlib.sha256(text.encode()).hexdigest()
+    except TypeError:
+        import cloudpickle
+
+        return "p" + hashlib.sha256(cloudpickle.dumps(value)).hexdigest()
+
+
+def _no_json(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError
+
+
+def _artifact_digest(value: Any) -> str:
+    from dflow_async._op import artifact_paths
+
+    h = hashlib.sha256()
+    if isinstance(value, dict):
+        for k in sorted(value):
+            h.update(f"{k}:{_artifact_digest(value[k])}".encode())
+        return h.hexdigest()
+    for path in artifact_paths(value):
+        h.update(path.name.encode() + b"\0")
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(str(f.relative_to(path)).encode() + b"\0")
+                _hash_file(h, f)
+        elif path.exists():
+            _hash_file(h, path)
+    return h.hexdigest()
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def _artifacts_exist(value: Any) -> bool:
+    if isinstance(value, Path):
+        return value.exists()
+    if isinstance(value, list | tuple):
+        return all(_artifacts_exist(v) for v in value)
+    if isinstance(value, dict):
+        return all(_artifacts_exist(v) for v in value.values())
+    return True

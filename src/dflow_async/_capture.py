@@ -1,0 +1,135 @@
+"""Every attempt's stdout/stderr goes to ``<work dir>.log`` beside its work directory.
+
+In a worker process the file descriptors themselves are redirected, so the output of programs
+an OP starts (a simulation binary) is captured too. In threads and in the event loop the
+descriptors are shared, so ``sys.stdout``/``sys.stderr`` are replaced once by routers that send
+each write to the log of the attempt whose context is current (context variables follow
+threads and asyncio tasks alike); writes outside an attempt go where they always went. The
+log file is opened on the first write, so quiet OPs cost nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+__all__ = ["capture", "log_path"]
+
+_target: contextvars.ContextVar[_LazyLog | None] = contextvars.ContextVar(
+    "dflow_async_log", default=None
+)
+_install_lock = threading.Lock()
+
+
+def log_path(workdir: str) -> str:
+    return workdir.rstrip("/") + ".log"
+
+
+class _LazyLog:
+    __slots__ = ("_fh", "_lock", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._fh is None:
+                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)
+            return self._fh.write(text)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class _Router(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: writes go to the current attempt's log."""
+
+    def __init__(self, original: TextIO) -> None:
+        self._original = original
+
+    def write(self, text: str) -> int:
+        log = _target.get()
+        if log is not None:
+            return log.write(text)
+        return self._original.write(text)
+
+    def flush(self) -> None:
+        log = _target.get()
+        (log if log is not None else self._original).flush()
+
+    def fileno(self) -> int:
+        return self._original.fileno()
+
+    def isatty(self) -> bool:
+        return self._original.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._original, "encoding", "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+def _install() -> None:
+    with _install_lock:
+        if not isinstance(sys.stdout, _Router):
+            sys.stdout = _Router(sys.stdout)
+        if not isinstance(sys.stderr, _Router):
+            sys.stderr = _Router(sys.stderr)
+
+
+@contextmanager
+def capture(workdir: str, *, fds: bool = False) -> Iterator[None]:
+    """Send this attempt's output to its log. ``fds=True`` (worker processes only) also
+    redirects file descriptors 1 and 2 for child programs."""
+    path = log_path(workdir)
+    if fds:
+        yield from _capture_fds(path)
+        return
+    if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
+        _install()
+    log = _LazyLog(path)
+    token = _target.set(log)
+    try:
+        yield
+    finally:
+        _target.reset(token)
+        log.close()
+
+
+def _capture_fds(path: str) -> Iterator[None]:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)

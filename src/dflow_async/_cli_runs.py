@@ -1,0 +1,198 @@
+"""CLI commands about runs that exist: resume, list, get, logs, artifacts, cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from dflow_async._cli_progress import format_duration
+from dflow_async._journal import JournalError
+from dflow_async._records import StepRecord
+from dflow_async._runs import Run, list_runs
+from dflow_async.exceptions import ArtifactError, WorkflowValidationError
+
+__all__ = ["register"]
+
+_PHASE_STYLE = {
+    "Succeeded": "green",
+    "Failed": "red",
+    "Running": "cyan",
+    "Skipped": "dim",
+    "Cancelled": "yellow",
+    "Pending": "dim",
+}
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(Text(f"error: {message}", style="bold red"))
+    return typer.Exit(code)
+
+
+def _open(run_id: str) -> Run:
+    try:
+        return Run.open(run_id)
+    except JournalError as exc:
+        raise _fail(str(exc)) from None
+
+
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
+    executor: Annotated[str | None, typer.Option("--executor", "-e")] = None,
+    parallelism: Annotated[int | None, typer.Option("--parallelism", "-p", min=1)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Continue an interrupted run: finished steps keep their outputs and do not run again."""
+    from dflow_async._cli_progress import RunProgress, render_summary
+    from dflow_async.cli import CliError, load_workflow
+
+    run = _open(run_id)
+    source = run.meta.get("source", "")
+    if not source:
+        raise _fail(
+            f"run {run_id} does not record the file it was started from; resume it from Python "
+            f"with wf.run(resume={run_id!r})"
+        )
+    try:
+        wf = load_workflow(source if ":" in source else source)
+    except CliError as exc:
+        raise _fail(f"cannot load {source!r}, which run {run_id} was started from: {exc}") from None
+    err = Console(stderr=True)
+    progress = RunProgress(wf.name, err, enabled=not quiet and err.is_terminal)
+    try:
+        with progress:
+            result = wf.run(
+                resume=run_id, executor=executor, parallelism=parallelism, on_event=progress
+            )
+    except (WorkflowValidationError, JournalError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print(Text(f"interrupted: run {run_id} was cancelled", style="bold yellow"))
+        raise typer.Exit(130) from None
+    Console(highlight=False).print(render_summary(result, progress.elapsed, quiet=quiet))
+    raise typer.Exit(0 if result.status == "Succeeded" else 1)
+
+
+def list_(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show the newest N runs.")] = 20,
+) -> None:
+    """Runs under ./.dflow-async (or $DFLOW_ASYNC_HOME): status, start, duration."""
+    runs = list_runs()[-limit:]
+    table = Table("run id", "workflow", "status", "started", "duration", "steps", box=None)
+    for run in runs:
+        started = run.created
+        ended = run.ended
+        table.add_row(
+            run.run_id,
+            run.workflow,
+            Text(run.status, style=_PHASE_STYLE.get(run.status, "")),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "",
+            format_duration(ended - started) if started and ended else "",
+            str(len(run.records)),
+        )
+    Console(highlight=False).print(table if runs else "no runs here")
+
+
+def get(run_id: Annotated[str, typer.Argument()]) -> None:
+    """The run's steps as a tree, with phases, keys, attempts and durations."""
+    run = _open(run_id)
+    tree = Tree(Text.assemble((run.run_id, "bold"), "  ", _phase(run.status), f"  {run.workflow}"))
+    nodes: dict[str, Tree] = {"": tree}
+    # parents before children, siblings in start order
+    for rec in sorted(run.records, key=lambda r: (r.path.count("/"), r.start or 0.0)):
+        parent_path = rec.path.rpartition("/")[0]
+        if "[" in rec.name and rec.path.endswith("]"):
+            parent_path = rec.path.rpartition("[")[0]
+        parent = nodes.get(parent_path, tree)
+        nodes[rec.path] = parent.add(_line(rec))
+    Console(highlight=False).print(tree)
+
+
+def logs(
+    run_id: Annotated[str, typer.Argument()],
+    step: Annotated[str, typer.Argument(help="Step name, path or key.")],
+) -> None:
+    """Print the captured stdout/stderr of every attempt of a step."""
+    run = _open(run_id)
+    records = run.query_step(name=step) or run.query_step(key=step)
+    if not records:
+        raise _fail(f"run {run_id} has no step named {step!r} (by name, path or key)")
+    out = Console(highlight=False)
+    for rec in records:
+        for workdir in rec.workdirs or []:
+            log = Path(workdir + ".log")
+            out.print(Text(f"==> {rec.path} ({Path(workdir).name}) <==", style="bold"))
+            out.print(log.read_text(errors="replace") if log.exists() else "(no output)", end="")
+
+
+def artifacts_download(
+    run_id: Annotated[str, typer.Argument()],
+    step: Annotated[str, typer.Argument(help="Step name, path or key.")],
+    name: Annotated[str, typer.Argument(help="Output artifact name.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to download into.")],
+) -> None:
+    """Copy a step's output artifact into DEST."""
+    from dflow_async._artifacts import download_artifact
+
+    run = _open(run_id)
+    records = run.query_step(name=step) or run.query_step(key=step)
+    if not records:
+        raise _fail(f"run {run_id} has no step {step!r}")
+    rec = records[0]
+    if name not in rec.outputs.artifacts:
+        have = sorted(rec.outputs.artifacts) or "none"
+        raise _fail(f"step {rec.path!r} has no output artifact {name!r} (it has: {have})")
+    try:
+        paths = download_artifact(rec.outputs.artifacts[name], dest)
+    except ArtifactError as exc:
+        raise _fail(str(exc)) from None
+    for p in paths:
+        typer.echo(str(p))
+
+
+def cache_clear() -> None:
+    """Forget every cached step result in this store."""
+    from dflow_async._cache import StepCache
+    from dflow_async._workflow import default_store
+
+    count = StepCache(default_store().absolute() / "cache").clear()
+    typer.echo(f"removed {count} cached step results")
+
+
+def _phase(phase: str) -> Text:
+    return Text(phase, style=_PHASE_STYLE.get(phase, ""))
+
+
+def _line(rec: StepRecord) -> Text:
+    parts: list[str | tuple[str, str] | Text] = [(rec.name, "bold"), "  ", _phase(rec.phase)]
+    if rec.key:
+        parts.append(f"  key={rec.key}")
+    if rec.attempts:
+        parts.append(f"  attempts={rec.attempts}")
+    if rec.duration is not None:
+        parts.append(f"  {format_duration(rec.duration)}")
+    if rec.cached:
+        parts.append("  (cached)")
+    if rec.phase == "Failed" and rec.error:
+        parts.append(Text(f"  {rec.error.splitlines()[0][:100]}", style="red"))
+    return Text.assemble(*parts)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(resume)
+    app.command("list")(list_)
+    app.command()(get)
+    app.command()(logs)
+    artifacts = typer.Typer(help="Artifacts of runs.", no_args_is_help=True)
+    artifacts.command("download")(artifacts_download)
+    app.add_typer(artifacts, name="artifacts")
+    cache = typer.Typer(help="The step cache.", no_args_is_help=True)
+    cache.command("clear")(cache_clear)
+    app.add_typer(cache, name="cache")
+

@@ -1,0 +1,94 @@
+"""Inspecting runs from any process: ``Run.open(run_id)`` and ``list_runs()``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from dflow_async._journal import JOURNAL_NAME, JournalError, RunSnapshot, read_run
+from dflow_async._records import StepRecord
+
+__all__ = ["Run", "list_runs"]
+
+
+def _store_root(store: str | os.PathLike[str] | None) -> Path:
+    from dflow_async._workflow import default_store
+
+    root = Path(store) if store is not None else default_store()
+    if str(root).startswith("file://"):
+        root = Path(str(root)[len("file://") :])
+    return root
+
+
+class Run:
+    """A run as its journal records it: ``status``, ``records``, ``query_step(...)``.
+
+    Reading takes no lock, so it works while the run's driver is still going; what it shows
+    is what the driver had made durable.
+    """
+
+    def __init__(self, snapshot: RunSnapshot) -> None:
+        self._snapshot = snapshot
+        self.run_id = snapshot.run_id
+        self.run_dir = snapshot.run_dir
+        self.meta = snapshot.meta
+        self.records = snapshot.records
+
+    @classmethod
+    def open(cls, run_id: str, *, store: str | os.PathLike[str] | None = None) -> Run:
+        run_dir = _store_root(store) / "runs" / run_id
+        if not (run_dir / JOURNAL_NAME).exists():
+            known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
+            raise JournalError(
+                f"no run {run_id!r} under {str(run_dir.parent)!r} (recent runs: {known}); "
+                "run the command from the directory the run was started in, or pass store="
+            )
+        return cls(read_run(run_dir))
+
+    @property
+    def status(self) -> str:
+        return self._snapshot.status
+
+    @property
+    def workflow(self) -> str:
+        return self.meta.get("workflow", "?")
+
+    @property
+    def created(self) -> float | None:
+        value = self.meta.get("created")
+        return float(value) if value else None
+
+    @property
+    def ended(self) -> float | None:
+        value = self.meta.get("ended")
+        return float(value) if value and self.status != "Running" else None
+
+    def query_step(
+        self,
+        name: str | Sequence[str] | None = None,
+        key: str | Sequence[str] | None = None,
+        phase: str | Sequence[str] | None = None,
+    ) -> list[StepRecord]:
+        from dflow_async._workflow import select_records
+
+        return select_records(self.records, name=name, key=key, phase=phase)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} {self.status}: {len(self.records)} steps>"
+
+
+def list_runs(*, store: str | os.PathLike[str] | None = None) -> list[Run]:
+    """Every run under the store, oldest first; unreadable journals are skipped."""
+    runs_dir = _store_root(store) / "runs"
+    found: list[Run] = []
+    if not runs_dir.is_dir():
+        return found
+    for run_dir in runs_dir.iterdir():
+        if (run_dir / JOURNAL_NAME).exists():
+            try:
+                found.append(Run(read_run(run_dir)))
+            except JournalError:
+                continue
+    found.sort(key=lambda r: r.created or 0.0)
+    return found

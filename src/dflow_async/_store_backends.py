@@ -1,0 +1,328 @@
+"""Where the artifact store's bytes live: a local directory, or any fsspec filesystem plus a
+local download cache.
+
+Both speak in *keys*, built only by :func:`key` from a fixed section name and a validated hex
+digest (``objects/ab/ab12...``), never from a user's string. The store above them decides what
+to hash and what to write; a backend only moves bytes atomically and says what exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dflow_async._store_hash import hash_file, parallel_map
+from dflow_async._store_local import (
+    ChangedError,
+    atomic_copy,
+    atomic_write,
+    ensure_dir,
+    is_trusted,
+    link_in,
+    temp_name,
+)
+
+__all__ = [
+    "ATOMIC_PUT_PROTOCOLS",
+    "Backend",
+    "FsspecBackend",
+    "LocalBackend",
+    "ObjectDir",
+    "ObjectProblem",
+    "Section",
+    "Want",
+    "key",
+]
+
+Section = Literal["objects", "manifests", "values"]
+SECTIONS: tuple[Section, ...] = ("objects", "manifests", "values")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+# Object stores where one put is all-or-nothing (a multipart upload is invisible until it is
+# completed): no temp name needed. Other filesystems (sftp, webdav, hdfs...) write in place, so
+# they get a temp key and a rename.
+ATOMIC_PUT_PROTOCOLS = frozenset(
+    {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"}
+)
+
+
+def key(section: Section, hexdigest: str) -> str:
+    """The only way a store key is built: a fixed prefix and a checked digest."""
+    if section not in SECTIONS or not HEX64.match(hexdigest):
+        raise ValueError(f"refusing to build a store key from {section!r}, {hexdigest!r}")
+    suffix = ".json" if section == "manifests" else ""
+    return f"{section}/{hexdigest[:2]}/{hexdigest}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """An object someone needs as a local file: its key, digest and size."""
+
+    key: str
+    hexdigest: str
+    size: int
+
+
+class ObjectProblem(Exception):
+    """Some wanted objects are missing or do not match their digest (keys listed)."""
+
+    def __init__(self, missing: Sequence[str] = (), corrupt: Sequence[str] = ()) -> None:
+        self.missing = list(missing)
+        self.corrupt = list(corrupt)
+        super().__init__(f"missing={self.missing} corrupt={self.corrupt}")
+
+
+class ObjectDir:
+    """A local directory of read-only files named by key: a local store, or a download cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def path(self, k: str) -> Path:
+        return self.root / k
+
+    def prepare(self) -> None:
+        ensure_dir(self.tmp)
+
+    def lookup(
+        self, wants: Sequence[Want], *, verify: bool, threads: int
+    ) -> tuple[dict[str, Path], list[Want], list[Want]]:
+        """Split ``wants`` into (usable paths, absent, present-but-wrong).
+
+        A read-only file of the right size is trusted by name (see ``is_trusted``); anything
+        else, or everything when ``verify``, is re-hashed (in parallel threads).
+        """
+        good: dict[str, Path] = {}
+        absent: list[Want] = []
+        to_hash: list[Want] = []
+        for w in wants:
+            try:
+                st = os.stat(self.path(w.key))
+            except FileNotFoundError:
+                absent.append(w)
+                continue
+            if verify or not is_trusted(st, w.size):
+                to_hash.append(w)
+            else:
+                good[w.key] = self.path(w.key)
+        digests = parallel_map(lambda w: hash_file(self.path(w.key)), to_hash, threads)
+        bad = []
+        for w, hexdigest in zip(to_hash, digests, strict=True):
+            if hexdigest == w.hexdigest:
+                good[w.key] = self.path(w.key)
+                with contextlib.suppress(OSError):  # was chmod'ed writable: restore the guard
+                    os.chmod(self.path(w.key), 0o444)
+            else:
+                bad.append(w)
+        return good, absent, bad
+
+
+class Backend:
+    """What the store needs from where it keeps bytes."""
+
+    threads: int
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def exists(self, k: str) -> bool:
+        raise NotImplementedError
+
+    def missing(self, keys: Sequence[str]) -> set[str]:
+        flags = parallel_map(self.exists, list(keys), max(self.threads, 16))
+        return {k for k, present in zip(keys, flags, strict=True) if not present}
+
+    def write_bytes(self, k: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+        """Commit each ``(source, stat before hashing, hex digest)`` as ``objects/<hex>``."""
+        raise NotImplementedError
+
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+        """Local, verified paths for ``wants``; raises ObjectProblem."""
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    """A store on a local filesystem: objects are files under the root, commits are links."""
+
+    def __init__(self, root: Path, threads: int) -> None:
+        self.dir = ObjectDir(root)
+        self.threads = threads
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        if not self._prepared:
+            self.dir.prepare()
+            for section in SECTIONS:
+                ensure_dir(self.dir.root / section)
+            self._prepared = True
+
+    def check(self) -> None:
+        self._prepare()
+        probe = temp_name(self.dir.tmp, ".check")
+        atomic_write(probe, b"ok", self.dir.tmp)
+        try:
+            if probe.read_bytes() != b"ok":
+                raise OSError(f"{probe} does not read back what was written")
+        finally:
+            probe.unlink()
+
+    def exists(self, k: str) -> bool:
+        return self.dir.path(k).exists()
+
+    def write_bytes(self, k: str, data: bytes) -> None:
+        self._prepare()
+        atomic_write(self.dir.path(k), data, self.dir.tmp)
+
+    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+        self._prepare()
+        root_dev = os.stat(self.dir.root).st_dev
+        for src, st, hexdigest in items:
+            final = self.dir.path(key("objects", hexdigest))
+            if st.st_dev == root_dev and link_in(src, final, self.dir.tmp, st):
+                continue
+            self._copy_in(src, final, hexdigest)
+
+    def _copy_in(self, src: Path, final: Path, hexdigest: str) -> None:
+        tmp, got, _ = atomic_copy(src, self.dir.tmp)
+        try:
+            if got != hexdigest:
+                raise ChangedError(0, "the file changed while it was being committed")
+            ensure_dir(final.parent)
+            os.rename(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+        good, absent, bad = self.dir.lookup(wants, verify=verify, threads=self.threads)
+        if absent or bad:
+            raise ObjectProblem([w.key for w in absent], [w.key for w in bad])
+        return good
+
+
+class FsspecBackend(Backend):
+    """Any fsspec filesystem, opened lazily from (url, options) so it survives pickling."""
+
+    def __init__(
+        self, url: str, options: dict[str, Any], protocol: str, cache: Path, threads: int
+    ) -> None:
+        self.url = url
+        self.options = options
+        self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
+        self.cache = ObjectDir(cache)
+        self.threads = threads
+        self._fs: Any = None
+        self._root = ""
+        self._lock = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        with self._lock:
+            if self._fs is None:
+                import fsspec.core
+
+                fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+                self._fs, self._root = fs, root.rstrip("/")
+            return self._fs
+
+    def full(self, k: str) -> str:
+        fs = self.fs  # opens the filesystem, which sets the root
+        del fs
+        return f"{self._root}/{k}"
+
+    def check(self) -> None:
+        probe = self.full(f"tmp/check-{uuid.uuid4().hex}")
+        self.fs.pipe_file(probe, b"ok")
+        try:
+            if self.fs.cat_file(probe) != b"ok":
+                raise OSError(f"{probe} does not read back what was written")
+        finally:
+            self.fs.rm_file(probe)
+
+    def exists(self, k: str) -> bool:
+        return bool(self.fs.exists(self.full(k)))
+
+    def write_bytes(self, k: str, data: bytes) -> None:
+        if self.atomic_put:
+            self.fs.pipe_file(self.full(k), data)
+            return
+        tmp = self.full(f"tmp/{uuid.uuid4().hex}.part")
+        self.fs.makedirs(self.full("tmp"), exist_ok=True)
+        self.fs.pipe_file(tmp, data)
+        self._rename(tmp, self.full(k))
+
+    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+        if not items:
+            return
+        finals = [self.full(key("objects", h)) for _, _, h in items]
+        if self.atomic_put:
+            self.fs.put([str(p) for p, _, _ in items], finals)
+        else:
+            for (src, _, _), final in zip(items, finals, strict=True):
+                tmp = self.full(f"tmp/{uuid.uuid4().hex}.part")
+                self.fs.makedirs(self.full("tmp"), exist_ok=True)
+                self.fs.put_file(str(src), tmp)
+                self._rename(tmp, final)
+        changed = [f for (p, st, _), f in zip(items, finals, strict=True) if _moved(p, st)]
+        if changed:  # what was uploaded may not be what was hashed: take it back
+            self.fs.rm(changed)
+            raise ChangedError(0, "a file changed while it was being uploaded")
+
+    def _rename(self, tmp: str, final: str) -> None:
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, final)
+
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+        """Serve from the local cache, downloading (and verifying) only what is not there."""
+        self.cache.prepare()
+        good, absent, bad = self.cache.lookup(wants, verify=verify, threads=self.threads)
+        for w in bad:  # a damaged cache entry is re-downloaded, not reported
+            self.cache.path(w.key).unlink()
+        good.update(self._download(absent + bad))
+        return good
+
+    def _download(self, wants: Sequence[Want]) -> dict[str, Path]:
+        if not wants:
+            return {}
+        tmps = [temp_name(self.cache.tmp) for _ in wants]
+        try:
+            try:
+                self.fs.get([self.full(w.key) for w in wants], [str(t) for t in tmps])
+            except FileNotFoundError:
+                gone = self.missing([w.key for w in wants])
+                raise ObjectProblem(missing=sorted(gone) or [w.key for w in wants]) from None
+            digests = parallel_map(hash_file, tmps, self.threads)
+            corrupt = [w.key for w, h in zip(wants, digests, strict=True) if h != w.hexdigest]
+            if corrupt:
+                raise ObjectProblem(corrupt=corrupt)
+            out = {}
+            for w, tmp in zip(wants, tmps, strict=True):
+                final = self.cache.path(w.key)
+                os.chmod(tmp, 0o444)
+                ensure_dir(final.parent)
+                os.rename(tmp, final)
+                out[w.key] = final
+            return out
+        finally:
+            for tmp in tmps:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+def _moved(path: Path, before: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    return (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns)

@@ -1,0 +1,126 @@
+"""Hashing for the artifact store: sha256 of files in 1 MiB chunks, in parallel threads, with a
+per-process cache of digests keyed by what ``stat`` says about a file.
+
+Why a cache: an OP that passes its input through (returns the file it was given) hands back a
+hard link of an object the store already holds. Re-hashing it would read every byte again just
+to learn a digest we had a moment ago when the file was materialised. The key is
+``(st_dev, st_ino, st_size, st_mtime_ns)``: same inode, same size, same mtime.
+
+What the cache may be trusted for: a hit only ever lets the store *skip* work (the object of
+that digest already exists, so nothing is written). Whenever a new object is written, its bytes
+are hashed afresh, so a stale entry (someone rewrote a file and reset its mtime) can never put
+wrong bytes under a digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = [
+    "CHUNK",
+    "DIGESTS",
+    "DigestCache",
+    "StatKey",
+    "default_threads",
+    "hash_bytes",
+    "hash_file",
+    "parallel_map",
+    "stat_key",
+]
+
+CHUNK = 1 << 20  # 1 MiB: large enough that hashlib releases the GIL and syscalls are few
+
+StatKey = tuple[int, int, int, int]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+class DigestCache:
+    """A bounded LRU map ``StatKey -> hex digest``, safe to use from several threads."""
+
+    def __init__(self, max_entries: int = 262_144) -> None:
+        self._max = max_entries
+        self._data: OrderedDict[StatKey, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: StatKey) -> str | None:
+        with self._lock:
+            hexdigest = self._data.get(key)
+            if hexdigest is not None:
+                self._data.move_to_end(key)
+            return hexdigest
+
+    def put(self, key: StatKey, hexdigest: str) -> None:
+        with self._lock:
+            self._data[key] = hexdigest
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+    def forget(self, key: StatKey) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# One cache per process: a digest describes bytes, not a store, so every store shares it.
+DIGESTS = DigestCache()
+
+
+def default_threads() -> int:
+    # Hashing is CPU-bound with the GIL released; more threads than cores only adds contention.
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``[fn(x) for x in items]``, on ``threads`` threads when there is more than one item."""
+    if threads <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def cached_hash(path: Path, st: os.stat_result) -> tuple[str, bool]:
+    """(hex digest, came from the cache). A miss hashes the file and records the result only if
+    the file did not change while it was read."""
+    key = stat_key(st)
+    hit = DIGESTS.get(key)
+    if hit is not None:
+        return hit, True
+    hexdigest = hash_file(path)
+    if stat_key(os.stat(path)) == key:
+        DIGESTS.put(key, hexdigest)
+    return hexdigest, False

@@ -1,0 +1,199 @@
+"""Local-filesystem primitives of the artifact store: atomic writes, hard links, materialising.
+
+Used for the objects of a local store and for the download cache of a remote one; both are a
+directory of read-only files named by their sha256.
+
+Atomicity: a file gets its final name only once it is complete. Bytes we write go to a 0o600
+temp file in ``tmp/`` (same filesystem), are fsync'ed, made read-only, then renamed into place;
+a hard link is made under a temp name, made read-only, then renamed. A process killed at any
+point leaves at most a stray file in ``tmp/``, never a half-written object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from dflow_async._store_hash import CHUNK
+
+__all__ = [
+    "LINK_FALLBACK_ERRNOS",
+    "ChangedError",
+    "atomic_copy",
+    "atomic_write",
+    "ensure_dir",
+    "is_trusted",
+    "link_in",
+    "materialise_file",
+    "read_only",
+    "replace_path",
+    "temp_name",
+]
+
+READ_ONLY = 0o444
+READ_ONLY_EXEC = 0o555
+
+# A hard link can fail for reasons that just mean "copy instead": another filesystem, a link-count
+# limit, a filesystem without links, or protected_hardlinks refusing a file we do not own.
+LINK_FALLBACK_ERRNOS = frozenset(
+    {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
+
+
+class ChangedError(OSError):
+    """The source file changed while it was being committed."""
+
+
+def ensure_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def temp_name(tmp_dir: Path, suffix: str = ".part") -> Path:
+    return tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+
+def read_only(mode: int) -> int:
+    """The read-only mode for a materialised file: keep execute bits, drop all write bits."""
+    return READ_ONLY_EXEC if mode & 0o111 else READ_ONLY
+
+
+def is_trusted(st: os.stat_result, size: int) -> bool:
+    """The cheap check of the hard-link fast path: a read-only regular file of the right size.
+
+    A content-addressed name plus these two facts is trusted without re-hashing. What that
+    misses: someone who chmods the object writable, rewrites it with the same length and makes
+    it read-only again. ``verify=True`` re-hashes for the cases where that matters.
+    """
+    return (st.st_mode & 0o170000) == 0o100000 and not st.st_mode & 0o222 and st.st_size == size
+
+
+def atomic_write(final: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write ``data`` to ``final`` atomically, read-only."""
+    tmp = temp_name(tmp_dir)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.fchmod(fd, READ_ONLY)
+        finally:
+            os.close(fd)
+        ensure_dir(final.parent)
+        os.rename(tmp, final)
+    finally:
+        _unlink_quietly(tmp)
+
+
+def atomic_copy(src: Path, tmp_dir: Path) -> tuple[Path, str, int]:
+    """Copy ``src`` into a read-only temp file in ``tmp_dir`` while hashing it.
+
+    Returns (temp path, hex digest, size); the caller renames it into place or removes it.
+    One read of the source does both jobs.
+    """
+    tmp = temp_name(tmp_dir)
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with open(src, "rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    h.update(view[:n])
+                    out = view[:n]
+                    while out:
+                        out = out[os.write(fd, out) :]
+                    size += n
+            os.fsync(fd)
+            os.fchmod(fd, READ_ONLY)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp, h.hexdigest(), size
+
+
+def link_in(src: Path, final: Path, tmp_dir: Path, expect: os.stat_result) -> bool:
+    """Hard-link ``src`` to ``final`` (zero-copy commit) and make the shared inode read-only.
+
+    ``expect`` is the stat taken before ``src`` was hashed; if size or mtime moved since, the
+    bytes under the digest are not the ones hashed and ChangedError is raised. Returns False
+    when a link is impossible here (the caller copies instead).
+    """
+    tmp = temp_name(tmp_dir)
+    try:
+        os.link(src, tmp)
+    except OSError as exc:
+        if exc.errno in LINK_FALLBACK_ERRNOS:
+            return False
+        raise
+    try:
+        try:
+            os.chmod(tmp, READ_ONLY)  # the same inode as src: the producer's file is read-only too
+        except PermissionError:
+            return False  # not our file: copying is the only way to make the object read-only
+        now = os.stat(tmp)
+        if (now.st_size, now.st_mtime_ns) != (expect.st_size, expect.st_mtime_ns):
+            raise ChangedError(errno.EAGAIN, "the file changed while it was being committed")
+        ensure_dir(final.parent)
+        os.rename(tmp, final)
+        return True
+    finally:
+        _unlink_quietly(tmp)
+
+
+def materialise_file(obj: Path, dest: Path, *, mode: int, link: bool) -> None:
+    """Put the object's bytes at ``dest`` (which must not exist).
+
+    ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
+    files with execute bits are copied instead, since the shared object stays 0o444.
+    ``link=False``: a private writable copy with ``mode``.
+    """
+    if link and not mode & 0o111:
+        try:
+            os.link(obj, dest)
+            return
+        except OSError as exc:
+            if exc.errno not in LINK_FALLBACK_ERRNOS:
+                raise
+    _copy_file(obj, dest)
+    os.chmod(dest, read_only(mode) if link else (mode | 0o200))
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    """Copy, cloning the blocks when the filesystem can (btrfs, xfs: a reflink is free)."""
+    try:
+        import fcntl
+
+        ficlone = 0x40049409  # FICLONE ioctl on Linux
+        with open(src, "rb") as s, open(dest, "xb") as d:
+            fcntl.ioctl(d.fileno(), ficlone, s.fileno())
+        return
+    except (ImportError, OSError):
+        _unlink_quietly(dest)
+    shutil.copyfile(src, dest)
+
+
+def replace_path(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``, replacing what was there (file, link or directory)."""
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,204 @@
+"""Directory artifacts: walking a source tree safely, and the manifest that describes it.
+
+A directory is stored as its files' objects plus one manifest, written last::
+
+    {"format": "dflow-async/manifest/1",
+     "files": {"a/b.dat": {"digest": "sha256:<hex>", "size": 12, "mode": 420}, ...},
+     "dirs":  ["a", "a/empty"],              # every directory, so empty ones survive
+     "links": {"latest": "a/b.dat"}}         # relative symlinks that stay inside the tree
+
+The manifest bytes are canonical (sorted keys, no spaces, UTF-8), so the same tree always has the
+same digest whatever its name or where it was walked from.
+
+Everything read back from a manifest is validated before it touches the local filesystem: paths
+are relative, have no ``.``/``..``/empty parts, and link targets resolve inside the tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "FileEntry",
+    "Manifest",
+    "TreeError",
+    "manifest_bytes",
+    "parse_manifest",
+    "safe_relpath",
+    "scan_tree",
+]
+
+MANIFEST_FORMAT = "dflow-async/manifest/1"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TreeError(ValueError):
+    """A source tree or a manifest is unsafe or malformed; the store adds artifact context."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    rel: str  # posix path relative to the tree root
+    path: Path  # where it is on disk now
+    st: os.stat_result
+
+
+@dataclass(slots=True)
+class Tree:
+    files: list[FileEntry] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFile:
+    hexdigest: str
+    size: int
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    files: dict[str, ManifestFile]
+    dirs: list[str]
+    links: dict[str, str]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+
+def safe_relpath(rel: object) -> str:
+    """``rel`` if it is a clean relative posix path inside the tree, else TreeError."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel:
+        raise TreeError(f"bad path {rel!r} in the artifact tree")
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise TreeError(f"path {rel!r} is not a plain relative path inside the artifact")
+    return rel
+
+
+def _link_target_inside(rel: str, target: str) -> bool:
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    return resolved != ".." and not resolved.startswith("../") and resolved != "."
+
+
+# -- walking a source directory -------------------------------------------------------------
+
+
+def scan_tree(root: Path) -> Tree:
+    """Every file, directory and symlink under ``root``, without following symlinks.
+
+    Symlinks are kept as links when they resolve inside ``root`` and refused otherwise: storing
+    the target's bytes would leak whatever the link points at (``/etc/passwd``, a secret in
+    ``$HOME``) into a store other people read.
+    """
+    real_root = os.path.realpath(root)
+    tree = Tree()
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(real_root, rel_dir) if rel_dir else real_root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            safe_relpath(rel)  # names with a backslash or NUL are refused, not mangled
+            if entry.is_symlink():
+                tree.links[rel] = _inside_link(real_root, rel, entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                tree.dirs.append(rel)
+                stack.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                tree.files.append(FileEntry(rel, Path(entry.path), entry.stat()))
+            else:
+                kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+                raise TreeError(f"{rel!r} is a {kind}, not a regular file or directory")
+    tree.files.sort(key=lambda f: f.rel)
+    tree.dirs.sort()
+    return tree
+
+
+def _inside_link(real_root: str, rel: str, path: str) -> str:
+    """The link's target rewritten relative to its own directory, if it stays in the tree."""
+    resolved = os.path.realpath(path)
+    if os.path.commonpath([real_root, resolved]) != real_root or resolved == real_root:
+        raise TreeError(
+            f"symlink {rel!r} points outside the artifact directory "
+            f"(to {os.readlink(path)!r}); copy the file in, or point the link inside"
+        )
+    target = os.path.relpath(resolved, os.path.join(real_root, posixpath.dirname(rel)))
+    return target.replace(os.sep, "/")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device file"
+
+
+# -- the manifest ---------------------------------------------------------------------------
+
+
+def manifest_bytes(files: Mapping[str, ManifestFile], dirs: list[str], links: dict[str, str]) -> bytes:
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "files": {
+            rel: {"digest": f"sha256:{f.hexdigest}", "size": f.size, "mode": f.mode}
+            for rel, f in files.items()
+        },
+        "dirs": sorted(dirs),
+        "links": dict(links),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TreeError(f"the manifest is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise TreeError(f"the manifest is not a {MANIFEST_FORMAT!r} document")
+    files_doc, dirs_doc, links_doc = doc.get("files"), doc.get("dirs"), doc.get("links")
+    if not (isinstance(files_doc, dict) and isinstance(dirs_doc, list) and isinstance(links_doc, dict)):
+        raise TreeError("the manifest lacks its files/dirs/links sections")
+    files = {safe_relpath(rel): _manifest_file(rel, spec) for rel, spec in files_doc.items()}
+    dirs = [safe_relpath(d) for d in dirs_doc]
+    links: dict[str, str] = {}
+    for rel, target in links_doc.items():
+        if not isinstance(target, str) or not _link_target_inside(safe_relpath(rel), target):
+            raise TreeError(f"symlink {rel!r} in the manifest points outside the artifact")
+        links[rel] = target
+    return Manifest(files=files, dirs=dirs, links=links)
+
+
+def _manifest_file(rel: str, spec: Any) -> ManifestFile:
+    if not isinstance(spec, dict):
+        raise TreeError(f"manifest entry {rel!r} is not an object")
+    digest, size, mode = spec.get("digest"), spec.get("size"), spec.get("mode")
+    ok = (
+        isinstance(digest, str)
+        and digest.startswith("sha256:")
+        and HEX64.match(digest[7:]) is not None
+        and type(size) is int
+        and size >= 0
+        and type(mode) is int
+        and 0 <= mode <= 0o777
+    )
+    if not ok:
+        raise TreeError(f"manifest entry {rel!r} has a bad digest, size or mode: {spec!r}")
+    assert isinstance(digest, str) and isinstance(size, int) and isinstance(mode, int)
+    return ManifestFile(hexdigest=digest[7:], size=size, mode=mode)

@@ -1,0 +1,104 @@
+"""Where an artifact file sits relative to the directory that produced it.
+
+Dflow keeps an artifact's *relative* layout: an OP that returns ``task.0003/OUTCAR`` produces
+an artifact that downloads to ``./task.0003/OUTCAR``, and a list of such files handed to an
+``Artifact(Path)`` input arrives as one directory holding ``task.0000/OUTCAR``,
+``task.0001/OUTCAR``... dflow-async passes artifacts as absolute paths, so the layout is
+recovered from where the scheduler puts things:
+
+* step outputs: ``<store>/runs/<run>/steps/<step path>/[s<slice>/]a<attempt>/<relative>``
+* uploads:      ``<store>/uploads/<digest>/<relative>``
+* files this package copies into a work directory: ``.../a<attempt>/.dflow/<kind>/<port>/<relative>``
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["import_tree", "link_or_copy", "relative_name"]
+
+_ATTEMPT = re.compile(r"^a\d+$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def relative_name(path: str | os.PathLike[str]) -> str:
+    """The artifact-relative name of ``path`` ("" when it is a whole work directory)."""
+    parts = Path(path).parts
+    for j in range(2, len(parts)):
+        if parts[j] == "steps" and parts[j - 2] == "runs":
+            # the first a<N> after the step path is the attempt's work directory (a step
+            # named like "a0" would make the name longer, never wrong)
+            for k in range(j + 1, len(parts)):
+                if _ATTEMPT.match(parts[k]):
+                    rest = parts[k + 1 :]
+                    if len(rest) >= 3 and rest[0] == ".dflow":
+                        rest = rest[3:]
+                    return "/".join(rest)
+            break
+        if parts[j - 1] == "uploads" and _DIGEST.match(parts[j]):
+            return "/".join(parts[j + 1 :]) or parts[-1]
+    return parts[-1] if parts else ""
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Hard-link ``src`` (a file or a tree) at ``dst``; copy where links are impossible.
+
+    Links make re-used and imported artifacts free, and keep them inside the destination work
+    directory, which the scheduler requires of output artifacts.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    dst_p.parent.mkdir(parents=True, exist_ok=True)
+    if src_p.is_dir():
+        shutil.copytree(src_p, dst_p, symlinks=True, dirs_exist_ok=True, copy_function=_link_file)
+    else:
+        if dst_p.exists() or dst_p.is_symlink():
+            dst_p.unlink()
+        _link_file(str(src_p), str(dst_p))
+    return dst_p
+
+
+def _link_file(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_tree(value: Any, root: Path) -> Any:
+    """``value`` (a path, or a list/dict of paths) linked under ``root`` by relative name."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: import_tree(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [import_tree(v, root) for v in value]
+    rel = relative_name(value)
+    return link_or_copy(value, root / rel if rel else root)
+
+
+def symlink_tree(value: Any, root: Path) -> Path:
+    """Gather the paths in ``value`` under one directory ``root`` (symlinks, by relative
+    name): what a Dflow ``Artifact(Path)`` input receives when handed a list of files."""
+    root.mkdir(parents=True, exist_ok=True)
+    for src in _leaves(value):
+        rel = relative_name(src) or Path(src).name
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            continue
+        os.symlink(os.path.abspath(src), target)
+    return root
+
+
+def _leaves(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _leaves(v)]
+    if isinstance(value, list | tuple | set):
+        return [p for v in value for p in _leaves(v)]
+    return [value]
