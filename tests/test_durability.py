@@ -1,0 +1,347 @@
+"""Durable runs with real processes: crash (SIGKILL) and resume, one driver per run, reuse,
+caching, and journals that cannot be trusted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dflow_async import Run, Step, Workflow, op
+from dflow_async._journal import JournalError, RunBusyError, read_run
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# A fan-out + chain + artifacts workflow whose every execution leaves a side-effect line.
+CRASH_WF = '''
+import os, sys, time, random
+from pathlib import Path
+from dflow_async import Workflow, Step, Slices, Artifact, op
+
+COUNTS = Path(os.environ["COUNTS"])
+
+def mark(name):
+    with open(COUNTS / name, "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    time.sleep(random.uniform(0.0, 0.03))
+
+@op
+def make(n: int) -> list[int]:
+    mark("make")
+    return list(range(n))
+
+@op
+def square(x: int) -> {"y": int, "f": Artifact(Path)}:
+    mark(f"square-{x}")
+    Path("sq.txt").write_text(str(x * x))
+    return {"y": x * x, "f": Path("sq.txt")}
+
+@op
+def add_files(files: Artifact(list[Path]), base: int) -> int:
+    mark("add_files")
+    return base + sum(int(p.read_text()) for p in files)
+
+@op
+def inc(x: int, tag: str) -> int:
+    mark(f"inc-{tag}")
+    return x + 1
+
+wf = Workflow("crashy")
+m = Step("make", make, parameters={"n": 16})
+sq = Step("square", square, parameters={"x": m.outputs.parameters["result"]},
+          slices=Slices(input_parameter=["x"], output_parameter=["y"], output_artifact=["f"],
+                        group_size=2, pool_size=3))
+tot = Step("total", add_files, parameters={"base": 0}, artifacts={"files": sq.outputs.artifacts["f"]})
+wf.add(m); wf.add(sq); wf.add(tot)
+prev = tot
+for i in range(6):
+    s = Step(f"inc{i}", inc, parameters={"x": prev.outputs.parameters["result"], "tag": str(i)})
+    wf.add(s)
+    prev = s
+
+if __name__ == "__main__":
+    mode, run_id = sys.argv[1], sys.argv[2]
+    executor = sys.argv[3] if len(sys.argv) > 3 else "inline"
+    if mode == "run":
+        r = wf.run(run_id=run_id, executor=executor)
+    else:
+        r = wf.run(resume=run_id, executor=executor)
+    print(r.status, r.query_step(name="inc5")[0].outputs.parameters["result"])
+'''
+
+EXPECTED = sum(x * x for x in range(16)) + 6
+
+
+def _env(counts: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), "COUNTS": str(counts)}
+
+
+def _counts(counts: Path) -> dict[str, int]:
+    return {p.name: len(p.read_text().splitlines()) for p in counts.iterdir()}
+
+
+def _trial(tmp: Path, rng: random.Random, index: int) -> None:
+    script = tmp / "crashwf.py"
+    if not script.exists():
+        script.write_text(CRASH_WF)
+    counts = tmp / f"counts-{index}"
+    counts.mkdir()
+    run_id = f"crash-{index}"
+    executor = "process" if index % 5 == 4 else "inline"
+    env = _env(counts)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "run", run_id, executor], cwd=tmp, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    journal = tmp / ".dflow-async" / "runs" / run_id / "journal.sqlite"
+    deadline = time.monotonic() + 60
+    while not journal.exists() and proc.poll() is None:  # kill only once the run exists
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = read_run(journal.parent)
+    done_steps = {r.path for r in before.records if r.phase == "Succeeded"}
+    done_units = {(path, unit) for path, units in before.units.items() for unit in units}
+    resumed = subprocess.run(
+        [sys.executable, str(script), "resume", run_id, executor], cwd=tmp, env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.split() == ["Succeeded", str(EXPECTED)], resumed.stdout
+    seen = _counts(counts)
+    # nothing the journal had recorded as finished ran a second time
+    for path in done_steps:
+        if path in ("make", "total") or path.startswith("inc"):
+            name = path if not path.startswith("inc") else f"inc-{path[3:]}"
+            name = "add_files" if path == "total" else name
+            assert seen[name] == 1, (path, seen)
+    for path, unit in done_units:
+        assert path == "square"
+        for x in (2 * unit, 2 * unit + 1):
+            assert seen[f"square-{x}"] == 1, (unit, seen)
+    # and every step ran at least once overall
+    assert seen.get("inc-5", 0) >= 1
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    rng = random.Random(20261126)
+    for index in range(20):
+        _trial(tmp_path, rng, index)
+
+
+def test_clean_run_gives_the_same_outputs(tmp_path: Path) -> None:
+    script = tmp_path / "crashwf.py"
+    script.write_text(CRASH_WF)
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), "run", "clean", "inline"], cwd=tmp_path,
+        env=_env(counts), capture_output=True, text=True, timeout=120,
+    )
+    assert done.stdout.split() == ["Succeeded", str(EXPECTED)], done.stderr
+    assert set(_counts(counts).values()) == {1}
+    # resuming a finished run does nothing at all
+    again = subprocess.run(
+        [sys.executable, str(script), "resume", "clean", "inline"], cwd=tmp_path,
+        env=_env(counts), capture_output=True, text=True, timeout=120,
+    )
+    assert again.stdout.split() == ["Succeeded", str(EXPECTED)], again.stderr
+    assert set(_counts(counts).values()) == {1}
+
+
+HANG_WF = '''
+import sys
+from dflow_async import Workflow, Step
+from dflow_async.testing._ops import hang
+wf = Workflow("busy")
+wf.add(Step("hang", hang, parameters={"marker_dir": sys.argv[2], "seconds": 60}))
+if __name__ == "__main__":
+    wf.run(run_id=sys.argv[1])
+'''
+
+
+def test_two_drivers_on_one_run_exactly_one_proceeds(tmp_path: Path, monkeypatch) -> None:
+    script = tmp_path / "busy.py"
+    script.write_text(HANG_WF)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    first = subprocess.Popen([sys.executable, str(script), "busy-1", str(tmp_path)], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("pid-*")):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        monkeypatch.chdir(tmp_path)
+        sys.path.insert(0, str(tmp_path))
+        try:
+            import busy  # type: ignore[import-not-found]
+        finally:
+            sys.path.remove(str(tmp_path))
+        with pytest.raises(RunBusyError, match="already being driven by pid"):
+            busy.wf.run(resume="busy-1")
+        cli = subprocess.run([sys.executable, "-m", "dflow_async.cli", "resume", "busy-1"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 2 and "already being driven" in cli.stderr
+        assert first.poll() is None  # the first driver was not disturbed
+    finally:
+        first.kill()
+        first.wait()
+        (tmp_path / "release").write_text("")
+    # once the first driver is gone (SIGKILL: the kernel drops its lock), resume proceeds
+    run = Run.open("busy-1")
+    assert run.status == "Running"
+
+
+@op
+def counted(x: int, log: str) -> int:
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    return x * 10
+
+
+def _keyed(log: Path) -> Workflow:
+    wf = Workflow("keyed")
+    a = Step("a", counted, parameters={"x": 1, "log": str(log)}, key="a-1")
+    b = Step("b", counted, parameters={"x": a.outputs.parameters["result"], "log": str(log)},
+             key="b")
+    wf.add(a)
+    wf.add(b)
+    return wf
+
+
+def test_reuse_step_skips_matching_keys_and_takes_modified_outputs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "calls.txt"
+    first = _keyed(log).run()
+    assert log.read_text().split() == ["1", "10"]
+    reused = first.query_step(key="a-1")[0]
+    reused.modify_output_parameter("result", 7)
+    second = _keyed(log).run(reuse_step=[reused])
+    assert log.read_text().split() == ["1", "10", "7"]  # a was not executed, b got 7
+    assert second.query_step(key="b")[0].outputs.parameters["result"] == 70
+    # records read back from the journal of the first run work the same way
+    from_journal = Run.open(first.run_id).query_step(key="a-1")
+    third = _keyed(log).run(reuse_step=from_journal)
+    assert log.read_text().split() == ["1", "10", "7", "10"]
+    assert third.status == "Succeeded"
+
+
+CACHE_WF = '''
+import os
+from dflow_async import Workflow, Step, op
+@op
+def work(x: int) -> int:
+    with open(os.environ["LOG"], "a") as fh:
+        fh.write("ran\\n")
+    return x + BODY
+wf = Workflow("cached")
+wf.add(Step("work", work, parameters={"x": int(os.environ["X"])}, cache=True))
+if __name__ == "__main__":
+    r = wf.run()
+    print(r.query_step(name="work")[0].outputs.parameters["result"], r.records[0].cached)
+'''
+
+
+def test_cache_hits_and_misses_including_a_changed_op_body(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    script = tmp_path / "cachewf.py"
+
+    def run(body: int, x: int) -> list[str]:
+        script.write_text(CACHE_WF.replace("BODY", str(body)))
+        env = {**os.environ, "PYTHONPATH": str(SRC), "LOG": str(log), "X": str(x)}
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run(1, 5) == ["6", "False"]
+    assert run(1, 5) == ["6", "True"]  # same code, same input: hit
+    assert run(1, 6) == ["7", "False"]  # another input: miss
+    assert run(2, 5) == ["7", "False"]  # changed OP body: miss
+    assert log.read_text().count("ran") == 3
+    cli = subprocess.run([sys.executable, "-m", "dflow_async.cli", "cache", "clear"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(SRC)},
+                         capture_output=True, text=True)
+    assert "removed 3 cached step results" in cli.stdout
+    assert run(2, 5) == ["7", "False"]
+
+
+def _finished_run(tmp_path: Path, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    return _keyed(tmp_path / "log.txt").run().run_id
+
+
+def test_truncated_journal_is_detected(tmp_path: Path, monkeypatch) -> None:
+    run_id = _finished_run(tmp_path, monkeypatch)
+    journal = tmp_path / ".dflow-async" / "runs" / run_id / "journal.sqlite"
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) // 3])
+    for f in journal.parent.glob("journal.sqlite-*"):
+        f.unlink()
+    with pytest.raises(JournalError, match="corrupted or truncated|no readable metadata"):
+        Run.open(run_id)
+    with pytest.raises(JournalError):
+        _keyed(tmp_path / "log.txt").run(resume=run_id)
+
+
+def test_garbage_journal_and_newer_schema_are_refused(tmp_path: Path, monkeypatch) -> None:
+    run_id = _finished_run(tmp_path, monkeypatch)
+    journal = tmp_path / ".dflow-async" / "runs" / run_id / "journal.sqlite"
+    conn = sqlite3.connect(journal)
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(JournalError, match="schema version 99, newer than"):
+        Run.open(run_id)
+    journal.write_bytes(b"this is not a database" * 100)
+    for f in journal.parent.glob("journal.sqlite-*"):
+        f.unlink()
+    with pytest.raises(JournalError, match="corrupted or truncated"):
+        Run.open(run_id)
+
+
+def test_resume_refuses_a_changed_definition(tmp_path: Path, monkeypatch) -> None:
+    run_id = _finished_run(tmp_path, monkeypatch)
+    changed = _keyed(tmp_path / "log.txt")
+    changed.add(Step("extra", counted, parameters={"x": 3, "log": "x"}))
+    with pytest.raises(JournalError, match="different workflow definition"):
+        changed.run(resume=run_id)
+
+
+def test_cli_list_get_logs(tmp_path: Path) -> None:
+    script = tmp_path / "talk.py"
+    script.write_text(textwrap.dedent('''
+        from dflow_async import Workflow, Step, op
+        @op
+        def talk(x: int) -> int:
+            print(f"hello {x}")
+            return x
+        wf = Workflow("talk")
+        wf.add(Step("say", talk, parameters={"x": 42}, key="say-42"))
+    '''))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dflow_async.cli", *args], cwd=tmp_path,
+                              env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+
+    assert cli("run", "talk.py").returncode == 0
+    listing = cli("list").stdout
+    assert "talk-" in listing and "Succeeded" in listing
+    run_id = next(w for w in listing.split() if w.startswith("talk-"))
+    got = cli("get", run_id).stdout
+    assert "say" in got and "key=say-42" in got and "Succeeded" in got
+    assert "hello 42" in cli("logs", run_id, "say").stdout
+    assert "hello 42" in cli("logs", run_id, "say-42").stdout
+    missing = cli("get", "nope-123")
+    assert missing.returncode == 2 and "no run 'nope-123'" in missing.stderr
