@@ -253,7 +253,7 @@ class ForeignOP(FunctionOP):
     """A native OP running a Dflow-style OP class or instance."""
 
     def __init__(self, foreign: Any, options: AdaptOptions = _DEFAULT) -> None:
-        cls = foreign if isinstance(foreign, type) else type(foreign)
+        cls: Any = foreign if isinstance(foreign, type) else type(foreign)
         inp = translate_sign(cls.get_input_sign(), "input")
         out = translate_sign(cls.get_output_sign(), "output", dict(options.output_defaults))
         inputs = dict(inp.ports)
@@ -292,7 +292,10 @@ class ForeignOP(FunctionOP):
             instance.workflow_name = ctx.run_id
         shapes = self._in_shapes
         dflow_in = OPIO(
-            {n: _to_dflow(v, shapes[n], n, workdir) if n in shapes else v for n, v in values.items()}
+            {
+                n: _to_dflow(v, shapes[n], n, workdir) if n in shapes else v
+                for n, v in values.items()
+            }
         )
         try:
             with _environment(self._options.envs):
@@ -304,9 +307,9 @@ class ForeignOP(FunctionOP):
             raise translated from exc
         if inspect.isawaitable(result):
             return self._finish_async(result, workdir)
-        return self._outputs(result, workdir)
+        return self._dflow_outputs(result, workdir)
 
-    async def _finish_async(self, awaitable: Any, workdir: Path) -> OPIO:
+    async def _finish_async(self, awaitable: Any, workdir: Path) -> Any:
         try:
             result = await awaitable
         except Exception as exc:
@@ -314,9 +317,9 @@ class ForeignOP(FunctionOP):
             if translated is exc:
                 raise
             raise translated from exc
-        return self._outputs(result, workdir)
+        return self._dflow_outputs(result, workdir)
 
-    def _outputs(self, result: Any, workdir: Path) -> Any:
+    def _dflow_outputs(self, result: Any, workdir: Path) -> Any:
         if not isinstance(result, Mapping):
             return result  # the scheduler reports the wrong type with the OP's name
         name = self.__qualname__

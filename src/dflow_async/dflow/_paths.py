@@ -8,7 +8,7 @@ recovered from where the scheduler puts things:
 
 * step outputs: ``<store>/runs/<run>/steps/<step path>/[s<slice>/]a<attempt>/<relative>``
 * uploads:      ``<store>/uploads/<digest>/<relative>``
-* files this package copies into a work directory: ``.../a<attempt>/.dflow/<kind>/<port>/<relative>``
+* files copied into a work directory: ``.../a<attempt>/.dflow/<kind>/<port>/<relative>``
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["import_tree", "link_or_copy", "relative_name"]
+__all__ = ["import_tree", "link_or_copy", "relative_name", "symlink_tree"]
 
 _ATTEMPT = re.compile(r"^a\d+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")

@@ -36,11 +36,15 @@ class _NestedDictPath:
 
 NestedDict: dict[Any, type] = {str: _NestedDictStr, Path: _NestedDictPath}
 
-_ALLOWED_ARTIFACT_TYPES: list[Any] = [
-    str, Path, set[str], set[Path], list[str], list[Path], dict[str, str], dict[str, Path],
-    typing.Set[str], typing.Set[Path], typing.List[str], typing.List[Path],  # noqa: UP006
-    typing.Dict[str, str], typing.Dict[str, Path], _NestedDictStr, _NestedDictPath,  # noqa: UP006
-]
+
+def _allowed_artifact_type(tp: Any) -> bool:
+    """Dflow's list: str, Path, List/Set of them, Dict[str, str|Path], NestedDict[str|Path]."""
+    if tp in (str, Path, _NestedDictStr, _NestedDictPath):
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, set):
+        return args in ((str,), (Path,))
+    return origin is dict and args in ((str, str), (str, Path))
 
 
 class Artifact:
@@ -70,7 +74,7 @@ class Artifact:
             setattr(self, k, v)
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key == "type" and value not in _ALLOWED_ARTIFACT_TYPES:
+        if key == "type" and not _allowed_artifact_type(value):
             raise TypeError(
                 f"{describe(value)} is not an allowed artifact type; use str, Path, "
                 "List[str], List[Path], Set[...], Dict[str, str|Path] or NestedDict[str|Path]"
@@ -130,7 +134,7 @@ class OP(abc.ABC):
     create_slice_dir = False
     pool_size: int | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: B027 (Dflow's signature)
         pass
 
     @classmethod
@@ -198,7 +202,9 @@ def _check_signature(opio: Any, sign: Mapping[str, Any], is_input: bool) -> None
                 )
     for name in opio:
         if name not in sign:
-            raise RuntimeError(f"key {name} in the {where} {given} is not declared in its {where} sign")
+            raise RuntimeError(
+                f"key {name} in the {where} {given} is not declared in its {where} sign"
+            )
         s = sign[name]
         if _kind(s) == "Artifact" or opio[name] is None:
             continue  # paths are checked by the scheduler; None is always accepted, as in Dflow
@@ -220,7 +226,7 @@ def _kind(sign: Any) -> str | None:
 def _function_op(base: type, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     input_sign, output_sign, ret2opio = _sign_from_func(func)
 
-    class FunctionOP(base):  # type: ignore[misc, valid-type]
+    class FunctionOP(base):  # type: ignore[misc]
         task_kwargs: dict[str, Any] = {}
         template_kwargs = kwargs
 
@@ -240,11 +246,13 @@ def _function_op(base: type, func: Callable[..., Any], kwargs: dict[str, Any]) -
             names = list(input_sign)
             for i, v in enumerate(args):
                 if names[i] in op_in:
-                    raise TypeError(f"{func.__name__}() got multiple values for argument {names[i]!r}")
+                    raise TypeError(
+                        f"{func.__name__}() got multiple values for argument {names[i]!r}"
+                    )
                 op_in[names[i]] = v
             return self.execute(OPIO(op_in))
 
-    FunctionOP.func = staticmethod(func)  # type: ignore[attr-defined]
+    FunctionOP.func = staticmethod(func)
     FunctionOP.__name__ = func.__name__
     FunctionOP.__qualname__ = getattr(func, "__qualname__", func.__name__)
     FunctionOP.__module__ = func.__module__
@@ -262,7 +270,7 @@ def _sign_from_func(
                 if param.default is None:
                     tp.optional = True
             elif isinstance(tp, Parameter):
-                tp.default = param.default
+                tp.default = param.default  # type: ignore[attr-defined]
             else:
                 tp = Parameter(tp, default=param.default)
         input_sign[param.name] = tp

@@ -1,0 +1,170 @@
+"""Dflow's ``upload_artifact`` / ``download_artifact`` over the local run store.
+
+Dflow keeps an artifact's layout relative to where it came from: uploading ``task.0/POSCAR``
+from the current directory and downloading it later yields ``./task.0/POSCAR``; downloading a
+step's output yields the paths the OP returned (``task.0003/OUTCAR``). Uploads are stored as
+``<store>/uploads/<digest>/<relative path>`` so the layout survives, and downloads place every
+file by its relative name (:func:`dflow_async.dflow._paths.relative_name`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from dflow_async._artifacts import _digest
+from dflow_async._refs import Ref
+from dflow_async.dflow._paths import relative_name
+from dflow_async.dflow._unsupported import refuse
+from dflow_async.exceptions import ArtifactError
+
+__all__ = ["LocalArtifact", "artifact_value", "download_artifact", "upload_artifact"]
+
+
+class LocalArtifact:
+    """An artifact in the local store (what ``upload_artifact`` returns); ``local_path`` is a
+    path, or a list/dict of paths, as passed to the OP."""
+
+    def __init__(self, local_path: Any) -> None:
+        self.local_path = local_path
+
+    def sub_path(self, path: str) -> LocalArtifact:
+        """The part of this (single-path) artifact at ``path``."""
+        if not isinstance(self.local_path, str | os.PathLike):
+            raise ArtifactError("sub_path() needs an artifact holding a single path")
+        return LocalArtifact(Path(self.local_path) / path)
+
+    @property
+    def path_list(self) -> list[str]:
+        return [relative_name(p) for p in _leaves(self.local_path)]
+
+    def __repr__(self) -> str:
+        return f"LocalArtifact({self.local_path!r})"
+
+
+def artifact_value(value: Any) -> Any:
+    """What a Step artifact binding means natively: a reference, or path(s)."""
+    if value is None or isinstance(value, Ref | str | os.PathLike):
+        return value
+    if hasattr(value, "local_path"):  # ours, an ArgoStep artifact, pydflow's LocalArtifact
+        return value.local_path
+    if isinstance(value, list | tuple):
+        return [artifact_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: artifact_value(v) for k, v in value.items()}
+    if hasattr(value, "key") and type(value).__name__ == "S3Artifact":
+        refuse("S3Artifact", "upload the files with upload_artifact() instead")
+    return value
+
+
+def upload_artifact(
+    path: str | os.PathLike[str] | Iterable[Any] | dict[str, Any],
+    archive: str | None = "default",
+    namespace: str | None = None,
+    dataset_name: str | None = None,
+    **kwargs: Any,
+) -> LocalArtifact:
+    """Copy files or directories into the store; keeps paths relative to the current
+    directory (``task.0/POSCAR`` stays ``task.0/POSCAR``). Storage options are ignored."""
+    from dflow_async.dflow._config import store_root
+
+    root = store_root() / "uploads"
+    return LocalArtifact(_upload(path, root, Path.cwd()))
+
+
+def _upload(path: Any, root: Path, cwd: Path) -> Any:
+    if path is None:
+        return None
+    if isinstance(path, dict):
+        return {k: _upload(v, root, cwd) for k, v in path.items()}
+    if isinstance(path, list | tuple | set):
+        return [_upload(p, root, cwd) for p in path]
+    src = Path(path)
+    if not src.exists():
+        raise ArtifactError(f"upload_artifact: File or directory {str(src)!r} not found")
+    absolute = src.absolute()
+    try:
+        rel = absolute.relative_to(cwd)
+    except ValueError:
+        rel = absolute.relative_to(absolute.anchor)
+    digest = hashlib.sha256(str(rel).encode() + b"\0" + _digest(src).encode()).hexdigest()
+    target = root / digest / rel
+    if target.exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".upload-"))
+    try:
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True)
+        else:
+            shutil.copy2(src, dest)
+        try:
+            os.rename(staging, root / digest)  # atomic: all of it or nothing
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download_artifact(
+    artifact: Any,
+    extract: bool = True,
+    sub_path: str | None = None,
+    slice: int | None = None,
+    path: str | os.PathLike[str] = ".",
+    remove_catalog: bool = True,
+    skip_exists: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Copy an artifact into ``path``, each file at its relative name; returns the copies
+    (a list, or a dict for a dict artifact). ``slice=i`` takes one item of a list artifact,
+    ``sub_path`` a part of a single-path artifact."""
+    value = artifact_value(artifact)
+    if isinstance(value, Ref):
+        raise ArtifactError("download_artifact needs a finished step's artifact, not a reference")
+    if value is None:
+        raise ArtifactError("download_artifact: the artifact is empty (its step produced nothing)")
+    if slice is not None:
+        value = value[slice]
+    dest = Path(path)
+    if sub_path is not None:
+        src = Path(value) / sub_path
+        return [_copy(src, dest / Path(sub_path).parent / src.name, skip_exists)]
+    if isinstance(value, dict):
+        return {
+            k: download_artifact(v, path=path, skip_exists=skip_exists) for k, v in value.items()
+        }
+    return [_copy(p, dest / (relative_name(p) or "."), skip_exists) for p in _leaves(value)]
+
+
+def _copy(src: Any, target: Path, skip_exists: bool) -> str:
+    src = Path(src)
+    if not src.exists():
+        raise ArtifactError(f"download_artifact: {str(src)!r} no longer exists")
+    if target.exists() and skip_exists:
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, target)
+    return str(target)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _leaves(v)]
+    if isinstance(value, list | tuple | set):
+        return [p for v in value for p in _leaves(v)]
+    return [value]
