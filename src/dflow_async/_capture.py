@@ -96,12 +96,13 @@ def _install() -> None:
 
 
 @contextmanager
-def capture(workdir: str, *, fds: bool = False) -> Iterator[None]:
+def capture(workdir: str, *, fds: bool = False, stage: str | None = None) -> Iterator[None]:
     """Send this attempt's output to its log. ``fds=True`` (worker processes only) also
-    redirects file descriptors 1 and 2 for child programs."""
+    redirects file descriptors 1 and 2 for child programs, through the file ``stage`` that
+    is moved to the log only when something was written."""
     path = log_path(workdir)
     if fds:
-        yield from _capture_fds(path)
+        yield from _capture_fds(path, stage or path)
         return
     if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
         _install()
@@ -114,10 +115,11 @@ def capture(workdir: str, *, fds: bool = False) -> Iterator[None]:
         log.close()
 
 
-def _capture_fds(path: str) -> Iterator[None]:
+def _capture_fds(path: str, stage: str) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.makedirs(os.path.dirname(stage), mode=0o700, exist_ok=True)
+    fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     saved = [os.dup(1), os.dup(2)]
     try:
         os.dup2(fd, 1)
@@ -131,5 +133,9 @@ def _capture_fds(path: str) -> Iterator[None]:
                 pass
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
+        written = os.fstat(fd).st_size
         for f in (*saved, fd):
             os.close(f)
+        if stage != path and written:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.replace(stage, path)

@@ -48,6 +48,7 @@ class AttemptSpec:
     slices: tuple[SliceInput, ...]
     timeout: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""  # where scratch directories live (same filesystem as the work dirs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -600,6 +600,7 @@ class RunState:
             slices=tuple(pieces),
             timeout=step.timeout,
             resources=step.resources,
+            run_dir=self.run_dir,
         )
         return Unit(sr, number, ids, attempt, spec)
 

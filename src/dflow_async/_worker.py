@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import inspect
+import itertools
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -48,16 +50,24 @@ def run_attempt(
     try:
         plan = port_plan(op)
         for piece in spec.slices:
-            with _in_workdir(piece.workdir, chdir), capture(piece.workdir, fds=capture_fds):
+            # Run in this thread's fresh scratch directory; if the OP leaves anything there,
+            # the directory is renamed to the slice's work dir. Most OPs write nothing, and a
+            # mkdir per step would cost more than the step (see _scratch_dir).
+            where = _scratch_dir(spec.run_dir) if chdir and spec.run_dir else piece.workdir
+            stage = f"{where}.log" if where != piece.workdir else None
+            with _in_dir(where, chdir), capture(piece.workdir, fds=capture_fds, stage=stage):
                 inputs = _check_inputs(plan, piece)
-                token = _current.set(_context(spec, piece))
+                token = _current.set(_context(spec, piece, where))
                 try:
                     result = op.execute(OPIO(inputs))
                     if inspect.isawaitable(result):
                         result = asyncio.run(_await(result))
                 finally:
                     _current.reset(token)
-                outputs.append(_check_outputs(plan, result, piece))
+                values = _check_outputs(plan, result, piece, where)
+            if where != piece.workdir and _adopt(where, piece.workdir):
+                values = _relocate(values, where, piece.workdir, plan)
+            outputs.append(values)
     except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
@@ -90,9 +100,9 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _context(spec: AttemptSpec, piece: SliceInput) -> StepContext:
+def _context(spec: AttemptSpec, piece: SliceInput, where: str | None = None) -> StepContext:
     return StepContext(
-        workdir_path=piece.workdir,
+        workdir_path=where or piece.workdir,
         step=spec.step,
         key=spec.key,
         attempt=spec.attempt,
@@ -117,7 +127,9 @@ def _as_paths(value: Any) -> Any:
     return Path(value)
 
 
-def _check_outputs(plan: PortPlan, result: Any, piece: SliceInput) -> dict[str, Any]:
+def _check_outputs(
+    plan: PortPlan, result: Any, piece: SliceInput, where: str | None = None
+) -> dict[str, Any]:
     if result is None:
         result = {}
     if not isinstance(result, dict):
@@ -126,7 +138,7 @@ def _check_outputs(plan: PortPlan, result: Any, piece: SliceInput) -> dict[str, 
         )
     values = check_opio(plan.outputs, result, op=plan.name, direction="output")
     if plan.out_artifacts:
-        workdir = Path(piece.workdir)
+        workdir = Path(where or piece.workdir)
         inputs = _input_artifact_paths(plan, piece)
         for name in plan.out_artifacts:
             if values.get(name) is not None:
@@ -177,17 +189,69 @@ def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
 
 
 @contextmanager
-def _in_workdir(workdir: str, chdir: bool) -> Iterator[None]:
-    os.makedirs(workdir, mode=0o700, exist_ok=True)
+def _in_dir(workdir: str, chdir: bool) -> Iterator[None]:
     if not chdir:
-        yield
+        yield  # the OP finds its directory through current_context().workdir (made lazily)
         return
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
     previous = os.getcwd()
     os.chdir(workdir)
     try:
         yield
     finally:
         os.chdir(previous)
+
+
+_scratch = threading.local()
+_scratch_count = itertools.count()
+
+
+def _scratch_dir(run_dir: str) -> str:
+    """This thread's empty scratch directory under the run (one mkdir, reused while empty)."""
+    dirs: dict[str, str] | None = getattr(_scratch, "dirs", None)
+    if dirs is None:
+        dirs = _scratch.dirs = {}
+    path = dirs.get(run_dir)
+    if path is None:
+        path = f"{run_dir}/.scratch/{os.getpid()}-{threading.get_ident()}-{next(_scratch_count)}"
+        os.makedirs(path, mode=0o700)
+        dirs[run_dir] = path
+    return path
+
+
+def _adopt(scratch: str, workdir: str) -> bool:
+    """Move what an attempt left in its scratch directory to its work dir (one rename).
+    Returns False when it left nothing, so the scratch directory serves the next attempt."""
+    with os.scandir(scratch) as entries:
+        if next(entries, None) is None:
+            return False
+    os.makedirs(os.path.dirname(workdir), mode=0o700, exist_ok=True)
+    if os.path.exists(workdir):  # a rerun of the same attempt name: keep the newest
+        shutil.rmtree(workdir)
+    os.rename(scratch, workdir)
+    run_dir = scratch.rsplit("/.scratch/", 1)[0]
+    _scratch.dirs.pop(run_dir, None)
+    return True
+
+
+def _relocate(values: dict[str, Any], old: str, new: str, plan: PortPlan) -> dict[str, Any]:
+    """Output artifact paths that pointed into the scratch directory, now in the work dir."""
+    old_root = os.path.realpath(old)
+
+    def move(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [move(v) for v in value]
+        text = str(value)
+        if text == old_root or text.startswith(old_root + os.sep):
+            return Path(new + text[len(old_root) :])
+        return value
+
+    for name in plan.out_artifacts:
+        if values.get(name) is not None:
+            values[name] = move(values[name])
+    return values
 
 
 _CLONE_FS = 0x00000200
