@@ -263,7 +263,11 @@ def _sign_from_func(
     func: Callable[..., Any],
 ) -> tuple[OPIOSign, OPIOSign, Callable[[Any], dict[str, Any]]]:
     input_sign = OPIOSign()
-    for param in inspect.signature(func).parameters.values():
+    try:  # modules with ``from __future__ import annotations`` hold them as strings
+        signature = inspect.signature(func, eval_str=True)
+    except Exception:
+        signature = inspect.signature(func)
+    for param in signature.parameters.values():
         tp = param.annotation if param.annotation is not inspect.Parameter.empty else Any
         if param.default is not inspect.Parameter.empty:
             if isinstance(tp, Artifact):
@@ -274,7 +278,7 @@ def _sign_from_func(
             else:
                 tp = Parameter(tp, default=param.default)
         input_sign[param.name] = tp
-    ret = inspect.signature(func).return_annotation
+    ret = signature.return_annotation
     return (input_sign, *_outputs_from_annotation(ret))
 
 

@@ -1,0 +1,155 @@
+# ruff: noqa: UP006, UP035  (Dflow code: typing.List, "%s" % ref)
+"""OPs written against ``dflow_async.dflow.python`` (module level: process workers import them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+from dflow_async.dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter, TransientError
+
+
+class Plus1(OP):
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"iter": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"iter": int})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"iter": op_in["iter"] + 1})
+
+
+class Square(OP):
+    """Squares ``x``; writes it to ``sq/<x>.txt``; records its key and an env variable."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"y": int, "key": Parameter(str, default=""), "out": Artifact(Path)})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        out = Path("sq") / f"{op_in['x']}.txt"
+        out.parent.mkdir()
+        out.write_text(str(op_in["x"] ** 2))
+        return OPIO({"y": op_in["x"] ** 2, "key": str(self.key), "out": out})
+
+
+class Sum(OP):
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"ys": List[int], "files": Artifact(List[Path], optional=True)})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"total": int, "from_files": int})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        files = op_in["files"] or []
+        return OPIO(
+            {"total": sum(op_in["ys"]), "from_files": sum(int(f.read_text()) for f in files)}
+        )
+
+
+class Echo(OP):
+    """Returns ``value`` and the environment variable ``name``."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign(
+            {"value": Parameter(object, default=None), "name": Parameter(str, default="")}
+        )
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"value": object, "env": str})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"value": op_in["value"], "env": os.environ.get(op_in["name"], "")})
+
+
+class FailIf(OP):
+    """Fails when ``x`` is in ``bad``; a TransientError until ``marker`` has seen ``tries``."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign(
+            {
+                "x": int,
+                "bad": Parameter(list, default=[]),
+                "marker": Parameter(str, default=""),
+                "tries": Parameter(int, default=0),
+            }
+        )
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": int})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        if op_in["marker"]:
+            marker = Path(op_in["marker"])
+            seen = int(marker.read_text()) if marker.exists() else 0
+            marker.write_text(str(seen + 1))
+            if seen < op_in["tries"]:
+                raise TransientError(f"try {seen}")
+        if op_in["x"] in op_in["bad"]:
+            raise ValueError(f"bad x {op_in['x']}")
+        return OPIO({"x": op_in["x"]})
+
+
+class Files(OP):
+    """Writes ``n`` files ``task.<i>/data.txt`` and returns them as a list artifact."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"n": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"files": Artifact(List[Path]), "names": List[str]})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        files = []
+        for i in range(op_in["n"]):
+            path = Path(f"task.{i}") / "data.txt"
+            path.parent.mkdir()
+            path.write_text(f"data {i}")
+            files.append(path)
+        return OPIO({"files": files, "names": [str(f) for f in files]})
+
+
+class Cat(OP):
+    """Reads one file (``Artifact(str)``) or a directory of them (``Artifact(Path)``)."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign(
+            {"file": Artifact(str, optional=True), "dir": Artifact(Path, optional=True)}
+        )
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"text": str, "kinds": List[str]})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        parts, kinds = [], [type(op_in["file"]).__name__, type(op_in["dir"]).__name__]
+        if op_in["file"] is not None:
+            parts.append(Path(op_in["file"]).read_text())
+        if op_in["dir"] is not None:
+            parts += [
+                f"{p.relative_to(op_in['dir'])}={p.read_text()}"
+                for p in sorted(op_in["dir"].rglob("*.txt"))
+            ]
+        return OPIO({"text": ";".join(parts), "kinds": kinds})

@@ -1,0 +1,83 @@
+"""upload_artifact / download_artifact keep Dflow's relative layout; list artifacts given to
+an Artifact(Path) input arrive as one directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from compat_ops import Cat, Files
+
+from dflow_async.dflow import Step, Workflow, download_artifact, upload_artifact
+from dflow_async.dflow.python import PythonOPTemplate
+from dflow_async.exceptions import ArtifactError
+
+
+def run(*steps: Step) -> Workflow:
+    wf = Workflow("arts")
+    for s in steps:
+        wf.add(s)
+    wf.submit()
+    wf.wait()
+    assert wf.query_status() == "Succeeded"
+    return wf
+
+
+def test_upload_keeps_the_path_relative_to_the_current_directory() -> None:
+    Path("task.0").mkdir()
+    Path("task.0/POSCAR").write_text("p0")
+    art = upload_artifact("task.0/POSCAR")
+    assert art.path_list == ["task.0/POSCAR"]
+    assert Path(art.local_path).read_text() == "p0"
+    assert upload_artifact("task.0/POSCAR").local_path == art.local_path  # stored once
+    Path("task.0/POSCAR").write_text("changed")
+    assert Path(art.local_path).read_text() == "p0"  # a copy, not a link
+    (copy,) = download_artifact(art, path="back")
+    assert copy == "back/task.0/POSCAR" and Path(copy).read_text() == "p0"
+    with pytest.raises(ArtifactError, match="not found"):
+        upload_artifact("missing.txt")
+
+
+def test_download_a_list_artifact_keeps_each_relative_path() -> None:
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 2})
+    wf = run(files)
+    (step,) = wf.query_step(name="files")
+    got = download_artifact(step.outputs.artifacts["files"], path="dl")
+    assert got == ["dl/task.0/data.txt", "dl/task.1/data.txt"]
+    assert Path(got[1]).read_text() == "data 1"
+    (one,) = download_artifact(step.outputs.artifacts["files"], slice=1, path="one")
+    assert one == "one/task.1/data.txt"
+    assert step.outputs.parameters["names"].value == ["task.0/data.txt", "task.1/data.txt"]
+
+
+def test_a_list_artifact_into_a_path_input_is_one_directory() -> None:
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 3})
+    cat = Step("cat", PythonOPTemplate(Cat), artifacts={"dir": files.outputs.artifacts["files"]})
+    wf = run(files, cat)
+    (step,) = wf.query_step(name="cat")
+    assert step.outputs.parameters["kinds"].value == ["NoneType", "PosixPath"]
+    assert step.outputs.parameters["text"].value == (
+        "task.0/data.txt=data 0;task.1/data.txt=data 1;task.2/data.txt=data 2"
+    )
+
+
+def test_uploaded_directory_and_file_inputs() -> None:
+    Path("in").mkdir()
+    Path("in/a.txt").write_text("A")
+    Path("in/sub").mkdir()
+    Path("in/sub/b.txt").write_text("B")
+    Path("single.txt").write_text("S")
+    cat = Step(
+        "cat",
+        PythonOPTemplate(Cat),
+        artifacts={"dir": upload_artifact("in"), "file": upload_artifact("single.txt")},
+    )
+    wf = run(cat)
+    (step,) = wf.query_step(name="cat")
+    assert step.outputs.parameters["kinds"].value == ["str", "PosixPath"]
+    assert step.outputs.parameters["text"].value == "S;a.txt=A;sub/b.txt=B"
+
+
+def test_none_makes_an_artifact_optional() -> None:
+    wf = run(Step("cat", PythonOPTemplate(Cat), artifacts={"file": None, "dir": None}))
+    assert wf.query_step(name="cat")[0].outputs.parameters["text"].value == ""

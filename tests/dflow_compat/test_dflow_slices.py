@@ -1,0 +1,145 @@
+"""Dflow's Slices on PythonOPTemplate: {{item}}, group_size, pool_size, sub_path, create_dir,
+per-slice keys, Step(slices=) overrides and Step(parallelism=)."""
+
+from __future__ import annotations
+
+import pytest
+from compat_ops import Cat, Echo, Files, Square, Sum
+
+from dflow_async.dflow import Step, Workflow, argo_enumerate, argo_range, upload_artifact
+from dflow_async.dflow.python import PythonOPTemplate, Slices
+
+
+def run(*groups: object, executor: str = "inline", name: str = "slices") -> Workflow:
+    wf = Workflow(name, executor=executor)
+    for g in groups:
+        wf.add(g)
+    wf.submit()
+    wf.wait()
+    return wf
+
+
+def square_slices(**kwargs: object) -> PythonOPTemplate:
+    return PythonOPTemplate(
+        Square,
+        slices=Slices(
+            "{{item}}",
+            input_parameter=["x"],
+            output_parameter=["y"],
+            output_artifact=["out"],
+            **kwargs,  # type: ignore[arg-type]
+        ),
+    )
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+@pytest.mark.parametrize("group_size", [None, 3])
+def test_item_slices_group_size_and_reduce(executor: str, group_size: int | None) -> None:
+    fan = Step(
+        "fan",
+        square_slices(group_size=group_size, pool_size=1, create_dir=True),
+        parameters={"x": [1, 2, 3, 4, 5, 6, 7]},
+        with_param=argo_range(7),
+        key="sq-{{item}}",
+    )
+    total = Step(
+        "total",
+        PythonOPTemplate(Sum),
+        parameters={"ys": fan.outputs.parameters["y"]},
+        artifacts={"files": fan.outputs.artifacts["out"]},
+    )
+    wf = run(fan, total, executor=executor)
+    assert wf.query_status() == "Succeeded"
+    (t,) = wf.query_step(name="total")
+    assert t.outputs.parameters["total"].value == t.outputs.parameters["from_files"].value == 140
+    keys = [s.key for s in wf.query_step(name="fan") if s.key]
+    assert keys == [f"sq-{i}" for i in range(7)]
+    (third,) = wf.query_step(key="sq-2")
+    assert third.outputs.parameters["y"].value == 9
+    assert third.outputs.parameters["key"].value == "sq-2"  # op.key, as Dflow sets it
+
+
+def test_slices_without_with_param_follow_the_list() -> None:
+    fan = Step(
+        "fan",
+        PythonOPTemplate(Square, slices=Slices(input_parameter=["x"], output_parameter=["y"])),
+        parameters={"x": [3, 4]},
+    )
+    wf = run(fan)
+    assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [9, 16]
+
+
+def test_step_slices_override_and_parallelism() -> None:
+    tpl = PythonOPTemplate(Square)
+    fan = Step(
+        "fan",
+        tpl,
+        parameters={"x": [5, 6, 7]},
+        slices=Slices(input_parameter=["x"], output_parameter=["y"]),
+        parallelism=1,
+    )
+    assert fan.slices is not None and fan.slices.pool_size == 1
+    wf = run(fan)
+    assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [25, 36, 49]
+
+
+def test_sub_path_slices_of_a_list_artifact() -> None:
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 3})
+    cat = Step(
+        "cat",
+        PythonOPTemplate(
+            Cat, slices=Slices(sub_path=True, input_artifact=["file"], output_parameter=["text"])
+        ),
+        artifacts={"file": files.outputs.artifacts["files"]},
+    )
+    wf = run(files, cat)
+    (step,) = wf.query_step(name="cat")
+    assert step.outputs.parameters["text"].value == ["data 0", "data 1", "data 2"]
+
+
+def test_sub_path_slices_of_uploaded_files(dflow_home: object) -> None:
+    from pathlib import Path
+
+    for i in range(2):
+        Path(f"in{i}").mkdir()
+        Path(f"in{i}/data.txt").write_text(f"up {i}")
+    art = upload_artifact([f"in{i}/data.txt" for i in range(2)])
+    cat = Step(
+        "cat",
+        PythonOPTemplate(
+            Cat, slices=Slices(sub_path=True, input_artifact=["file"], output_parameter=["text"])
+        ),
+        artifacts={"file": art},
+    )
+    wf = run(cat)
+    assert wf.query_step(name="cat")[0].outputs.parameters["text"].value == ["up 0", "up 1"]
+
+
+def test_argo_enumerate_items() -> None:
+    fan = Step(
+        "fan",
+        PythonOPTemplate(Echo),
+        parameters={"value": "{{item.value}}-{{item.order}}"},
+        with_param=argo_enumerate(["a", "b"]),
+    )
+    wf = run(fan)
+    assert wf.query_step(name="fan")[0].outputs.parameters["value"].value == ["a-0", "b-1"]
+
+
+def test_slices_of_a_steps_template() -> None:
+    from dflow_async.dflow import InputParameter, OutputParameter, Steps
+
+    inner = Steps("inner")
+    inner.inputs.parameters["x"] = InputParameter()
+    sq = Step("sq", PythonOPTemplate(Square), parameters={"x": inner.inputs.parameters["x"]})
+    inner.add(sq)
+    inner.outputs.parameters["y"] = OutputParameter(value_from_parameter=sq.outputs.parameters["y"])
+    fan = Step(
+        "fan",
+        inner,
+        parameters={"x": [2, 3]},
+        slices=Slices("{{item}}", input_parameter=["x"], output_parameter=["y"]),
+        with_param=argo_range(2),
+    )
+    wf = run(fan)
+    assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [4, 9]
