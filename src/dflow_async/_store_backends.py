@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dflow_async._store_hash import hash_file, parallel_map
+from dflow_async._store_hash import ChangedError, cached_hash, hash_file, parallel_map
 from dflow_async._store_local import (
-    ChangedError,
     atomic_copy,
     atomic_write,
     ensure_dir,
     is_trusted,
     link_in,
+    rename_into,
     temp_name,
 )
 
@@ -38,7 +38,9 @@ __all__ = [
     "ObjectProblem",
     "Section",
     "Want",
+    "default_cache_dir",
     "key",
+    "protocol_problem",
 ]
 
 Section = Literal["objects", "manifests", "values"]
@@ -159,12 +161,14 @@ class LocalBackend(Backend):
         self.dir = ObjectDir(root)
         self.threads = threads
         self._prepared = False
+        self._device = -1
 
     def _prepare(self) -> None:
         if not self._prepared:
             self.dir.prepare()
             for section in SECTIONS:
                 ensure_dir(self.dir.root / section)
+            self._device = os.stat(self.dir.root).st_dev  # hard links only work within it
             self._prepared = True
 
     def check(self) -> None:
@@ -180,26 +184,48 @@ class LocalBackend(Backend):
     def exists(self, k: str) -> bool:
         return self.dir.path(k).exists()
 
+    def missing(self, keys: Sequence[str]) -> set[str]:
+        return {k for k in keys if not self.dir.path(k).exists()}  # a stat each: no threads
+
     def write_bytes(self, k: str, data: bytes) -> None:
         self._prepare()
         atomic_write(self.dir.path(k), data, self.dir.tmp)
 
     def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
-        self._prepare()
-        root_dev = os.stat(self.dir.root).st_dev
         for src, st, hexdigest in items:
-            final = self.dir.path(key("objects", hexdigest))
-            if st.st_dev == root_dev and link_in(src, final, self.dir.tmp, st):
-                continue
-            self._copy_in(src, final, hexdigest)
+            if not self._link(src, st, hexdigest):
+                self._copy_in(src, hexdigest)
 
-    def _copy_in(self, src: Path, final: Path, hexdigest: str) -> None:
+    def commit(self, src: Path, st: os.stat_result) -> str:
+        """Hash ``src`` and store it if new, all in one go (called from many threads at once,
+        so linking overlaps hashing). Returns its hex digest."""
+        self._prepare()
+        hexdigest, cached = cached_hash(src, st)
+        if self.exists(key("objects", hexdigest)):
+            return hexdigest  # dedupe; the only thing a cached digest may be trusted for
+        if st.st_dev != self._device:  # another filesystem: copy and hash in one read
+            return self._copy_in(src, None)
+        if cached:
+            hexdigest, _ = cached_hash(src, st, use_cache=False)
+        if not self._link(src, st, hexdigest):
+            self._copy_in(src, hexdigest)
+        return hexdigest
+
+    def _link(self, src: Path, st: os.stat_result, hexdigest: str) -> bool:
+        self._prepare()
+        final = self.dir.path(key("objects", hexdigest))
+        return st.st_dev == self._device and link_in(src, final, self.dir.tmp, st)
+
+    def _copy_in(self, src: Path, expect: str | None) -> str:
+        self._prepare()
         tmp, got, _ = atomic_copy(src, self.dir.tmp)
         try:
-            if got != hexdigest:
+            if expect is not None and got != expect:
                 raise ChangedError(0, "the file changed while it was being committed")
-            ensure_dir(final.parent)
-            os.rename(tmp, final)
+            final = self.dir.path(key("objects", got))
+            if not final.exists():
+                rename_into(tmp, final)
+            return got
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -228,17 +254,19 @@ class FsspecBackend(Backend):
 
     @property
     def fs(self) -> Any:
+        self._open()
+        return self._fs
+
+    def _open(self) -> None:
         with self._lock:
             if self._fs is None:
                 import fsspec.core
 
                 fs, root = fsspec.core.url_to_fs(self.url, **self.options)
                 self._fs, self._root = fs, root.rstrip("/")
-            return self._fs
 
     def full(self, k: str) -> str:
-        fs = self.fs  # opens the filesystem, which sets the root
-        del fs
+        self._open()
         return f"{self._root}/{k}"
 
     def check(self) -> None:
@@ -252,6 +280,16 @@ class FsspecBackend(Backend):
 
     def exists(self, k: str) -> bool:
         return bool(self.fs.exists(self.full(k)))
+
+    def missing(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        if hasattr(self.fs, "_call_s3"):  # s3fs: one HEAD per key, all in flight at once
+            import fsspec.asyn
+
+            flags = fsspec.asyn.sync(self.fs.loop, _s3_heads, self.fs, [self.full(k) for k in keys])
+            return {k for k, present in zip(keys, flags, strict=True) if not present}
+        return super().missing(keys)
 
     def write_bytes(self, k: str, data: bytes) -> None:
         if self.atomic_put:
@@ -310,8 +348,7 @@ class FsspecBackend(Backend):
             for w, tmp in zip(wants, tmps, strict=True):
                 final = self.cache.path(w.key)
                 os.chmod(tmp, 0o444)
-                ensure_dir(final.parent)
-                os.rename(tmp, final)
+                rename_into(tmp, final)
                 out[w.key] = final
             return out
         finally:
@@ -320,9 +357,58 @@ class FsspecBackend(Backend):
                     tmp.unlink()
 
 
+async def _s3_heads(fs: Any, paths: Sequence[str]) -> list[bool]:
+    """Whether each key exists, by HEAD alone: s3fs's ``exists`` follows a miss with a LIST
+    (to spot a "directory"), doubling the requests for every object not yet uploaded."""
+    import asyncio
+
+    limit = asyncio.Semaphore(64)
+
+    async def head(path: str) -> bool:
+        bucket, k, _ = fs.split_path(path)
+        async with limit:
+            try:
+                await fs._call_s3("head_object", Bucket=bucket, Key=k)
+            except FileNotFoundError:
+                return False
+        return True
+
+    return list(await asyncio.gather(*(head(p) for p in paths)))
+
+
 def _moved(path: Path, before: os.stat_result) -> bool:
     try:
         now = os.stat(path)
     except FileNotFoundError:
         return True
     return (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+
+
+def protocol_problem(url: str) -> str | None:
+    """Why fsspec cannot open ``url``'s protocol(s), with the package to install; else None."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    for part in url.split("::"):
+        protocol = fsspec.core.split_protocol(part)[0] or "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            return (
+                f"uses protocol {protocol!r}, which no installed fsspec implementation "
+                "provides; install the package that registers it"
+            )
+        except ImportError as exc:
+            spec = known_implementations.get(protocol, {})
+            package = str(spec.get("class", "")).split(".")[0]
+            how = f"pip install {package}" if package and package != "fsspec" else str(exc)
+            return f"needs a package for protocol {protocol!r} that is not installed: {how}"
+    return None
+
+
+def default_cache_dir() -> Path:
+    explicit = os.environ.get("DFLOW_ASYNC_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dflow-async" / "artifacts"

@@ -25,8 +25,10 @@ from typing import TypeVar
 
 __all__ = [
     "CHUNK",
+    "ChangedError",
     "DIGESTS",
     "DigestCache",
+    "cached_hash",
     "StatKey",
     "default_threads",
     "hash_bytes",
@@ -38,6 +40,11 @@ __all__ = [
 CHUNK = 1 << 20  # 1 MiB: large enough that hashlib releases the GIL and syscalls are few
 
 StatKey = tuple[int, int, int, int]
+
+
+class ChangedError(OSError):
+    """A source file changed while it was being hashed or committed."""
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,10 +58,22 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    # One 1 MiB buffer per thread: allocating (and zeroing) one per file costs more than
+    # hashing a small file.
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(CHUNK)
+    return buf
+
+
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks into one reused buffer."""
+    """Hex sha256 of a file, read in 1 MiB chunks into a reused buffer."""
     h = hashlib.sha256()
-    buf = bytearray(CHUNK)
+    buf = _buffer()
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
@@ -113,14 +132,17 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list
         return list(pool.map(fn, items))
 
 
-def cached_hash(path: Path, st: os.stat_result) -> tuple[str, bool]:
-    """(hex digest, came from the cache). A miss hashes the file and records the result only if
-    the file did not change while it was read."""
+def cached_hash(path: Path, st: os.stat_result, *, use_cache: bool = True) -> tuple[str, bool]:
+    """(hex digest, came from the cache) of the file whose stat before hashing is ``st``.
+
+    A miss hashes the file; if the file moved while it was read, the digest describes no
+    particular version of it, and ChangedError is raised.
+    """
     key = stat_key(st)
-    hit = DIGESTS.get(key)
-    if hit is not None:
+    if use_cache and (hit := DIGESTS.get(key)) is not None:
         return hit, True
     hexdigest = hash_file(path)
-    if stat_key(os.stat(path)) == key:
-        DIGESTS.put(key, hexdigest)
+    if stat_key(os.stat(path)) != key:
+        raise ChangedError(0, f"{path} changed while it was being hashed")
+    DIGESTS.put(key, hexdigest)
     return hexdigest, False

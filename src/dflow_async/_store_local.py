@@ -14,16 +14,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-from dflow_async._store_hash import CHUNK
+from dflow_async._store_hash import CHUNK, ChangedError
 
 __all__ = [
     "LINK_FALLBACK_ERRNOS",
-    "ChangedError",
     "atomic_copy",
     "atomic_write",
     "ensure_dir",
@@ -31,6 +31,7 @@ __all__ = [
     "link_in",
     "materialise_file",
     "read_only",
+    "rename_into",
     "replace_path",
     "temp_name",
 ]
@@ -45,16 +46,36 @@ LINK_FALLBACK_ERRNOS = frozenset(
 )
 
 
-class ChangedError(OSError):
-    """The source file changed while it was being committed."""
-
-
 def ensure_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+def rename_into(src: Path, final: Path) -> None:
+    """``os.rename``, creating the fan-out directory only when it is missing (rarely: checking
+    first would cost a syscall per object)."""
+    try:
+        os.rename(src, final)
+    except FileNotFoundError:
+        ensure_dir(final.parent)
+        os.rename(src, final)
+
+
+_TEMP_PREFIX = uuid.uuid4().hex[:16]  # unique to this process (re-drawn after fork below)
+_temp_counter = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _TEMP_PREFIX
+    _TEMP_PREFIX = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def temp_name(tmp_dir: Path, suffix: str = ".part") -> Path:
-    return tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+    """A name no other process or thread will use: a per-process random prefix and a counter
+    (a uuid4 per object costs a getrandom() call per file)."""
+    return tmp_dir / f"{_TEMP_PREFIX}-{next(_temp_counter)}{suffix}"
 
 
 def read_only(mode: int) -> int:
@@ -85,8 +106,7 @@ def atomic_write(final: Path, data: bytes, tmp_dir: Path) -> None:
             os.fchmod(fd, READ_ONLY)
         finally:
             os.close(fd)
-        ensure_dir(final.parent)
-        os.rename(tmp, final)
+        rename_into(tmp, final)
     finally:
         _unlink_quietly(tmp)
 
@@ -138,27 +158,29 @@ def link_in(src: Path, final: Path, tmp_dir: Path, expect: os.stat_result) -> bo
         raise
     try:
         try:
-            os.chmod(tmp, READ_ONLY)  # the same inode as src: the producer's file is read-only too
+            # the same inode as src: the producer's file becomes read-only too
+            os.chmod(tmp, read_only(expect.st_mode))
         except PermissionError:
+            _unlink_quietly(tmp)
             return False  # not our file: copying is the only way to make the object read-only
         now = os.stat(tmp)
         if (now.st_size, now.st_mtime_ns) != (expect.st_size, expect.st_mtime_ns):
             raise ChangedError(errno.EAGAIN, "the file changed while it was being committed")
-        ensure_dir(final.parent)
-        os.rename(tmp, final)
+        rename_into(tmp, final)
         return True
-    finally:
+    except BaseException:
         _unlink_quietly(tmp)
+        raise
 
 
 def materialise_file(obj: Path, dest: Path, *, mode: int, link: bool) -> None:
     """Put the object's bytes at ``dest`` (which must not exist).
 
     ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
-    files with execute bits are copied instead, since the shared object stays 0o444.
+    a file with execute bits is copied instead when the shared object has none (0o444).
     ``link=False``: a private writable copy with ``mode``.
     """
-    if link and not mode & 0o111:
+    if link and (not mode & 0o111 or os.stat(obj).st_mode & 0o111):
         try:
             os.link(obj, dest)
             return

@@ -7,6 +7,8 @@ A directory is stored as its files' objects plus one manifest, written last::
      "dirs":  ["a", "a/empty"],              # every directory, so empty ones survive
      "links": {"latest": "a/b.dat"}}         # relative symlinks that stay inside the tree
 
+``mode`` is 0o644 or 0o755: only the execute bit is kept, as in git, so that a tree whose files
+became read-only when they were committed still hashes the same when it is committed again.
 The manifest bytes are canonical (sorted keys, no spaces, UTF-8), so the same tree always has the
 same digest whatever its name or where it was walked from.
 
@@ -152,7 +154,9 @@ def _kind(mode: int) -> str:
 # -- the manifest ---------------------------------------------------------------------------
 
 
-def manifest_bytes(files: Mapping[str, ManifestFile], dirs: list[str], links: dict[str, str]) -> bytes:
+def manifest_bytes(
+    files: Mapping[str, ManifestFile], dirs: list[str], links: dict[str, str]
+) -> bytes:
     doc = {
         "format": MANIFEST_FORMAT,
         "files": {
@@ -173,7 +177,9 @@ def parse_manifest(data: bytes) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise TreeError(f"the manifest is not a {MANIFEST_FORMAT!r} document")
     files_doc, dirs_doc, links_doc = doc.get("files"), doc.get("dirs"), doc.get("links")
-    if not (isinstance(files_doc, dict) and isinstance(dirs_doc, list) and isinstance(links_doc, dict)):
+    if not (
+        isinstance(files_doc, dict) and isinstance(dirs_doc, list) and isinstance(links_doc, dict)
+    ):
         raise TreeError("the manifest lacks its files/dirs/links sections")
     files = {safe_relpath(rel): _manifest_file(rel, spec) for rel, spec in files_doc.items()}
     dirs = [safe_relpath(d) for d in dirs_doc]

@@ -1,0 +1,454 @@
+"""The artifact store: content-addressed files, directories and big values on any fsspec URL.
+
+Layout under the store's root URL (a local path, ``file://``, ``memory://``, ``s3://bucket/p``...)::
+
+    objects/ab/ab12...ef          one file's bytes, named by their sha256
+    manifests/cd/cd34...01.json   one directory: {relative path: {digest, size, mode}}, dirs, links
+    values/ef/ef56...23           one BigParameter (JSON, or a pickle when JSON cannot hold it)
+    tmp/                          staging on local stores; stray files here are never read
+
+Guarantees, and what they cost:
+
+* **Dedupe.** Identical bytes are stored once; a directory where one file changed uploads that
+  file and a new manifest, nothing else.
+* **Atomic commits.** An object gets its final name only when complete (temp + fsync + rename
+  locally; one put per object on object stores). A manifest is written after every object it
+  names, so a visible manifest means a complete directory. A producer killed halfway leaves
+  nothing a consumer can see.
+* **Verified reads.** Remote downloads are always hashed. Locally, a read-only object of the
+  right size is trusted by its content-addressed name (the hard-link fast path would be pointless
+  if every read re-hashed); ``verify=True`` re-hashes everything.
+* **Zero-copy on a local store.** ``put`` hard-links the file into ``objects/`` and makes the
+  inode read-only (so the producer's file becomes read-only too); ``get`` hard-links objects
+  into the destination. Materialised files are therefore read-only: an OP that wants to change
+  an input in place gets a private copy with ``get(..., link=False)``.
+* **Remote cache.** Remote objects are downloaded once per machine into a cache keyed by digest
+  (``$DFLOW_ASYNC_CACHE_DIR``, else ``~/.cache/dflow-async/artifacts``) and linked from there.
+
+The store pickles as ``(url, storage_options)`` (plus the cache dir and thread count); workers
+reopen the filesystem lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from dflow_async._store_backends import (
+    Backend,
+    FsspecBackend,
+    LocalBackend,
+    ObjectProblem,
+    Section,
+    Want,
+    default_cache_dir,
+    key,
+    protocol_problem,
+)
+from dflow_async._store_hash import (
+    DIGESTS,
+    ChangedError,
+    cached_hash,
+    default_threads,
+    hash_bytes,
+    parallel_map,
+    stat_key,
+)
+from dflow_async._store_local import materialise_file, replace_path
+from dflow_async._store_ref import ArtifactRef, check_name
+from dflow_async._store_tree import (
+    Manifest,
+    ManifestFile,
+    TreeError,
+    manifest_bytes,
+    parse_manifest,
+    scan_tree,
+)
+from dflow_async._store_values import VALUE_CODECS, decode_value, encode_value
+from dflow_async.exceptions import ArtifactError
+
+__all__ = ["ArtifactRef", "ArtifactStore"]
+
+_LOCAL_PROTOCOLS = (None, "file", "local")
+
+
+class ArtifactStore:
+    """Content-addressed artifacts under one fsspec URL. Safe to pickle and share with workers."""
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        hash_threads: int | None = None,
+    ) -> None:
+        import fsspec.core
+
+        protocol = fsspec.core.split_protocol(str(url))[0]
+        self.is_local: bool = protocol in _LOCAL_PROTOCOLS
+        self._protocol = protocol or "file"
+        if self.is_local:  # pin a relative path now: workers may run in another directory
+            from fsspec.implementations.local import LocalFileSystem
+
+            path = LocalFileSystem._strip_protocol(str(url))
+            url = path if protocol is None else f"file://{path}"
+        self.url: str = str(url).rstrip("/") or "/"
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.hash_threads = hash_threads or default_threads()
+        self._backend_obj: Backend | None = None
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    # Pickle the configuration only; the filesystem is reopened lazily where it is used.
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+            "hash_threads": self.hash_threads,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    # -- public API -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail fast, with a clear ArtifactError, if the store cannot be written and read."""
+        backend = self._backend
+        try:
+            backend.check()
+        except FileNotFoundError as exc:
+            self._fail_store(f"does not exist (no such bucket or directory: {exc})")
+        except PermissionError as exc:
+            self._fail_store(f"is not writable ({exc})")
+        except Exception as exc:  # network errors come in many library-specific types
+            self._fail_store(f"cannot be reached or written ({type(exc).__name__}: {exc})")
+
+    def put(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        producer: str | None = None,
+    ) -> ArtifactRef:
+        """Commit a local file or directory; returns its reference."""
+        src = Path(os.path.abspath(path))
+        label = check_name(name if name is not None else src.name)
+        with self._committing(label, producer):
+            try:
+                st = os.stat(src)  # a symlink named by the caller is followed: they chose it
+            except FileNotFoundError:
+                raise TreeError(f"{str(src)!r} does not exist") from None
+            if os.path.isdir(src):
+                return self._put_dir(src, label, producer)
+            if not os.path.isfile(src):
+                raise TreeError(f"{str(src)!r} is not a regular file or directory")
+            (hexdigest,) = self._commit_files([(src, st)])
+            k = key("objects", hexdigest)
+            return self._ref(k, hexdigest, st.st_size, "file", label, producer)
+
+    def get(
+        self,
+        ref: ArtifactRef,
+        dest_dir: str | os.PathLike[str],
+        *,
+        verify: bool = False,
+        link: bool = True,
+    ) -> Path:
+        """Materialise ``ref`` as ``dest_dir/ref.name`` (replacing anything there) and return
+        that path. ``link=False`` gives private writable copies instead of read-only links."""
+        dest = Path(dest_dir)
+        target = dest / ref.name
+        staging = dest / f".{ref.name}.partial-{uuid.uuid4().hex}"
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            if ref.kind == "dir":
+                self._get_dir(ref, staging, verify=verify, link=link)
+            else:
+                path = self._fetch_one(ref, self._section(ref), verify=verify)
+                materialise_file(path, staging, mode=0o644, link=link)
+                DIGESTS.put(stat_key(os.stat(staging)), ref.hexdigest)
+            replace_path(staging, target)
+        except ArtifactError:
+            raise
+        except (OSError, TreeError) as exc:
+            self._fail(ref, f"could not be materialised in {str(dest)!r}: {exc}")
+        finally:
+            _remove(staging)
+        return target
+
+    def exists(self, ref: ArtifactRef) -> bool:
+        """Whether the object (or, for a directory, its manifest, hence all of it) is stored."""
+        return self._backend.exists(key(self._section(ref), ref.hexdigest))
+
+    def put_value(self, value: object, *, producer: str | None = None) -> ArtifactRef:
+        """Store a BigParameter: as JSON when JSON gives back exactly the same value, else as a
+        pickle. The ref's name says which (``value.json`` / ``value.pickle``)."""
+        data, label = encode_value(value)
+        hexdigest = hash_bytes(data)
+        k = key("values", hexdigest)
+        with self._committing(label, producer):
+            if not self._backend.exists(k):
+                self._backend.write_bytes(k, data)
+        return self._ref(k, hexdigest, len(data), "file", label, producer)
+
+    def get_value(self, ref: ArtifactRef) -> object:
+        """The value stored by :meth:`put_value`; its bytes are always verified."""
+        codec = VALUE_CODECS.get(ref.name)
+        if codec is None or self._section(ref) != "values":
+            self._fail(ref, "is not a value stored by put_value")
+        data = self._fetch_one(ref, "values", verify=False).read_bytes()
+        if hash_bytes(data) != ref.hexdigest:
+            self._fail(ref, "is corrupt: its bytes do not match the digest", "re-run the producer")
+        return decode_value(data, codec)
+
+    def local_path(self, ref: ArtifactRef) -> Path | None:
+        """The stored file itself when the store is local (read it, never write it); None for a
+        remote store or a directory (whose files are separate objects: use :meth:`get`)."""
+        if not self.is_local or ref.kind == "dir":
+            return None
+        assert isinstance(self._backend, LocalBackend)
+        path = self._backend.dir.path(key(self._section(ref), ref.hexdigest))
+        if not path.exists():
+            self._fail(ref, "is missing from the store", "re-run the producer")
+        return path
+
+    # -- committing ---------------------------------------------------------------------------
+
+    def _put_dir(self, src: Path, label: str, producer: str | None) -> ArtifactRef:
+        tree = scan_tree(src)
+        files = [(f.path, f.st) for f in tree.files]
+
+        def manifest(hexes: Sequence[str]) -> bytes:
+            entries = {
+                f.rel: ManifestFile(h, f.st.st_size, _git_mode(f.st.st_mode))
+                for f, h in zip(tree.files, hexes, strict=True)
+            }
+            return manifest_bytes(entries, tree.dirs, tree.links)
+
+        if isinstance(self._backend, LocalBackend):
+            data = manifest(self._commit_files(files))
+        else:  # a request per object is dear: first ask whether the whole tree is there
+            hashed = parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
+            data = manifest([h for h, _ in hashed])
+            if not self._backend.exists(key("manifests", hash_bytes(data))):
+                data = manifest(self._store_objects(files, hashed))
+        k = key("manifests", hash_bytes(data))
+        if not self._backend.exists(k):  # last: this is what makes the directory visible
+            self._backend.write_bytes(k, data)
+        size = sum(f.st.st_size for f in tree.files)
+        return self._ref(k, hash_bytes(data), size, "dir", label, producer)
+
+    def _commit_files(self, files: Sequence[tuple[Path, os.stat_result]]) -> list[str]:
+        """Digest of each file, storing the objects the store lacks."""
+        backend = self._backend
+        if isinstance(backend, LocalBackend):  # hash and link file by file, on all threads
+            return parallel_map(lambda f: backend.commit(*f), files, self.hash_threads)
+        hashed = parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
+        return self._store_objects(files, hashed)
+
+    def _store_objects(
+        self, files: Sequence[tuple[Path, os.stat_result]], hashed: list[tuple[str, bool]]
+    ) -> list[str]:
+        """Batch version for remote stores: one existence query and one upload for the lot,
+        each distinct digest once."""
+        while True:
+            first: dict[str, int] = {}
+            for i, (h, _) in enumerate(hashed):
+                first.setdefault(h, i)
+            absent = self._backend.missing([key("objects", h) for h in first])
+            todo = [h for h in first if key("objects", h) in absent]
+            # A digest from the cache may only ever skip work; before it names a new object,
+            # the bytes are hashed for real.
+            stale = [first[h] for h in todo if hashed[first[h]][1]]
+            if not stale:
+                break
+            for i in stale:
+                hashed[i] = cached_hash(*files[i], use_cache=False)
+        self._backend.store_files([(*files[first[h]], h) for h in todo])
+        return [h for h, _ in hashed]
+
+    @contextlib.contextmanager
+    def _committing(self, label: str, producer: str | None) -> Iterator[None]:
+        try:
+            yield
+        except ArtifactError:
+            raise
+        except ChangedError as exc:
+            raise ArtifactError(
+                f"artifact {label!r} {_by(producer)} could not be committed to {self.url}: "
+                f"{exc.strerror or exc}; something is still writing it (a background process "
+                "of the OP?)"
+            ) from exc
+        except (OSError, TreeError) as exc:
+            raise ArtifactError(
+                f"artifact {label!r} {_by(producer)} could not be committed to {self.url}: {exc}"
+            ) from exc
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    def _get_dir(self, ref: ArtifactRef, staging: Path, *, verify: bool, link: bool) -> None:
+        manifest = self._manifest(ref)
+        wants = {
+            f.hexdigest: Want(key("objects", f.hexdigest), f.hexdigest, f.size)
+            for f in manifest.files.values()
+        }
+        paths = self._fetch(ref, list(wants.values()), verify=verify, manifest=manifest)
+        staging.mkdir()
+        for d in manifest.dirs:  # sorted: parents first
+            (staging / d).mkdir(parents=True, exist_ok=True)
+        for rel, f in manifest.files.items():
+            dest = staging / rel
+            obj = paths[wants[f.hexdigest].key]
+            try:
+                materialise_file(obj, dest, mode=f.mode, link=link)
+            except FileNotFoundError:  # a manifest need not list every parent directory
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                materialise_file(obj, dest, mode=f.mode, link=link)
+            DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)
+        # Links last, so no file above was written through one; then check where they lead.
+        real = os.path.realpath(staging)
+        for rel, target in manifest.links.items():
+            os.symlink(target, staging / rel)
+            if os.path.commonpath([real, os.path.realpath(staging / rel)]) != real:
+                self._fail(ref, f"is unsafe: its symlink {rel!r} leads outside the directory")
+
+    def _manifest(self, ref: ArtifactRef) -> Manifest:
+        data = self._fetch_one(ref, "manifests", verify=False).read_bytes()
+        if hash_bytes(data) != ref.hexdigest:  # small, so always checked
+            self._fail(ref, "is corrupt: its manifest does not match the digest")
+        try:
+            manifest = parse_manifest(data)
+        except TreeError as exc:
+            self._fail(ref, f"has an invalid manifest: {exc}")
+        if manifest.size != ref.size:
+            self._fail(ref, f"has a manifest of {manifest.size} bytes, the ref says {ref.size}")
+        return manifest
+
+    def _fetch_one(self, ref: ArtifactRef, section: Section, *, verify: bool) -> Path:
+        k = key(section, ref.hexdigest)
+        size = ref.size
+        if section == "manifests":  # the ref's size is the tree's, not the manifest's: hash it
+            size, verify = 0, True
+        return self._fetch(ref, [Want(k, ref.hexdigest, size)], verify=verify)[k]
+
+    def _fetch(
+        self,
+        ref: ArtifactRef,
+        wants: Sequence[Want],
+        *,
+        verify: bool,
+        manifest: Manifest | None = None,
+    ) -> dict[str, Path]:
+        try:
+            return self._backend.fetch(wants, verify=verify)
+        except ObjectProblem as problem:
+            what = _describe(problem, manifest)
+            hint = "re-run the producer (the store was damaged or cleaned)"
+            self._fail(ref, what, hint)
+        except OSError as exc:
+            self._fail(ref, f"could not be fetched ({type(exc).__name__}: {exc})")
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def _backend(self) -> Backend:
+        if self._backend_obj is None:
+            self._backend_obj = self._open_backend()
+        return self._backend_obj
+
+    def _open_backend(self) -> Backend:
+        if self.is_local:
+            root = Path(self.url.removeprefix("file://"))
+            return LocalBackend(root, self.hash_threads)
+        problem = protocol_problem(self.url)
+        if problem:
+            self._fail_store(problem)
+        cache = self.cache_dir or default_cache_dir()
+        return FsspecBackend(
+            self.url, self.storage_options, self._protocol, cache, self.hash_threads
+        )
+
+    def _section(self, ref: ArtifactRef) -> Section:
+        if ref.kind == "dir":
+            return "manifests"
+        h = ref.hexdigest
+        return "values" if ref.uri.endswith(f"values/{h[:2]}/{h}") else "objects"
+
+    def _ref(
+        self,
+        k: str,
+        hexdigest: str,
+        size: int,
+        kind: Literal["file", "dir"],
+        name: str,
+        producer: str | None,
+    ) -> ArtifactRef:
+        return ArtifactRef(
+            uri=f"{self.url.rstrip('/')}/{k}",
+            digest=f"sha256:{hexdigest}",
+            size=size,
+            kind=kind,
+            name=name,
+            producer=producer,
+        )
+
+    def _fail(self, ref: ArtifactRef, problem: str, hint: str = "") -> NoReturn:
+        tail = f"; {hint}" if hint else ""
+        raise ArtifactError(
+            f"artifact {ref.name!r} {_by(ref.producer)} at {ref.uri} {problem}{tail}"
+        )
+
+    def _fail_store(self, problem: str) -> NoReturn:
+        raise ArtifactError(f"artifact store {self.url} {problem}")
+
+
+def _git_mode(mode: int) -> int:
+    """Only "executable or not" is recorded, as git does: committing a file makes it read-only,
+    and the same tree must keep the same digest when it is committed again (a pass-through)."""
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def _by(producer: str | None) -> str:
+    return f"(produced by step {producer!r})" if producer else "(producer unknown)"
+
+
+def _describe(problem: ObjectProblem, manifest: Manifest | None) -> str:
+    """Name the files of a directory behind the object keys a backend complained about."""
+
+    def files(keys: list[str]) -> str:
+        if manifest is None:
+            return ""
+        hexes = {k.rsplit("/", 1)[-1] for k in keys}
+        rels = sorted(r for r, f in manifest.files.items() if f.hexdigest in hexes)
+        more = f" and {len(rels) - 5} more" if len(rels) > 5 else ""
+        return " (files: " + ", ".join(repr(r) for r in rels[:5]) + more + ")"
+
+    parts = []
+    if problem.missing:
+        parts.append(
+            f"is missing {len(problem.missing)} object(s) from the store{files(problem.missing)}"
+        )
+    if problem.corrupt:
+        parts.append(
+            f"is corrupt: {len(problem.corrupt)} object(s) do not match their digest"
+            f"{files(problem.corrupt)}"
+        )
+    return " and ".join(parts)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
