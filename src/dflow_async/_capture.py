@@ -115,6 +115,20 @@ def capture(workdir: str, *, fds: bool = False, stage: str | None = None) -> Ite
         log.close()
 
 
+def start_capture(workdir: str) -> tuple[_LazyLog, contextvars.Token[_LazyLog | None]]:
+    """``capture()`` without the generator, for the per-step hot path."""
+    if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
+        _install()
+    log = _LazyLog(log_path(workdir))
+    return log, _target.set(log)
+
+
+def stop_capture(started: tuple[_LazyLog, contextvars.Token[_LazyLog | None]]) -> None:
+    log, token = started
+    _target.reset(token)
+    log.close()
+
+
 def _capture_fds(path: str, stage: str) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

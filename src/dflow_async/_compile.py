@@ -69,12 +69,22 @@ class CompiledStep:
     inputs: dict[str, PortInfo] = field(default_factory=dict)
     outputs: dict[str, PortInfo] = field(default_factory=dict)
     bindings: list[Binding] = field(default_factory=list)
+    # precomputed for the scheduler: literal inputs and defaults (copied once per run of the
+    # step), bindings evaluated once per run, bindings evaluated once per fan-out item
+    const_inputs: dict[str, Any] = field(default_factory=dict)
+    run_bindings: list[Binding] = field(default_factory=list)
+    item_bindings: list[Binding] = field(default_factory=list)
     executor: Any = None  # a name or an Executor instance
     retry: RetryPolicy | None = None
     fan_out: bool = False
     producers: set[str] = field(default_factory=set)  # names of steps it depends on
     key_per_item: bool = False  # the key uses the fan-out item: one record per slice
     cache: bool = False
+    has_artifact_outputs: bool = False
+    inline_async: bool = False  # set by the scheduler: awaited in the loop, no executor call
+    template_name: str = ""
+    group_size: int = 1  # slices per attempt
+    pool_size: int | None = None  # concurrent attempts of this step
     succs: list[int] = field(default_factory=list)
     npreds: int = 0
 
@@ -105,9 +115,25 @@ class _Compiler:
         self.problems: list[str] = []
         self.done: dict[int, CompiledTemplate] = {}
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
+        self._ports: dict[Any, tuple[dict[str, PortInfo], dict[str, PortInfo]]] = {}
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    def op_ports(self, key: Any, op: OP) -> tuple[dict[str, PortInfo], dict[str, PortInfo]]:
+        """Port infos of an OP, shared (read-only) by every step that uses the same template."""
+        found = self._ports.get(key)
+        if found is None:
+            ins = {
+                n: PortInfo("artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default)
+                for n, p in op.input_ports().items()
+            }
+            outs = {
+                n: PortInfo("artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default)
+                for n, p in op.output_ports().items()
+            }
+            found = self._ports[key] = (ins, outs)
+        return found
 
     # ------------------------------------------------------------------ templates
 
@@ -166,19 +192,23 @@ class _Compiler:
             except Exception as exc:
                 self.problem(f"{where}: {exc}")
                 return
-            for name, port in node.op.input_ports().items():
-                kind = "artifacts" if isinstance(port, Artifact) else "parameters"
-                node.inputs[name] = PortInfo(kind, port.type, port.default)
-            for name, port in node.op.output_ports().items():
-                kind = "artifacts" if isinstance(port, Artifact) else "parameters"
-                node.outputs[name] = PortInfo(kind, port.type, port.default)
+            # a class template is instantiated per step: its signs are the class's
+            node.inputs, node.outputs = self.op_ports(tpl if isinstance(tpl, type) else id(tpl), node.op)
             node.executor = step.executor if step.executor is not None else self.default_executor
             message = self.check_executor(node.executor, node.op)
             if message:
                 self.problem(f"{where} (OP {op_name(node.op)}): {message}")
         node.retry = step.retry
+        node.has_artifact_outputs = any(i.kind == "artifacts" for i in node.outputs.values())
+        if node.sub is not None:
+            node.template_name = node.sub.name
+        elif node.op is not None:
+            node.template_name = str(getattr(node.op, "__qualname__", type(node.op).__qualname__))
         node.cache = bool(step.cache if step.cache is not None else getattr(node.op, "cache", False))
         node.fan_out = step.slices is not None or step.with_param is not None
+        if step.slices is not None:
+            node.group_size = step.slices.group_size or 1
+            node.pool_size = step.slices.pool_size
         node.key_per_item = node.fan_out and uses_item(step.key)
         self.bindings(ct, node, where)
         self.slices(node, where)
@@ -222,6 +252,15 @@ class _Compiler:
                     f"{where}: required input {info.kind[:-1]} {port!r} is not bound; pass it in "
                     f"{info.kind}={{{port!r}: ...}}"
                 )
+            elif port not in bound:
+                node.const_inputs[port] = info.default
+        for b in node.bindings:
+            if b.per_item:
+                node.item_bindings.append(b)
+            elif _is_dynamic(b.value):
+                node.run_bindings.append(b)
+            else:
+                node.const_inputs[b.port] = b.value
 
     def producer_type(
         self,
@@ -294,11 +333,7 @@ class _Compiler:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
         if isinstance(step.with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
-        uses = any(isinstance(r, ItemRef) for v in values for r in iter_refs(v))
-        uses = uses or any(
-            p.split(".")[0] == "item" for v in values if isinstance(v, str) for p in placeholders(v)
-        )
-        if uses and not node.fan_out:
+        if values and not node.fan_out and any(uses_item(v) for v in values):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str) -> None:

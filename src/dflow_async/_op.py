@@ -132,7 +132,7 @@ def as_port(value: Any) -> Port:
     return Parameter(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepContext:
     """Where the current attempt runs; ``current_context()`` returns it inside an OP.
 
@@ -407,6 +407,14 @@ def check_opio(
     ports: Mapping[str, Port], values: Mapping[str, Any], *, op: str, direction: str
 ) -> dict[str, Any]:
     """Check values against ports; fill defaults. Raises SignatureError listing every problem."""
+    if len(values) == len(ports):
+        # the common case, checked in one pass: every port given, each value of exactly the
+        # declared class (anything else falls through to the full check and its messages)
+        for name, port in ports.items():
+            if name not in values or type(values[name]) is not port.type:
+                break
+        else:
+            return dict(values)
     problems: list[str] = []
     checked: dict[str, Any] = {}
     for name in values:

@@ -11,6 +11,7 @@ import anyio
 
 from dflow_async._cache import StepCache
 from dflow_async._spec import AttemptOutcome, Failed, Succeeded
+from dflow_async._worker import arun_attempt
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
 from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
@@ -33,6 +34,8 @@ class _Shell:
         self.tg = tg
         self.recorder = recorder
         self.cache = cache
+        self.finished = asyncio.Event()
+        self.error: BaseException | None = None
 
     def apply(self, instructions: list[Instruction]) -> None:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
@@ -40,17 +43,52 @@ class _Shell:
         spawn = self.tg.create_task
         for ins in instructions:
             if isinstance(ins, Launch):
-                spawn(self.run_unit(ins.unit))
+                unit = ins.unit
+                if not self.fast_lane(unit):
+                    spawn(self.run_unit(unit))
             elif isinstance(ins, Retry):
                 spawn(self.retry_later(ins.unit, ins.delay))
             elif isinstance(ins, Finish):
                 # the task group ends when the last attempt (and the journal flusher) does
+                self.finished.set()
                 if self.recorder is not None:
                     self.recorder.finish(ins.status)
 
+    def fast_lane(self, unit: Unit) -> bool:
+        """Hand a plain attempt straight to an executor that takes callbacks (inline threads):
+        no task and no future per attempt, which is most of the cost of a tiny step."""
+        if unit.spec.timeout is not None or unit.sr.node.cache:
+            return False
+        executor = self.executors[unit.sr.node.executor]
+        start = getattr(executor, "start_nowait", None)
+        if start is None:
+            return False
+
+        def done(outcome: AttemptOutcome) -> None:
+            if self.error is not None:
+                return
+            try:
+                self.apply(self.state.unit_finished(unit, outcome))
+            except BaseException as exc:  # surface it in the run, not in the loop's log
+                self.error = exc
+                self.finished.set()
+
+        return bool(start(unit.spec, done))
+
+    async def wait_finished(self) -> None:
+        """Keeps the task group open while attempts run outside it (the fast lane)."""
+        await self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
     async def run_unit(self, unit: Unit) -> None:
         spec = unit.spec
-        cache = self.cache if unit.sr.node.cache else None
+        node = unit.sr.node
+        if node.inline_async and spec.timeout is None and not node.cache:
+            # an async OP on the inline executor: awaited right here, no extra layers
+            self.apply(self.state.unit_finished(unit, await arun_attempt(spec)))
+            return
+        cache = self.cache if node.cache else None
         key = None
         if cache is not None:
             key = await anyio.to_thread.run_sync(cache.key, spec)
@@ -94,6 +132,24 @@ class _Shell:
         self.apply(self.state.retry_due(unit))
 
 
+def _mark_inline_async(root: Any, executors: dict[Any, Executor]) -> None:
+    from dflow_async.executors._inline import InlineExecutor, _is_async
+
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        ct = todo.pop()
+        if id(ct) in seen:
+            continue
+        seen.add(id(ct))
+        for node in ct.nodes:
+            if node.sub is not None:
+                todo.append(node.sub)
+            elif node.op is not None:
+                executor = executors.get(node.executor)
+                node.inline_async = isinstance(executor, InlineExecutor) and _is_async(node.op)
+
+
 async def execute(
     state: RunState,
     executors: dict[Any, Executor],
@@ -109,7 +165,10 @@ async def execute(
             async with asyncio.TaskGroup() as tg:
                 if recorder is not None:
                     tg.create_task(recorder.run())
-                _Shell(state, executors, tg, recorder, cache).apply(state.start())
+                _mark_inline_async(state.root_ct, executors)
+                shell = _Shell(state, executors, tg, recorder, cache)
+                tg.create_task(shell.wait_finished())
+                shell.apply(state.start())
         except BaseException:
             state.cancel()
             if recorder is not None:

@@ -40,18 +40,18 @@ class Unit:
     spec: AttemptSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Launch:
     unit: Unit
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retry:
     unit: Unit
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     status: str
 
@@ -189,13 +189,11 @@ class StepRun:
 
     @property
     def group_size(self) -> int:
-        sl = self.node.step.slices if self.node.step else None
-        return (sl.group_size or 1) if sl else 1
+        return self.node.group_size
 
     @property
     def pool(self) -> int | None:
-        sl = self.node.step.slices if self.node.step else None
-        return sl.pool_size if sl else None
+        return self.node.pool_size
 
 
 class RunState:
@@ -329,18 +327,14 @@ class RunState:
             return
         step = node.step
         path = f"{trun.path}/{node.name}" if trun.path else node.name
-        done = self.restored.get(path)
-        if done is not None:
-            self.records.append(done)
-            self.records.extend(self.restored_slices.get(path, ()))
-            self._node_done(trun, idx, _outputs_of(done), out)
-            return
-        template = node.op and type(node.op).__name__
-        if node.sub is not None:
-            template = node.sub.name
-        elif node.op is not None and hasattr(node.op, "__qualname__"):
-            template = getattr(node.op, "__qualname__", template)
-        record = StepRecord(name=node.name, path=path, template=str(template))
+        if self.restored:
+            done = self.restored.get(path)
+            if done is not None:
+                self.records.append(done)
+                self.records.extend(self.restored_slices.get(path, ()))
+                self._node_done(trun, idx, _outputs_of(done), out)
+                return
+        record = StepRecord(name=node.name, path=path, template=node.template_name)
         self.records.append(record)
         sr = StepRun(trun, node, record)
         trun.runs[idx] = sr
@@ -357,7 +351,7 @@ class RunState:
             sr.failed = True
             self._finish_step(sr, out)
             return
-        reused = self.reuse.get(record.key) if record.key is not None else None
+        reused = self.reuse.get(record.key) if self.reuse and record.key is not None else None
         if reused is not None:
             record.outputs.parameters = dict(reused.outputs.parameters)
             record.outputs.artifacts = dict(reused.outputs.artifacts)
@@ -377,15 +371,12 @@ class RunState:
         node = sr.node
         step = node.step
         assert step is not None
-        common: dict[str, Any] = {}
-        for b in node.bindings:
-            if b.per_item:
-                continue
-            common[b.port] = evaluate(b.value, trun)
-        for port, info in node.inputs.items():
-            if port not in common and info.default is not MISSING:
-                if not any(b.port == port and b.per_item for b in node.bindings):
-                    common[port] = info.default
+        if node.run_bindings:
+            common = dict(node.const_inputs)
+            for b in node.run_bindings:
+                common[b.port] = evaluate(b.value, trun)
+        else:
+            common = node.const_inputs  # never mutated: slices and workers copy
         sr.common = common
         when = step.when
         if when is not None and not self._condition(when, trun, common):
@@ -467,9 +458,8 @@ class RunState:
         node = sr.node
         values = dict(sr.common)
         scope = _ItemScope(sr.trun, sr.items[i])
-        for b in node.bindings:
-            if b.per_item:
-                values[b.port] = evaluate(b.value, scope)
+        for b in node.item_bindings:
+            values[b.port] = evaluate(b.value, scope)
         sl = node.step.slices if node.step else None
         if sl is not None:
             assert sr.indices is not None
@@ -566,7 +556,7 @@ class RunState:
                 sr.inflight += 1
                 size = sr.group_size
                 ids = range(number * size, min(sr.n_slices, (number + 1) * size))
-                finished = self.restored_units.get(sr.record.path)
+                finished = self.restored_units.get(sr.record.path) if self.restored_units else None
                 if finished is not None and number in finished:
                     # an earlier driver of this run finished this unit: keep its outputs
                     if sr.record.phase == "Pending":
@@ -731,6 +721,9 @@ class RunState:
         result: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
         if sr.items is None:
             values = sr.slice_outputs[0] or {}
+            if not node.has_artifact_outputs:
+                result["parameters"] = values  # the worker's own dict: nothing else holds it
+                return result
             for name, value in values.items():
                 info = node.outputs.get(name)
                 result[info.kind if info else "parameters"][name] = value

@@ -34,7 +34,7 @@ def matches(tp: Any, value: Any) -> bool:
     Containers are checked element by element: a wrong element deep in a list is the kind of
     bug that otherwise surfaces three steps later, on another machine.
     """
-    if tp is Any or tp is object or (tp is None and value is None):
+    if type(value) is tp or tp is Any or tp is object or (tp is None and value is None):
         return True
     if isinstance(tp, typing.TypeVar | str):
         return True

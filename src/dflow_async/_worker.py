@@ -24,6 +24,7 @@ from typing import Any
 from dflow_async._op import (
     OP,
     OPIO,
+    FunctionOP,
     PortPlan,
     StepContext,
     _current,
@@ -31,7 +32,7 @@ from dflow_async._op import (
     check_opio,
     port_plan,
 )
-from dflow_async._capture import capture
+from dflow_async._capture import capture, start_capture, stop_capture
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
@@ -80,15 +81,23 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
+        fn = op.fn if isinstance(op, FunctionOP) else None
         for piece in spec.slices:
             inputs = _check_inputs(plan, piece)
             token = _current.set(_context(spec, piece))
+            log = start_capture(piece.workdir)
             try:
-                with capture(piece.workdir):
+                if fn is not None:  # skip execute()'s wrapper coroutine
+                    value = fn(**inputs)
+                    if inspect.isawaitable(value):
+                        value = await value
+                    result = op._wrap(value)  # type: ignore[union-attr]
+                else:
                     result = op.execute(OPIO(inputs))
                     if inspect.isawaitable(result):
                         result = await result
             finally:
+                stop_capture(log)
                 _current.reset(token)
             outputs.append(_check_outputs(plan, result, piece))
     except Exception as exc:

@@ -15,6 +15,7 @@ from dflow_async._compile import CompiledTemplate, compile_template, definition_
 from dflow_async._journal import Journal, JournalError
 from dflow_async._recorder import Recorder
 from dflow_async._events import EventHook, logging_hook
+from dflow_async._gc import tuned_gc
 from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._op import OP
 from dflow_async._records import StepRecord
@@ -158,6 +159,30 @@ class Workflow:
         journal: bool = True,
     ) -> Result:
         """Run inside the current event loop (Jupyter, an async application)."""
+        with tuned_gc():
+            return await self._arun(
+                parameters=parameters,
+                executor=executor,
+                parallelism=parallelism,
+                run_id=run_id,
+                on_event=on_event,
+                resume=resume,
+                reuse_step=reuse_step,
+                journal=journal,
+            )
+
+    async def _arun(
+        self,
+        *,
+        parameters: dict[str, Any] | None,
+        executor: str | Executor | None,
+        parallelism: int | None,
+        run_id: str | None,
+        on_event: EventHook | Iterable[EventHook] | None,
+        resume: str | None,
+        reuse_step: Sequence[StepRecord] | None,
+        journal: bool,
+    ) -> Result:
         compiled, executors = self._prepare(executor, parameters)
         if resume is not None and run_id is not None and run_id != resume:
             raise ValueError("pass run_id= or resume=, not both")

@@ -13,6 +13,7 @@ import asyncio
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed
@@ -40,7 +41,7 @@ class InlineExecutor(Executor):
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[AttemptOutcome], AttemptOutcome]] = []
+        self._done: list[tuple[Any, AttemptOutcome]] = []
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -68,6 +69,15 @@ class InlineExecutor(Executor):
             future.cancel()
             raise
 
+    def start_nowait(self, spec: AttemptSpec, done: Callable[[AttemptOutcome], None]) -> bool:
+        """The scheduler's fast lane for plain OPs: queue the attempt and call ``done`` on the
+        event loop with its outcome; no task or future per attempt. False for async OPs."""
+        if _is_async(spec.op):
+            return False
+        self._ensure_open()
+        self._enqueue(spec, done)
+        return True
+
     # --------------------------------------------------------------- interface
 
     async def submit(self, spec: AttemptSpec) -> AttemptHandle:
@@ -93,10 +103,12 @@ class InlineExecutor(Executor):
 
     # --------------------------------------------------------------- threads
 
-    def _enqueue(self, spec: AttemptSpec) -> asyncio.Future[AttemptOutcome]:
+    def _enqueue(self, spec: AttemptSpec, sink: Any = None) -> Any:
+        """Queue an attempt; its outcome goes to ``sink`` (a callable), or to a new future."""
         assert self._loop is not None
-        future: asyncio.Future[AttemptOutcome] = self._loop.create_future()
-        self._queue.put((spec, future))
+        if sink is None:
+            sink = self._loop.create_future()
+        self._queue.put((spec, sink))
         with self._lock:
             grow = self._idle == 0 and len(self._threads) < self.max_workers
             if grow:
@@ -105,7 +117,7 @@ class InlineExecutor(Executor):
             t = threading.Thread(target=self._work, name="dflow-async-inline", daemon=True)
             self._threads.append(t)
             t.start()
-        return future
+        return sink
 
     def _work(self) -> None:
         owns_cwd = thread_owns_cwd()
@@ -116,14 +128,14 @@ class InlineExecutor(Executor):
                 return
             with self._lock:
                 self._idle -= 1
-            spec, future = item
-            if future.cancelled():
+            spec, sink = item
+            if self._state == "closed" or (isinstance(sink, asyncio.Future) and sink.cancelled()):
                 outcome: AttemptOutcome = Failed(kind="cancelled", error="cancelled before start")
             else:
                 outcome = run_attempt(spec, chdir=owns_cwd)
             with self._lock:
                 self._idle += 1
-                self._done.append((future, outcome))
+                self._done.append((sink, outcome))
                 wake = not self._wake_pending
                 self._wake_pending = True
             if wake:
@@ -137,9 +149,14 @@ class InlineExecutor(Executor):
         with self._lock:
             done, self._done = self._done, []
             self._wake_pending = False
-        for future, outcome in done:
-            if not future.done():
-                future.set_result(outcome)
+        if self._state == "closed":
+            return  # the run is over (cancelled); nobody waits for these any more
+        for sink, outcome in done:
+            if isinstance(sink, asyncio.Future):
+                if not sink.done():
+                    sink.set_result(outcome)
+            else:
+                sink(outcome)
 
 
 _ASYNC_CACHE: dict[Any, bool] = {}
