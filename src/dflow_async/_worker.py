@@ -50,28 +50,57 @@ def run_attempt(
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
+        scratch = chdir and bool(spec.run_dir)
         for piece in spec.slices:
-            # Run in this thread's fresh scratch directory; if the OP leaves anything there,
-            # the directory is renamed to the slice's work dir. Most OPs write nothing, and a
-            # mkdir per step would cost more than the step (see _scratch_dir).
-            where = _scratch_dir(spec.run_dir) if chdir and spec.run_dir else piece.workdir
-            stage = f"{where}.log" if where != piece.workdir else None
-            with _in_dir(where, chdir), capture(piece.workdir, fds=capture_fds, stage=stage):
-                inputs = _check_inputs(plan, piece)
-                token = _current.set(_context(spec, piece, where))
-                try:
-                    result = op.execute(OPIO(inputs))
-                    if inspect.isawaitable(result):
-                        result = asyncio.run(_await(result))
-                finally:
-                    _current.reset(token)
-                values = _check_outputs(plan, result, piece, where)
-            if where != piece.workdir and _adopt(where, piece.workdir):
-                values = _relocate(values, where, piece.workdir, plan)
+            if scratch:
+                # This thread's (or process's) fresh scratch directory; if the OP leaves
+                # anything there, it is renamed to the slice's work dir afterwards. Most OPs
+                # write nothing, and a mkdir per step would cost more than the step.
+                where = _scratch_dir(spec.run_dir)
+                os.chdir(where)  # the thread owns its cwd: nothing to restore
+                values = _run_slice(spec, piece, plan, where, capture_fds, f"{where}.log")
+                if _adopt(where, piece.workdir):
+                    values = _relocate(values, where, piece.workdir, plan)
+            else:
+                with _in_dir(piece.workdir, chdir):
+                    values = _run_slice(spec, piece, plan, piece.workdir, capture_fds, None)
             outputs.append(values)
     except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
+
+
+def _run_slice(
+    spec: AttemptSpec,
+    piece: SliceInput,
+    plan: PortPlan,
+    where: str,
+    capture_fds: bool,
+    stage: str | None,
+) -> dict[str, Any]:
+    op: OP = spec.op
+    inputs = _check_inputs(plan, piece)
+    token = _current.set(_context(spec, piece, where))
+    try:
+        if capture_fds:
+            with capture(piece.workdir, fds=True, stage=stage):
+                result = _execute(op, inputs)
+        else:
+            log = start_capture(piece.workdir)
+            try:
+                result = _execute(op, inputs)
+            finally:
+                stop_capture(log)
+    finally:
+        _current.reset(token)
+    return _check_outputs(plan, result, piece, where)
+
+
+def _execute(op: OP, inputs: dict[str, Any]) -> Any:
+    result = op.execute(OPIO(inputs))
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    return result
 
 
 async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
