@@ -269,6 +269,9 @@ class ForeignOP(FunctionOP):
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
+        # the core calls an async FunctionOP's ``fn`` directly; a Dflow OP must go through
+        # ``execute`` (which awaits in the worker thread if it is ``async def``)
+        self._is_async = False
 
     @property
     def foreign(self) -> Any:
