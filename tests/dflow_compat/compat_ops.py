@@ -1,4 +1,4 @@
-# ruff: noqa: UP006, UP035  (Dflow code: typing.List, "%s" % ref)
+# ruff: noqa: UP006, UP035  (Dflow code: typing.List and friends)
 """OPs written against ``dflow_async.dflow.python`` (module level: process workers import them)."""
 
 from __future__ import annotations

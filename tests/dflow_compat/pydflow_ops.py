@@ -1,4 +1,4 @@
-# ruff: noqa: UP006, UP035  (Dflow code: typing.List, "%s" % ref)
+# ruff: noqa: UP006, UP035  (Dflow code: typing.List and friends)
 """OPs written against the real pydflow (``dflow.python``), unchanged Dflow code.
 
 Imported only by tests that first checked pydflow is installed. No ``from __future__ import

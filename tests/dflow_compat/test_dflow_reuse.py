@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (Dflow code: typing.List, "%s" % ref)
 """submit(reuse_step=[...]): step-level keys, per-slice keys ({{item}}), Steps-level keys, and
 modify_output_parameter / modify_output_artifact."""
 

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (Dflow code: typing.List, "%s" % ref)
 """The compatibility API: Workflow, Steps/DAG/Task, inputs and outputs, expressions, queries."""
 
 from __future__ import annotations
@@ -305,3 +304,26 @@ class Napper(OP):
     def execute(self, op_in: OPIO) -> OPIO:
         time.sleep(op_in["seconds"])
         return OPIO()
+
+
+def test_config_is_accepted_and_queries_by_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dflow_async.dflow import config, s3_config, set_config, set_s3_config
+
+    for key in ("host", "namespace", "mode"):
+        monkeypatch.setitem(config, key, config[key])  # restored afterwards
+    monkeypatch.setitem(s3_config, "endpoint", s3_config["endpoint"])
+    set_config(host="https://argo.example:2746", namespace="team", mode="debug")
+    set_s3_config(endpoint="minio:9000")
+    assert config["namespace"] == "team" and s3_config["endpoint"] == "minio:9000"
+    inner = Steps("inner")
+    inner.add(Step("sq", PythonOPTemplate(Square), parameters={"x": 2}))
+    wf = Workflow("parents", host="ignored", namespace="ignored", labels={"a": "b"})
+    wf.add(Step("block", inner))
+    wf.add(Step("after", PythonOPTemplate(Echo), parameters={"value": 1}))
+    run(wf)
+    assert [s.name for s in wf.query_step(parent_id="block")] == ["block/sq"]
+    deep_last = wf.query_step(sort_by_generation=True)[-1]
+    assert deep_last.name == "block/sq"
+    info = wf.query()
+    assert info.phase == "Succeeded" and info.get_step(name="sq")[0].name == "block/sq"
+    assert wf.query_step(type="Steps")[0].name == "block"
