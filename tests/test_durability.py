@@ -21,7 +21,7 @@ from dflow_async._journal import JournalError, RunBusyError, read_run
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # A fan-out + chain + artifacts workflow whose every execution leaves a side-effect line.
-CRASH_WF = '''
+CRASH_WF = """
 import os, sys, time, random
 from pathlib import Path
 from dflow_async import Workflow, Step, Slices, Artifact, op
@@ -59,7 +59,8 @@ m = Step("make", make, parameters={"n": 16})
 sq = Step("square", square, parameters={"x": m.outputs.parameters["result"]},
           slices=Slices(input_parameter=["x"], output_parameter=["y"], output_artifact=["f"],
                         group_size=2, pool_size=3))
-tot = Step("total", add_files, parameters={"base": 0}, artifacts={"files": sq.outputs.artifacts["f"]})
+tot = Step("total", add_files, parameters={"base": 0},
+           artifacts={"files": sq.outputs.artifacts["f"]})
 wf.add(m); wf.add(sq); wf.add(tot)
 prev = tot
 for i in range(6):
@@ -75,7 +76,7 @@ if __name__ == "__main__":
     else:
         r = wf.run(resume=run_id, executor=executor)
     print(r.status, r.query_step(name="inc5")[0].outputs.parameters["result"])
-'''
+"""
 
 EXPECTED = sum(x * x for x in range(16)) + 6
 
@@ -98,8 +99,11 @@ def _trial(tmp: Path, rng: random.Random, index: int) -> None:
     executor = "process" if index % 5 == 4 else "inline"
     env = _env(counts)
     proc = subprocess.Popen(
-        [sys.executable, str(script), "run", run_id, executor], cwd=tmp, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(script), "run", run_id, executor],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     journal = tmp / ".dflow-async" / "runs" / run_id / "journal.sqlite"
     deadline = time.monotonic() + 60
@@ -113,8 +117,12 @@ def _trial(tmp: Path, rng: random.Random, index: int) -> None:
     done_steps = {r.path for r in before.records if r.phase == "Succeeded"}
     done_units = {(path, unit) for path, units in before.units.items() for unit in units}
     resumed = subprocess.run(
-        [sys.executable, str(script), "resume", run_id, executor], cwd=tmp, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script), "resume", run_id, executor],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.split() == ["Succeeded", str(EXPECTED)], resumed.stdout
@@ -145,21 +153,29 @@ def test_clean_run_gives_the_same_outputs(tmp_path: Path) -> None:
     counts = tmp_path / "counts"
     counts.mkdir()
     done = subprocess.run(
-        [sys.executable, str(script), "run", "clean", "inline"], cwd=tmp_path,
-        env=_env(counts), capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script), "run", "clean", "inline"],
+        cwd=tmp_path,
+        env=_env(counts),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.stdout.split() == ["Succeeded", str(EXPECTED)], done.stderr
     assert set(_counts(counts).values()) == {1}
     # resuming a finished run does nothing at all
     again = subprocess.run(
-        [sys.executable, str(script), "resume", "clean", "inline"], cwd=tmp_path,
-        env=_env(counts), capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script), "resume", "clean", "inline"],
+        cwd=tmp_path,
+        env=_env(counts),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.stdout.split() == ["Succeeded", str(EXPECTED)], again.stderr
     assert set(_counts(counts).values()) == {1}
 
 
-HANG_WF = '''
+HANG_WF = """
 import sys
 from dflow_async import Workflow, Step
 from dflow_async.testing._ops import hang
@@ -167,15 +183,20 @@ wf = Workflow("busy")
 wf.add(Step("hang", hang, parameters={"marker_dir": sys.argv[2], "seconds": 60}))
 if __name__ == "__main__":
     wf.run(run_id=sys.argv[1])
-'''
+"""
 
 
 def test_two_drivers_on_one_run_exactly_one_proceeds(tmp_path: Path, monkeypatch) -> None:
     script = tmp_path / "busy.py"
     script.write_text(HANG_WF)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    first = subprocess.Popen([sys.executable, str(script), "busy-1", str(tmp_path)], cwd=tmp_path,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, str(script), "busy-1", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("pid-*")):
@@ -189,8 +210,14 @@ def test_two_drivers_on_one_run_exactly_one_proceeds(tmp_path: Path, monkeypatch
             sys.path.remove(str(tmp_path))
         with pytest.raises(RunBusyError, match="already being driven by pid"):
             busy.wf.run(resume="busy-1")
-        cli = subprocess.run([sys.executable, "-m", "dflow_async.cli", "resume", "busy-1"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            [sys.executable, "-m", "dflow_async.cli", "resume", "busy-1"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 2 and "already being driven" in cli.stderr
         assert first.poll() is None  # the first driver was not disturbed
     finally:
@@ -212,8 +239,9 @@ def counted(x: int, log: str) -> int:
 def _keyed(log: Path) -> Workflow:
     wf = Workflow("keyed")
     a = Step("a", counted, parameters={"x": 1, "log": str(log)}, key="a-1")
-    b = Step("b", counted, parameters={"x": a.outputs.parameters["result"], "log": str(log)},
-             key="b")
+    b = Step(
+        "b", counted, parameters={"x": a.outputs.parameters["result"], "log": str(log)}, key="b"
+    )
     wf.add(a)
     wf.add(b)
     return wf
@@ -236,7 +264,7 @@ def test_reuse_step_skips_matching_keys_and_takes_modified_outputs(tmp_path, mon
     assert third.status == "Succeeded"
 
 
-CACHE_WF = '''
+CACHE_WF = """
 import os
 from dflow_async import Workflow, Step, op
 @op
@@ -249,7 +277,7 @@ wf.add(Step("work", work, parameters={"x": int(os.environ["X"])}, cache=True))
 if __name__ == "__main__":
     r = wf.run()
     print(r.query_step(name="work")[0].outputs.parameters["result"], r.records[0].cached)
-'''
+"""
 
 
 def test_cache_hits_and_misses_including_a_changed_op_body(tmp_path: Path) -> None:
@@ -259,8 +287,14 @@ def test_cache_hits_and_misses_including_a_changed_op_body(tmp_path: Path) -> No
     def run(body: int, x: int) -> list[str]:
         script.write_text(CACHE_WF.replace("BODY", str(body)))
         env = {**os.environ, "PYTHONPATH": str(SRC), "LOG": str(log), "X": str(x)}
-        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
@@ -269,9 +303,13 @@ def test_cache_hits_and_misses_including_a_changed_op_body(tmp_path: Path) -> No
     assert run(1, 6) == ["7", "False"]  # another input: miss
     assert run(2, 5) == ["7", "False"]  # changed OP body: miss
     assert log.read_text().count("ran") == 3
-    cli = subprocess.run([sys.executable, "-m", "dflow_async.cli", "cache", "clear"],
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(SRC)},
-                         capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "dflow_async.cli", "cache", "clear"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
     assert "removed 3 cached step results" in cli.stdout
     assert run(2, 5) == ["7", "False"]
 
@@ -288,7 +326,7 @@ def test_truncated_journal_is_detected(tmp_path: Path, monkeypatch) -> None:
     journal.write_bytes(data[: len(data) // 3])
     for f in journal.parent.glob("journal.sqlite-*"):
         f.unlink()
-    with pytest.raises(JournalError, match="corrupted or truncated|no readable metadata"):
+    with pytest.raises(JournalError, match=r"corrupted or truncated|no readable metadata"):
         Run.open(run_id)
     with pytest.raises(JournalError):
         _keyed(tmp_path / "log.txt").run(resume=run_id)
@@ -320,7 +358,8 @@ def test_resume_refuses_a_changed_definition(tmp_path: Path, monkeypatch) -> Non
 
 def test_cli_list_get_logs(tmp_path: Path) -> None:
     script = tmp_path / "talk.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         from dflow_async import Workflow, Step, op
         @op
         def talk(x: int) -> int:
@@ -328,12 +367,18 @@ def test_cli_list_get_logs(tmp_path: Path) -> None:
             return x
         wf = Workflow("talk")
         wf.add(Step("say", talk, parameters={"x": 42}, key="say-42"))
-    '''))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "dflow_async.cli", *args], cwd=tmp_path,
-                              env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "dflow_async.cli", *args],
+            cwd=tmp_path,
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+        )
 
     assert cli("run", "talk.py").returncode == 0
     listing = cli("list").stdout

@@ -268,7 +268,9 @@ def test_sub_workflow_outputs_feed_the_parent_dag() -> None:
     inner = DAG("inner", inputs={"a": 1})
     s = Step("s", plus1, parameters={"iter": inner.inputs.parameters["a"]})
     inner.add(s)
-    inner.outputs.parameters["out"] = OutputParameter(value_from_parameter=s.outputs.parameters["iter"])
+    inner.outputs.parameters["out"] = OutputParameter(
+        value_from_parameter=s.outputs.parameters["iter"]
+    )
     dag = DAG("outer")
     call = Step("call", inner, parameters={"a": 41})
     after = Step("after", ident, parameters={"x": call.outputs.parameters["out"]})
@@ -364,8 +366,14 @@ def test_async_fan_out_runs_concurrently() -> None:
         return x
 
     wf = Workflow("naps")
-    wf.add(Step("nap", nap, parameters={"x": list(range(200))},
-                slices=Slices(input_parameter=["x"], output_parameter=["result"])))
+    wf.add(
+        Step(
+            "nap",
+            nap,
+            parameters={"x": list(range(200))},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+        )
+    )
     started = time.monotonic()
     result = wf.run()
     elapsed = time.monotonic() - started
@@ -382,7 +390,8 @@ def test_ctrl_c_cancels_the_run_and_kills_worker_processes(tmp_path: Path) -> No
             from dflow_async import Step, Workflow
             from dflow_async.testing._ops import hang
             wf = Workflow("ctrl-c", executor="process")
-            wf.add([Step(f"h{{i}}", hang, parameters={{"marker_dir": {str(tmp_path)!r}, "seconds": 60}})
+            params = {{"marker_dir": {str(tmp_path)!r}, "seconds": 60}}
+            wf.add([Step(f"h{{i}}", hang, parameters=params)
                     for i in range(2)])
             if __name__ == "__main__":
                 wf.run()

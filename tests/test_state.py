@@ -21,8 +21,10 @@ def launches(instructions: list) -> list:
 
 
 def ok(unit, value=None) -> Succeeded:
-    outs = tuple({"result": unit.spec.slices[k].inputs.get("x") if value is None else value}
-                 for k in range(len(unit.spec.slices)))
+    outs = tuple(
+        {"result": unit.spec.slices[k].inputs.get("x") if value is None else value}
+        for k in range(len(unit.spec.slices))
+    )
     return Succeeded(outputs=outs)
 
 
@@ -65,7 +67,9 @@ def test_slices_group_and_pool_size() -> None:
         "fan",
         ident,
         parameters={"x": list(range(10))},
-        slices=Slices(input_parameter=["x"], output_parameter=["result"], group_size=3, pool_size=2),
+        slices=Slices(
+            input_parameter=["x"], output_parameter=["result"], group_size=3, pool_size=2
+        ),
     )
     wf.add(fan)
     state = make_state(wf)
@@ -97,7 +101,12 @@ def test_transient_failure_is_retried_with_backoff() -> None:
 
 def test_user_error_is_not_retried_and_stops_new_work_but_not_running_work() -> None:
     wf = Workflow("w")
-    wf.add([Step("bad", ident, parameters={"x": 1}, retries=3), Step("slow", ident, parameters={"x": 2})])
+    wf.add(
+        [
+            Step("bad", ident, parameters={"x": 1}, retries=3),
+            Step("slow", ident, parameters={"x": 2}),
+        ]
+    )
     wf.add(Step("later", ident, parameters={"x": 3}))
     state = make_state(wf)
     bad, slow = launches(state.start())

@@ -10,6 +10,7 @@ log file is opened on the first write, so quiet OPs cost nothing.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import io
 import os
@@ -44,7 +45,8 @@ class _LazyLog:
             if self._fh is None:
                 os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)
+                # kept open across writes until close(): a with-block cannot span them
+                self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
             return self._fh.write(text)
 
     def flush(self) -> None:
@@ -141,10 +143,8 @@ def _capture_fds(path: str, stage: str) -> Iterator[None]:
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         written = os.fstat(fd).st_size

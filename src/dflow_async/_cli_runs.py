@@ -60,7 +60,7 @@ def resume(
             f"with wf.run(resume={run_id!r})"
         )
     try:
-        wf = load_workflow(source if ":" in source else source)
+        wf = load_workflow(source)  # "FILE.py:OBJECT", or the script that ran it
     except CliError as exc:
         raise _fail(f"cannot load {source!r}, which run {run_id} was started from: {exc}") from None
     err = Console(stderr=True)
@@ -195,4 +195,3 @@ def register(app: typer.Typer) -> None:
     cache = typer.Typer(help="The step cache.", no_args_is_help=True)
     cache.command("clear")(cache_clear)
     app.add_typer(cache, name="cache")
-

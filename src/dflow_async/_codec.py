@@ -68,7 +68,7 @@ def _from_json(value: Any, blob_dir: Path | None) -> Any:
         return [_from_json(v, blob_dir) for v in value]
     if isinstance(value, dict):
         if len(value) == 1:
-            (tag, inner), = value.items()
+            ((tag, inner),) = value.items()
             if tag == "__dfa_tuple":
                 return tuple(_from_json(v, blob_dir) for v in inner)
             if tag == "__dfa_path":

@@ -30,7 +30,6 @@ from dflow_async._refs import (
     Ref,
     iter_refs,
     placeholder_steps,
-    placeholders,
     uses_item,
 )
 from dflow_async._types import describe, is_compatible, matches
@@ -125,11 +124,15 @@ class _Compiler:
         found = self._ports.get(key)
         if found is None:
             ins = {
-                n: PortInfo("artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default)
+                n: PortInfo(
+                    "artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default
+                )
                 for n, p in op.input_ports().items()
             }
             outs = {
-                n: PortInfo("artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default)
+                n: PortInfo(
+                    "artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default
+                )
                 for n, p in op.output_ports().items()
             }
             found = self._ports[key] = (ins, outs)
@@ -193,7 +196,9 @@ class _Compiler:
                 self.problem(f"{where}: {exc}")
                 return
             # a class template is instantiated per step: its signs are the class's
-            node.inputs, node.outputs = self.op_ports(tpl if isinstance(tpl, type) else id(tpl), node.op)
+            node.inputs, node.outputs = self.op_ports(
+                tpl if isinstance(tpl, type) else id(tpl), node.op
+            )
             node.executor = step.executor if step.executor is not None else self.default_executor
             message = self.check_executor(node.executor, node.op)
             if message:
@@ -204,7 +209,9 @@ class _Compiler:
             node.template_name = node.sub.name
         elif node.op is not None:
             node.template_name = str(getattr(node.op, "__qualname__", type(node.op).__qualname__))
-        node.cache = bool(step.cache if step.cache is not None else getattr(node.op, "cache", False))
+        node.cache = bool(
+            step.cache if step.cache is not None else getattr(node.op, "cache", False)
+        )
         node.fan_out = step.slices is not None or step.with_param is not None
         if step.slices is not None:
             node.group_size = step.slices.group_size or 1
@@ -213,7 +220,8 @@ class _Compiler:
         self.bindings(ct, node, where)
         self.slices(node, where)
         self.references(ct, node, where)
-        if step.key is not None and not isinstance(step.key, str):
+        key: Any = step.key
+        if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
 
     def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
@@ -237,12 +245,12 @@ class _Compiler:
                     )
                     continue
                 node.bindings.append(Binding(port, kind, value, uses_item(value)))
-                if not _is_dynamic(value) and port not in sliced and kind == "parameters":
-                    if not matches(info.type, value) and value is not None:
-                        self.problem(
-                            f"{where}: input {port!r} expects {describe(info.type)}, got "
-                            f"{type(value).__name__} ({value!r:.60})"
-                        )
+                literal = not _is_dynamic(value) and port not in sliced and kind == "parameters"
+                if literal and value is not None and not matches(info.type, value):
+                    self.problem(
+                        f"{where}: input {port!r} expects {describe(info.type)}, got "
+                        f"{type(value).__name__} ({value!r:.60})"
+                    )
                 if isinstance(value, OutputRef):
                     self.producer_type(ct, node, port, info, value, where, port in sliced)
         bound = set(step.parameters) | set(step.artifacts)
@@ -281,10 +289,10 @@ class _Compiler:
             return  # reported by references() once the producer is compiled
         if out.kind != ref.kind:
             return
-        produced = out.type
+        produced: Any = out.type
         if producer.fan_out:
-            produced = list[produced]  # type: ignore[valid-type]
-        consumed = list[info.type] if sliced else info.type  # type: ignore[valid-type]
+            produced = list[produced]
+        consumed: Any = list[info.type] if sliced else info.type  # type: ignore[name-defined]
         if not is_compatible(produced, consumed):
             self.problem(
                 f"{where}: input {port!r} expects {describe(info.type)} but step "
@@ -305,7 +313,9 @@ class _Compiler:
                 self.problem(f"{where}: Slices names input {port!r}, which is not bound to a list")
         for port in (*sl.output_parameter, *sl.output_artifact):
             if port not in node.outputs:
-                self.problem(f"{where}: Slices names output {port!r}, which the OP does not declare")
+                self.problem(
+                    f"{where}: Slices names output {port!r}, which the OP does not declare"
+                )
         if not sl.sliced_inputs and step.with_param is None:
             self.problem(f"{where}: Slices needs input_parameter/input_artifact or with_param")
         if node.sub is not None and sl.group_size:
@@ -429,7 +439,9 @@ class _Compiler:
         for name, (info, source) in ct.outputs.items():
             where = f"template {ct.name!r} output {name!r}"
             if source is None and info.default is MISSING:
-                self.problem(f"{where}: has neither a source (value_from_parameter/_from) nor a default")
+                self.problem(
+                    f"{where}: has neither a source (value_from_parameter/_from) nor a default"
+                )
             for ref in iter_refs(source):
                 self.check_ref(ct, ref, where)
             for step_name in _string_step_names(source):
@@ -463,10 +475,18 @@ def definition_digest(root: CompiledTemplate) -> str:
                 what = f"{op_name(node.op) if node.op else '?'}@{getattr(node.op, 'version', '')}"
             bindings = [(b.port, _canon(b.value)) for b in node.bindings]
             h.update(
-                repr((
-                    node.name, what, bindings, _canon(step.when), _canon(step.key),
-                    _canon(step.with_param), repr(step.slices), sorted(node.producers),
-                )).encode()
+                repr(
+                    (
+                        node.name,
+                        what,
+                        bindings,
+                        _canon(step.when),
+                        _canon(step.key),
+                        _canon(step.with_param),
+                        repr(step.slices),
+                        sorted(node.producers),
+                    )
+                ).encode()
             )
     return "sha256:" + h.hexdigest()
 

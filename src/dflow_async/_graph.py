@@ -56,7 +56,7 @@ class _InputRef(Ref):
         return scope.input_value(self.name, self.kind)
 
     def placeholder(self) -> str:
-        return "{{inputs.%s.%s}}" % (self.kind, self.name)
+        return "{{inputs." + f"{self.kind}.{self.name}" + "}}"
 
     def __repr__(self) -> str:
         owner = self._template.name if self._template else "?"
@@ -114,7 +114,9 @@ class Inputs:
         }
 
     def _bind(self, template: Template) -> None:
-        self.parameters = _PortDict(f"template {template.name!r}", "input parameter", self.parameters)
+        self.parameters = _PortDict(
+            f"template {template.name!r}", "input parameter", self.parameters
+        )
         self.artifacts = _PortDict(f"template {template.name!r}", "input artifact", self.artifacts)
         for table in (self.parameters, self.artifacts):
             for name, ref in table.items():
@@ -138,7 +140,9 @@ class OutputParameter:
         description: str | None = None,
         **_: Any,
     ) -> None:
-        self.source = value_from_parameter if value_from_parameter is not None else value_from_expression
+        self.source = (
+            value_from_parameter if value_from_parameter is not None else value_from_expression
+        )
         if self.source is None and value is not MISSING:
             self.source = value
         self.default = default
@@ -197,7 +201,7 @@ class OutputRef(Ref):
         return scope.output_value(self.step.name, self.name, self.kind)
 
     def placeholder(self) -> str:
-        return "{{steps.%s.outputs.%s.%s}}" % (self.step.name, self.kind, self.name)
+        return "{{steps." + f"{self.step.name}.outputs.{self.kind}.{self.name}" + "}}"
 
     def __repr__(self) -> str:
         return f"<{self.step.name}.outputs.{self.kind}[{self.name!r}]>"
@@ -267,7 +271,9 @@ class RetryPolicy:
 
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt + 1
-        wait = wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.jitter)
+        wait = wait_exponential_jitter(
+            multiplier=self.backoff, max=self.max_backoff, jitter=self.jitter
+        )
         return float(wait(state))
 
 
@@ -365,9 +371,13 @@ class Step:
         self.key = key
         self.when = when
         if isinstance(retries, bool) or not isinstance(retries, int | RetryPolicy):
-            raise TypeError(f"Step {name!r}: retries must be an int or a RetryPolicy, got {retries!r}")
-        self.retry = retries if isinstance(retries, RetryPolicy) else (
-            RetryPolicy(max_retries=retries) if retries else NO_RETRY
+            raise TypeError(
+                f"Step {name!r}: retries must be an int or a RetryPolicy, got {retries!r}"
+            )
+        self.retry = (
+            retries
+            if isinstance(retries, RetryPolicy)
+            else (RetryPolicy(max_retries=retries) if retries else NO_RETRY)
         )
         if timeout is not None and timeout <= 0:
             raise ValueError(f"Step {name!r}: timeout must be positive seconds, got {timeout!r}")
@@ -440,7 +450,9 @@ def _outputs_from_refs(mapping: dict[str, Any]) -> Outputs:
         elif isinstance(value, OutputArtifact) or (
             isinstance(value, OutputRef | _InputRef) and value.kind == "artifacts"
         ):
-            out.artifacts[name] = value if isinstance(value, OutputArtifact) else OutputArtifact(_from=value)
+            out.artifacts[name] = (
+                value if isinstance(value, OutputArtifact) else OutputArtifact(_from=value)
+            )
         else:
             out.parameters[name] = OutputParameter(value_from_parameter=value)
     return out

@@ -105,7 +105,9 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
         raise JournalError(f"the journal {str(path)!r} has no readable metadata ({exc})") from None
     version = int(meta.get("schema_version", "0") or 0)
     if version == 0:
-        raise JournalError(f"the journal {str(path)!r} has no schema version: not a dflow-async journal")
+        raise JournalError(
+            f"the journal {str(path)!r} has no schema version: not a dflow-async journal"
+        )
     if version > SCHEMA_VERSION:
         raise JournalError(
             f"the journal {str(path)!r} has schema version {version}, newer than this "
@@ -136,7 +138,9 @@ class Journal:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = run_dir / JOURNAL_NAME
         if path.exists():
-            raise JournalError(f"run directory {str(run_dir)!r} already has a journal; resume it instead")
+            raise JournalError(
+                f"run directory {str(run_dir)!r} already has a journal; resume it instead"
+            )
         lock_fd = _lock(run_dir, meta.get("run_id", run_dir.name))
         conn = _connect(path, create=True)
         conn.executescript(_SCHEMA)
@@ -175,11 +179,21 @@ class Journal:
         self._seq += 1
         rec = record
         self._steps[rec.path] = (
-            rec.path, self._seq, rec.name, rec.template, rec.key, rec.phase, rec.attempts,
-            list(rec.errors) if rec.errors else None, rec.start, rec.end, rec.slices,
+            rec.path,
+            self._seq,
+            rec.name,
+            rec.template,
+            rec.key,
+            rec.phase,
+            rec.attempts,
+            list(rec.errors) if rec.errors else None,
+            rec.start,
+            rec.end,
+            rec.slices,
             rec.failed_slices,
             {"parameters": rec.outputs.parameters, "artifacts": rec.outputs.artifacts}
-            if rec.phase == "Succeeded" else None,
+            if rec.phase == "Succeeded"
+            else None,
             list(rec.workdirs) if rec.workdirs else None,
         )
         if kind not in _ROUTINE:
@@ -264,9 +278,17 @@ def _snapshot(conn: sqlite3.Connection, run_dir: Path) -> RunSnapshot:
         outputs = decode(row[11], blob) or {"parameters": {}, "artifacts": {}}
         records.append(
             StepRecord(
-                name=row[1], path=row[0], template=row[2], key=row[3], phase=row[4],
-                attempts=row[5], errors=json.loads(row[6]) if row[6] else [],
-                start=row[7], end=row[8], slices=row[9], failed_slices=row[10],
+                name=row[1],
+                path=row[0],
+                template=row[2],
+                key=row[3],
+                phase=row[4],
+                attempts=row[5],
+                errors=json.loads(row[6]) if row[6] else [],
+                start=row[7],
+                end=row[8],
+                slices=row[9],
+                failed_slices=row[10],
                 outputs=StepOutputValues(outputs["parameters"], outputs["artifacts"]),
                 workdirs=json.loads(row[12]) if row[12] else [],
             )

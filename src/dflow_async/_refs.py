@@ -405,15 +405,28 @@ _CMPOPS: dict[type, Callable[[Any, Any], Any]] = {}
 def _init_ops() -> None:
     import ast
 
-    _BINOPS.update({
-        ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-    })
-    _CMPOPS.update({
-        ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-        ast.Eq: _loose_eq, ast.NotEq: lambda a, b: not _loose_eq(a, b),
-        ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-    })
+    _BINOPS.update(
+        {
+            ast.Add: operator.add,
+            ast.Sub: operator.sub,
+            ast.Mult: operator.mul,
+            ast.Div: operator.truediv,
+            ast.FloorDiv: operator.floordiv,
+            ast.Mod: operator.mod,
+        }
+    )
+    _CMPOPS.update(
+        {
+            ast.Lt: operator.lt,
+            ast.LtE: operator.le,
+            ast.Gt: operator.gt,
+            ast.GtE: operator.ge,
+            ast.Eq: _loose_eq,
+            ast.NotEq: lambda a, b: not _loose_eq(a, b),
+            ast.In: lambda a, b: a in b,
+            ast.NotIn: lambda a, b: a not in b,
+        }
+    )
 
 
 def _loose_eq(a: Any, b: Any) -> bool:
@@ -450,7 +463,7 @@ def _eval_node(node: Any, values: dict[str, Any], text: str) -> Any:
         )
     if isinstance(node, ast.Compare):
         left = _eval_node(node.left, values, text)
-        for op_, comp in zip(node.ops, node.comparators):
+        for op_, comp in zip(node.ops, node.comparators, strict=True):
             right = _eval_node(comp, values, text)
             if type(op_) not in _CMPOPS or not _CMPOPS[type(op_)](left, right):
                 return False

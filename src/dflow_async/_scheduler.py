@@ -10,11 +10,11 @@ from typing import Any
 import anyio
 
 from dflow_async._cache import StepCache
-from dflow_async._spec import AttemptOutcome, Failed, Succeeded
-from dflow_async._worker import arun_attempt
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
+from dflow_async._spec import AttemptOutcome, Failed, Succeeded
 from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
+from dflow_async._worker import arun_attempt
 from dflow_async.executors._base import Executor
 
 __all__ = ["execute"]
@@ -98,7 +98,7 @@ class _Shell:
                 self.apply(self.state.unit_finished(unit, Succeeded(outputs=tuple(hit))))
                 return
         outcome = await self.attempt(unit)
-        if key is not None and cache is not None and outcome.ok:
+        if key is not None and cache is not None and isinstance(outcome, Succeeded):
             await anyio.to_thread.run_sync(cache.put, key, outcome.outputs)
         self.apply(self.state.unit_finished(unit, outcome))
 

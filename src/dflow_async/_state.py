@@ -262,7 +262,9 @@ class RunState:
         sr.record.attempts += 1
         if outcome.ok:
             workdirs = [p.workdir for p in unit.spec.slices]
-            self._unit_ok(sr, unit.number, unit.slice_ids, unit.attempt, workdirs, outcome.outputs, out)
+            self._unit_ok(
+                sr, unit.number, unit.slice_ids, unit.attempt, workdirs, outcome.outputs, out
+            )
         else:
             self._unit_failed(unit, outcome, out)
         if not sr.queued and sr.next_unit < sr.n_units and not sr.stopped:
@@ -325,7 +327,6 @@ class RunState:
         if node.step is None:  # a barrier between Steps groups
             self._node_done(trun, idx, {}, out)
             return
-        step = node.step
         path = f"{trun.path}/{node.name}" if trun.path else node.name
         if self.restored:
             done = self.restored.get(path)
@@ -543,8 +544,10 @@ class RunState:
             while ready and (limit is None or self.running < limit):
                 sr = ready[0]
                 pool = sr.pool
-                if sr.stopped or sr.next_unit >= sr.n_units or (
-                    pool is not None and sr.running >= pool
+                if (
+                    sr.stopped
+                    or sr.next_unit >= sr.n_units
+                    or (pool is not None and sr.running >= pool)
                 ):
                     ready.popleft()
                     sr.queued = False
@@ -645,8 +648,16 @@ class RunState:
         if not sr.stopped and retry is not None and retry.should_retry(outcome.kind, unit.attempt):
             delay = retry.delay(unit.attempt)
             nxt = self._make_unit(sr, unit.number, unit.slice_ids, unit.attempt + 1)
-            self._emit("retrying", record, {"attempt": unit.attempt, "error": outcome.error,
-                                            "kind": outcome.kind, "delay": delay})
+            self._emit(
+                "retrying",
+                record,
+                {
+                    "attempt": unit.attempt,
+                    "error": outcome.error,
+                    "kind": outcome.kind,
+                    "delay": delay,
+                },
+            )
             if delay > 0:
                 out.append(Retry(nxt, delay))
             else:
@@ -656,7 +667,9 @@ class RunState:
         record.failed_slices += len(unit.slice_ids)
         if sr.slice_records is not None:
             workdirs = [p.workdir for p in unit.spec.slices]
-            self._slices_done(sr, unit.slice_ids, unit.attempt, workdirs, "Failed", None, outcome.error)
+            self._slices_done(
+                sr, unit.slice_ids, unit.attempt, workdirs, "Failed", None, outcome.error
+            )
         step = node.step
         if step is None or not step.tolerates_failure:
             sr.failed = True
@@ -713,7 +726,7 @@ class RunState:
         if step.continue_on_num_success is not None and ok >= step.continue_on_num_success:
             return True
         if step.continue_on_success_ratio is not None and total:
-            return ok / total >= step.continue_on_success_ratio
+            return bool(ok / total >= step.continue_on_success_ratio)
         return bool(step.continue_on_failed)
 
     def _collect_outputs(self, sr: StepRun) -> dict[str, dict[str, Any]]:
@@ -729,9 +742,7 @@ class RunState:
                 result[info.kind if info else "parameters"][name] = value
             return result
         for name, info in node.outputs.items():
-            result[info.kind][name] = [
-                None if v is None else v.get(name) for v in sr.slice_outputs
-            ]
+            result[info.kind][name] = [None if v is None else v.get(name) for v in sr.slice_outputs]
         sr.slice_outputs = []  # the stacked lists now hold the values
         return result
 

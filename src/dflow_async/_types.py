@@ -64,7 +64,9 @@ def matches(tp: Any, value: Any) -> bool:
         if not isinstance(value, _SEQUENCES[origin]):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(matches(a, v) for a, v in zip(args, value))
+            return len(value) == len(args) and all(
+                matches(a, v) for a, v in zip(args, value, strict=True)
+            )
         item = args[0] if args else Any
         return all(matches(item, v) for v in value)
     if origin in (dict, abc.Mapping, abc.MutableMapping):

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dflow_async._capture import capture, start_capture, stop_capture
 from dflow_async._op import (
     OP,
     OPIO,
@@ -32,7 +33,6 @@ from dflow_async._op import (
     check_opio,
     port_plan,
 )
-from dflow_async._capture import capture, start_capture, stop_capture
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
@@ -110,17 +110,17 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
-        fn = op.fn if isinstance(op, FunctionOP) else None
+        function_op = op if isinstance(op, FunctionOP) else None
         for piece in spec.slices:
             inputs = _check_inputs(plan, piece)
             token = _current.set(_context(spec, piece))
             log = start_capture(piece.workdir)
             try:
-                if fn is not None:  # skip execute()'s wrapper coroutine
-                    value = fn(**inputs)
+                if function_op is not None:  # skip execute()'s wrapper coroutine
+                    value = function_op.fn(**inputs)
                     if inspect.isawaitable(value):
                         value = await value
-                    result = op._wrap(value)  # type: ignore[union-attr]
+                    result = function_op._wrap(value)
                 else:
                     result = op.execute(OPIO(inputs))
                     if inspect.isawaitable(result):

@@ -12,12 +12,12 @@ import anyio
 
 from dflow_async._cache import StepCache
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
-from dflow_async._journal import Journal, JournalError
-from dflow_async._recorder import Recorder
 from dflow_async._events import EventHook, logging_hook
 from dflow_async._gc import tuned_gc
 from dflow_async._graph import DAG, Step, Steps, Template
+from dflow_async._journal import Journal, JournalError
 from dflow_async._op import OP
+from dflow_async._recorder import Recorder
 from dflow_async._records import StepRecord
 from dflow_async._state import RunState
 from dflow_async.exceptions import (

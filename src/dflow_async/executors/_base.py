@@ -41,7 +41,8 @@ class Executor(ABC):
     async def __aenter__(self) -> Self:
         if self._state == "closed":
             raise ExecutorClosedError(
-                f"Cannot reopen the {self.name!r} executor once it has been closed; create a new one."
+                f"Cannot reopen the {self.name!r} executor once it has been closed; "
+                "create a new one."
             )
         if self._state == "new":
             await self.start()

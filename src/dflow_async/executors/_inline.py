@@ -62,7 +62,7 @@ class InlineExecutor(Executor):
         self._ensure_open()
         if _is_async(spec.op):
             return await arun_attempt(spec)
-        future = self._enqueue(spec)
+        future: asyncio.Future[AttemptOutcome] = self._enqueue(spec)
         try:
             return await future
         except asyncio.CancelledError:

@@ -52,7 +52,9 @@ class ExecutorConformance:
             parameters={"x": [1, 2, 3, 4, 5]},
             slices=Slices(input_parameter=["x"], output_parameter=["result"], group_size=2),
         )
-        scale = Step("scale", _ops.Scale, parameters={"x": 1.5, "factor": a.outputs.parameters["result"]})
+        scale = Step(
+            "scale", _ops.Scale, parameters={"x": 1.5, "factor": a.outputs.parameters["result"]}
+        )
         wf.add([a, sq])
         wf.add(scale)
         wf.add(Step("tot", _ops.total, parameters={"xs": sq.outputs.parameters["result"]}))
@@ -93,7 +95,11 @@ class ExecutorConformance:
         (write,) = result.query_step(name="write")
         tree = write.outputs.artifacts["tree"]
         assert Path(tree).is_dir() and Path(tree).is_absolute()
-        assert sorted(p.name for p in (Path(tree) / "sub").iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+        assert sorted(p.name for p in (Path(tree) / "sub").iterdir()) == [
+            "f0.txt",
+            "f1.txt",
+            "f2.txt",
+        ]
 
     def test_worker_killed_mid_step_is_retried(self) -> None:
         if not self.isolates_processes:
