@@ -28,6 +28,19 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def chaos(session: nox.Session) -> None:
+    """The crash-and-resume test with many more seeded SIGKILL trials than the default suite."""
+    session.install("-e", ".[test]")
+    trials = session.posargs[0] if session.posargs else "200"
+    session.run(
+        "pytest",
+        "tests/test_durability.py::test_sigkill_at_random_moments_then_resume",
+        "--timeout=3600",
+        env={"DFLOW_ASYNC_CHAOS_TRIALS": trials},
+    )
+
+
+@nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """Benchmarks against the bare-asyncio floor and Dask, measured in the same run."""
     session.install("-e", ".[bench]")

@@ -142,8 +142,9 @@ def _trial(tmp: Path, rng: random.Random, index: int) -> None:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
-    rng = random.Random(20261126)
-    for index in range(20):
+    trials = int(os.environ.get("DFLOW_ASYNC_CHAOS_TRIALS", "20"))  # `nox -s chaos`: 200
+    rng = random.Random(int(os.environ.get("DFLOW_ASYNC_CHAOS_SEED", "20261126")))
+    for index in range(trials):
         _trial(tmp_path, rng, index)
 
 
