@@ -67,9 +67,10 @@ def s3_server() -> Iterator[tuple[str, RequestLog]]:
     moto_server = pytest.importorskip("moto.server")
     log = RequestLog()
     access_log = logging.getLogger("werkzeug")  # the server's per-request log
+    saved = access_log.level, access_log.propagate
     access_log.addHandler(log)
     access_log.setLevel(logging.INFO)
-    access_log.propagate = False
+    access_log.propagate = False  # counted, not printed
     with pytest.MonkeyPatch.context() as mp:
         for k, v in S3_ENV.items():  # dummy credentials: never reach a real account
             mp.setenv(k, v)
@@ -83,6 +84,8 @@ def s3_server() -> Iterator[tuple[str, RequestLog]]:
         finally:
             server.stop()
             access_log.removeHandler(log)
+            access_log.setLevel(saved[0])
+            access_log.propagate = saved[1]
 
 
 @pytest.fixture
@@ -392,6 +395,10 @@ def test_killed_producer_leaves_nothing_visible(
     with pytest.raises(ArtifactError, match=r"'big.bin'.*wf/killed.*missing"):
         store.get(would_be, tmp_path / "consumer")
     assert not (tmp_path / "consumer" / "big.bin").exists()
+    if case.kind == "local":  # the killed producer's staging file is garbage, swept later
+        assert list(Path(case.root, "tmp").iterdir())
+        assert store.sweep_tmp(older_than=0) >= 1
+        assert not list(Path(case.root, "tmp").iterdir())
 
 
 def _wait_until_mid_upload(case: Case, proc: subprocess.Popen[bytes]) -> None:
@@ -698,3 +705,11 @@ def test_source_on_another_filesystem_is_copied(tmp_path: Path) -> None:
         for p in sorted(src.rglob("*"), reverse=True):
             p.unlink() if not p.is_dir() else p.rmdir()
         src.rmdir()
+
+
+def test_empty_directory(case: Case, store: ArtifactStore, tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    ref = store.put(tmp_path / "nothing")
+    assert (ref.kind, ref.size) == ("dir", 0)
+    got = store.get(ref, tmp_path / "out")
+    assert got.is_dir() and list(got.iterdir()) == []

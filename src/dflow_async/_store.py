@@ -222,6 +222,15 @@ class ArtifactStore:
             self._fail(ref, "is missing from the store", "re-run the producer")
         return path
 
+    def sweep_tmp(self, older_than: float = 3600.0) -> int:
+        """Remove staging files left in ``tmp/`` by producers killed mid-write, if older than
+        ``older_than`` seconds (younger ones may belong to a commit in progress). Local stores
+        only; on S3, abandoned multipart uploads are best expired by a bucket lifecycle rule.
+        Returns how many files were removed."""
+        if not isinstance(self._backend, LocalBackend):
+            return 0
+        return self._backend.sweep_tmp(older_than)
+
     # -- committing ---------------------------------------------------------------------------
 
     def _put_dir(self, src: Path, label: str, producer: str | None) -> ArtifactRef:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,6 +236,17 @@ class LocalBackend(Backend):
         if absent or bad:
             raise ObjectProblem([w.key for w in absent], [w.key for w in bad])
         return good
+
+    def sweep_tmp(self, older_than: float) -> int:
+        removed = 0
+        cutoff = time.time() - older_than
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dir.tmp) as it:
+            for entry in it:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
 
 class FsspecBackend(Backend):

@@ -25,11 +25,11 @@ from typing import TypeVar
 
 __all__ = [
     "CHUNK",
-    "ChangedError",
     "DIGESTS",
+    "ChangedError",
     "DigestCache",
-    "cached_hash",
     "StatKey",
+    "cached_hash",
     "default_threads",
     "hash_bytes",
     "hash_file",
@@ -125,11 +125,16 @@ def default_threads() -> int:
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
-    """``[fn(x) for x in items]``, on ``threads`` threads when there is more than one item."""
+    """``[fn(x) for x in items]``, on ``threads`` threads when there is more than one item.
+
+    Items go to the pool in batches (about 8 per thread): one future per small file would
+    cost more than a digest-cache hit it wraps."""
     if threads <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
+    size = max(1, len(items) // (threads * 8))
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
+        return [r for batch in pool.map(lambda b: [fn(x) for x in b], batches) for r in batch]
 
 
 def cached_hash(path: Path, st: os.stat_result, *, use_cache: bool = True) -> tuple[str, bool]:

@@ -32,6 +32,8 @@ __all__ = [
     "MANIFEST_FORMAT",
     "FileEntry",
     "Manifest",
+    "ManifestFile",
+    "Tree",
     "TreeError",
     "manifest_bytes",
     "parse_manifest",
