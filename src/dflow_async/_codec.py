@@ -17,12 +17,14 @@ __all__ = ["decode", "encode"]
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
+# one encoder: json.dumps() with any option builds a new JSONEncoder on every call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 
 
 def encode(value: Any, blob_dir: Path | None) -> str:
     if _flat(value):  # the common case, straight to the C encoder
-        return json.dumps(value, separators=(",", ":"))
-    return json.dumps(_to_json(value, blob_dir), separators=(",", ":"), allow_nan=True)
+        return _ENCODER.encode(value)
+    return _ENCODER.encode(_to_json(value, blob_dir))
 
 
 def _flat(value: Any) -> bool:

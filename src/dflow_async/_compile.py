@@ -56,6 +56,7 @@ class Binding:
     kind: str
     value: Any
     per_item: bool  # evaluated once per fan-out item
+    dynamic: bool = False  # holds references or placeholders (else a literal)
 
 
 @dataclass(slots=True, eq=False)
@@ -244,8 +245,10 @@ class _Compiler:
                         f"{info.kind}= instead of {kind}="
                     )
                     continue
-                node.bindings.append(Binding(port, kind, value, uses_item(value)))
-                literal = not _is_dynamic(value) and port not in sliced and kind == "parameters"
+                dynamic = _is_dynamic(value)
+                per_item = dynamic and uses_item(value)
+                node.bindings.append(Binding(port, kind, value, per_item, dynamic))
+                literal = not dynamic and port not in sliced and kind == "parameters"
                 if literal and value is not None and not matches(info.type, value):
                     self.problem(
                         f"{where}: input {port!r} expects {describe(info.type)}, got "
@@ -265,7 +268,7 @@ class _Compiler:
         for b in node.bindings:
             if b.per_item:
                 node.item_bindings.append(b)
-            elif _is_dynamic(b.value):
+            elif b.dynamic:
                 node.run_bindings.append(b)
             else:
                 node.const_inputs[b.port] = b.value
@@ -324,7 +327,7 @@ class _Compiler:
     def references(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
         assert step is not None
-        values: list[Any] = [b.value for b in node.bindings if _is_dynamic(b.value)]
+        values: list[Any] = [b.value for b in node.bindings if b.dynamic]
         values += [v for v in (step.when, step.with_param, step.key) if v is not None]
         producers = node.producers
         for value in values:
@@ -549,6 +552,8 @@ def _string_step_names(value: Any) -> list[str]:
 
 
 def _is_dynamic(value: Any) -> bool:
+    if value is None or type(value) in (int, float, bool):
+        return False
     if isinstance(value, Ref):
         return True
     if isinstance(value, str):

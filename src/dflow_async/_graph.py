@@ -364,6 +364,11 @@ class Step:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Step name must be a non-empty string, got {name!r}")
+        if any(c in name for c in "/[]{}") or not name.isprintable():
+            raise ValueError(
+                f"Step name {name!r} may not contain '/', '[', ']', braces or control "
+                "characters: they mark paths and placeholders (use letters, digits, '-', '_')"
+            )
         self.name = name
         self.template = template
         self.parameters: dict[str, Any] = dict(parameters or {})

@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS steps (
     start REAL, "end" REAL, slices INTEGER, failed_slices INTEGER NOT NULL, outputs TEXT,
     workdirs TEXT
 );
-CREATE INDEX IF NOT EXISTS steps_key ON steps(key);
 CREATE TABLE IF NOT EXISTS units (
     path TEXT NOT NULL, unit INTEGER NOT NULL, outputs TEXT NOT NULL, PRIMARY KEY (path, unit)
 );
@@ -125,7 +124,7 @@ class Journal:
         self._conn = conn
         self._lock_fd = lock_fd
         self.epoch = epoch
-        self._steps: dict[str, tuple[Any, ...]] = {}  # latest state per path, this burst
+        self._steps: dict[str, tuple[StepRecord, int]] = {}  # changed records, this burst
         self._units: list[tuple[str, int, Any]] = []
         self._events: list[tuple[float, str, str, int, str | None]] = []
         self._meta: dict[str, str] = {}
@@ -142,13 +141,30 @@ class Journal:
                 f"run directory {str(run_dir)!r} already has a journal; resume it instead"
             )
         lock_fd = _lock(run_dir, meta.get("run_id", run_dir.name))
-        conn = _connect(path, create=True)
+        # Built under a temporary name and renamed: a journal that exists always has its
+        # schema and metadata, even if the driver is killed while creating it.
+        staging = run_dir / f".{JOURNAL_NAME}.{os.getpid()}"
+        for leftover in run_dir.glob(f".{JOURNAL_NAME}.*"):
+            leftover.unlink()
+        conn = sqlite3.connect(staging, isolation_level=None)
+        # nobody reads the staging file: no rollback journal, one fsync before the rename
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
         conn.executescript(_SCHEMA)
         rows = {**meta, "schema_version": str(SCHEMA_VERSION), "epoch": "1"}
         rows.update(_driver_meta())
         with _tx(conn):
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
-        os.chmod(path, 0o600)
+        conn.close()
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(staging, 0o600)
+        os.rename(staging, path)
+        _fsync_dir(run_dir)
+        conn = _connect(path, create=True)
         return cls(run_dir, conn, lock_fd, 1)
 
     @classmethod
@@ -176,26 +192,13 @@ class Journal:
     # ------------------------------------------------------------------ buffering
 
     def step_changed(self, kind: str, record: StepRecord, attempt: int, detail: str | None) -> None:
-        self._seq += 1
+        # Only a reference: the row is built from the record's latest state when the burst is
+        # written, so a step that starts and succeeds within one burst costs one row.
+        steps = self._steps
+        if record.path not in steps:
+            self._seq += 1
+            steps[record.path] = (record, self._seq)
         rec = record
-        self._steps[rec.path] = (
-            rec.path,
-            self._seq,
-            rec.name,
-            rec.template,
-            rec.key,
-            rec.phase,
-            rec.attempts,
-            list(rec.errors) if rec.errors else None,
-            rec.start,
-            rec.end,
-            rec.slices,
-            rec.failed_slices,
-            {"parameters": rec.outputs.parameters, "artifacts": rec.outputs.artifacts}
-            if rec.phase == "Succeeded"
-            else None,
-            list(rec.workdirs) if rec.workdirs else None,
-        )
         if kind not in _ROUTINE:
             self._events.append((time.time(), rec.path, kind, attempt, detail))
 
@@ -219,10 +222,7 @@ class Journal:
         """Encode and commit one burst in one fenced transaction (runs in a worker thread)."""
         steps, units, events, meta = burst
         blob = self.blob_dir
-        step_rows = [
-            (*row[:7], _json(row[7]), *row[8:12], _enc(row[12], blob), _json(row[13]))
-            for row in steps.values()
-        ]
+        step_rows = [_step_row(rec, seq, blob) for rec, seq in steps.values()]
         unit_rows = [(p, u, encode(o, blob)) for p, u, o in units]
         with _tx(self._conn):
             current = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
@@ -231,9 +231,7 @@ class Journal:
                     f"run {self.run_dir.name} was taken over by another driver (epoch "
                     f"{current[0] if current else '?'} != {self.epoch}); this driver stops writing"
                 )
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", step_rows
-            )
+            self._conn.executemany(_UPSERT_STEP, step_rows)
             self._conn.executemany("INSERT OR REPLACE INTO units VALUES (?,?,?)", unit_rows)
             self._conn.executemany(
                 "INSERT INTO events (ts, path, kind, attempt, detail) VALUES (?,?,?,?,?)", events
@@ -290,7 +288,7 @@ def _snapshot(conn: sqlite3.Connection, run_dir: Path) -> RunSnapshot:
                 slices=row[9],
                 failed_slices=row[10],
                 outputs=StepOutputValues(outputs["parameters"], outputs["artifacts"]),
-                workdirs=json.loads(row[12]) if row[12] else [],
+                workdirs=row[12].split("\n") if row[12] else [],
             )
         )
     units: dict[str, dict[int, list[Any]]] = {}
@@ -338,13 +336,54 @@ def _lock(run_dir: Path, run_id: str) -> int:
     return fd
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _driver_meta() -> dict[str, str]:
     return {"driver_pid": str(os.getpid()), "driver_host": socket.gethostname()}
 
 
+_UPSERT_STEP = """
+INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(path) DO UPDATE SET
+    key=excluded.key, phase=excluded.phase, attempts=excluded.attempts,
+    errors=excluded.errors, start=excluded.start, "end"=excluded."end",
+    slices=excluded.slices, failed_slices=excluded.failed_slices,
+    outputs=excluded.outputs, workdirs=excluded.workdirs
+"""
+
+
+def _step_row(rec: StepRecord, seq: int, blob: Path) -> tuple[Any, ...]:
+    """A steps-table row from a record's current state (read in the writer thread: a record
+    only moves forward, and its outputs are set before its phase becomes Succeeded)."""
+    phase = rec.phase
+    outputs = None
+    if phase == "Succeeded":
+        outputs = encode(
+            {"parameters": rec.outputs.parameters, "artifacts": rec.outputs.artifacts}, blob
+        )
+    return (
+        rec.path,
+        seq,
+        rec.name,
+        rec.template,
+        rec.key,
+        phase,
+        rec.attempts,
+        _json(list(rec.errors)) if rec.errors else None,
+        rec.start,
+        rec.end,
+        rec.slices,
+        rec.failed_slices,
+        outputs,
+        "\n".join(rec.workdirs) if rec.workdirs else None,  # step names cannot hold newlines
+    )
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
-
-
-def _enc(value: Any, blob: Path) -> str | None:
-    return None if value is None else encode(value, blob)
