@@ -63,7 +63,11 @@ def main() -> None:
     ratio = on / off
     table.add_row("journal off", f"{off:.3f}", f"{off / n * 1e6:.1f}", "", "", "")
     table.add_row(
-        "journal on", f"{on:.3f}", f"{on / n * 1e6:.1f}", f"{ratio:.2f}x off", "≤ 1.5x",
+        "journal on",
+        f"{on:.3f}",
+        f"{on / n * 1e6:.1f}",
+        f"{ratio:.2f}x off",
+        "≤ 1.5x",
         "yes" if ratio <= 1.5 else "NO",
     )
     table.add_row(

@@ -51,10 +51,12 @@ from dflow_async.exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DAG",
+    "OP",
+    "OPIO",
     "Artifact",
     "ArtifactError",
     "BigParameter",
-    "DAG",
     "DflowAsyncError",
     "EventHook",
     "ExecutorClosedError",
@@ -63,8 +65,6 @@ __all__ = [
     "InputArtifact",
     "InputParameter",
     "Inputs",
-    "OP",
-    "OPIO",
     "OPIOSign",
     "OutputArtifact",
     "OutputParameter",
