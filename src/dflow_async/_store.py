@@ -37,7 +37,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from dflow_async._store_backends import (
     Backend,
@@ -59,7 +59,7 @@ from dflow_async._store_hash import (
     parallel_map,
     stat_key,
 )
-from dflow_async._store_local import materialise_file, replace_path
+from dflow_async._store_local import StrPath, materialise_file, replace_path
 from dflow_async._store_ref import ArtifactRef, check_name
 from dflow_async._store_tree import (
     Manifest,
@@ -257,16 +257,25 @@ class ArtifactStore:
         size = sum(f.st.st_size for f in tree.files)
         return self._ref(k, hash_bytes(data), size, "dir", label, producer)
 
-    def _commit_files(self, files: Sequence[tuple[Path, os.stat_result]]) -> list[str]:
+    def _commit_files(self, files: Sequence[tuple[StrPath, os.stat_result]]) -> list[str]:
         """Digest of each file, storing the objects the store lacks."""
         backend = self._backend
         if isinstance(backend, LocalBackend):  # hash and link file by file, on all threads
-            return parallel_map(lambda f: backend.commit(*f), files, self.hash_threads)
+            known = [DIGESTS.get(stat_key(st)) for _, st in files]
+            # Pass-through files (cache hit, object present) cost a stat, not a thread hop.
+            todo = [
+                i for i, h in enumerate(known) if h is None or not backend.exists(key("objects", h))
+            ]
+            done = parallel_map(lambda i: backend.commit(*files[i]), todo, self.hash_threads)
+            for i, h in zip(todo, done, strict=True):
+                known[i] = h
+            assert all(h is not None for h in known)
+            return cast("list[str]", known)
         hashed = parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
         return self._store_objects(files, hashed)
 
     def _store_objects(
-        self, files: Sequence[tuple[Path, os.stat_result]], hashed: list[tuple[str, bool]]
+        self, files: Sequence[tuple[StrPath, os.stat_result]], hashed: list[tuple[str, bool]]
     ) -> list[str]:
         """Batch version for remote stores: one existence query and one upload for the lot,
         each distinct digest once."""
@@ -315,13 +324,15 @@ class ArtifactStore:
         staging.mkdir()
         for d in manifest.dirs:  # sorted: parents first
             (staging / d).mkdir(parents=True, exist_ok=True)
+        # One thread: links are too cheap for a pool to pay off (measured).
+        base = f"{staging}{os.sep}"
         for rel, f in manifest.files.items():
-            dest = staging / rel
+            dest = base + rel
             obj = paths[wants[f.hexdigest].key]
             try:
                 materialise_file(obj, dest, mode=f.mode, link=link)
             except FileNotFoundError:  # a manifest need not list every parent directory
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
                 materialise_file(obj, dest, mode=f.mode, link=link)
             DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)
         # Links last, so no file above was written through one; then check where they lead.
@@ -348,7 +359,7 @@ class ArtifactStore:
         size = ref.size
         if section == "manifests":  # the ref's size is the tree's, not the manifest's: hash it
             size, verify = 0, True
-        return self._fetch(ref, [Want(k, ref.hexdigest, size)], verify=verify)[k]
+        return Path(self._fetch(ref, [Want(k, ref.hexdigest, size)], verify=verify)[k])
 
     def _fetch(
         self,
@@ -357,7 +368,7 @@ class ArtifactStore:
         *,
         verify: bool,
         manifest: Manifest | None = None,
-    ) -> dict[str, Path]:
+    ) -> dict[str, str]:
         try:
             return self._backend.fetch(wants, verify=verify)
         except ObjectProblem as problem:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from dflow_async._store_hash import ChangedError, cached_hash, hash_file, parallel_map
 from dflow_async._store_local import (
+    StrPath,
     atomic_copy,
     atomic_write,
     ensure_dir,
@@ -88,41 +89,46 @@ class ObjectDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
+        self._prefix = f"{root}{os.sep}"
 
     def path(self, k: str) -> Path:
         return self.root / k
+
+    def spath(self, k: str) -> str:
+        return self._prefix + k  # a str: no pathlib parsing on the per-file hot path
 
     def prepare(self) -> None:
         ensure_dir(self.tmp)
 
     def lookup(
         self, wants: Sequence[Want], *, verify: bool, threads: int
-    ) -> tuple[dict[str, Path], list[Want], list[Want]]:
+    ) -> tuple[dict[str, str], list[Want], list[Want]]:
         """Split ``wants`` into (usable paths, absent, present-but-wrong).
 
         A read-only file of the right size is trusted by name (see ``is_trusted``); anything
         else, or everything when ``verify``, is re-hashed (in parallel threads).
         """
-        good: dict[str, Path] = {}
+        good: dict[str, str] = {}
         absent: list[Want] = []
         to_hash: list[Want] = []
         for w in wants:
+            path = self.spath(w.key)
             try:
-                st = os.stat(self.path(w.key))
+                st = os.stat(path)
             except FileNotFoundError:
                 absent.append(w)
                 continue
             if verify or not is_trusted(st, w.size):
                 to_hash.append(w)
             else:
-                good[w.key] = self.path(w.key)
-        digests = parallel_map(lambda w: hash_file(self.path(w.key)), to_hash, threads)
+                good[w.key] = path
+        digests = parallel_map(lambda w: hash_file(self.spath(w.key)), to_hash, threads)
         bad = []
         for w, hexdigest in zip(to_hash, digests, strict=True):
             if hexdigest == w.hexdigest:
-                good[w.key] = self.path(w.key)
+                good[w.key] = self.spath(w.key)
                 with contextlib.suppress(OSError):  # was chmod'ed writable: restore the guard
-                    os.chmod(self.path(w.key), 0o444)
+                    os.chmod(self.spath(w.key), 0o444)
             else:
                 bad.append(w)
         return good, absent, bad
@@ -146,11 +152,11 @@ class Backend:
     def write_bytes(self, k: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+    def store_files(self, items: Sequence[tuple[StrPath, os.stat_result, str]]) -> None:
         """Commit each ``(source, stat before hashing, hex digest)`` as ``objects/<hex>``."""
         raise NotImplementedError
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
         """Local, verified paths for ``wants``; raises ObjectProblem."""
         raise NotImplementedError
 
@@ -183,21 +189,21 @@ class LocalBackend(Backend):
             probe.unlink()
 
     def exists(self, k: str) -> bool:
-        return self.dir.path(k).exists()
+        return os.path.exists(self.dir.spath(k))
 
     def missing(self, keys: Sequence[str]) -> set[str]:
-        return {k for k in keys if not self.dir.path(k).exists()}  # a stat each: no threads
+        return {k for k in keys if not self.exists(k)}  # a stat each: no threads
 
     def write_bytes(self, k: str, data: bytes) -> None:
         self._prepare()
         atomic_write(self.dir.path(k), data, self.dir.tmp)
 
-    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+    def store_files(self, items: Sequence[tuple[StrPath, os.stat_result, str]]) -> None:
         for src, st, hexdigest in items:
             if not self._link(src, st, hexdigest):
                 self._copy_in(src, hexdigest)
 
-    def commit(self, src: Path, st: os.stat_result) -> str:
+    def commit(self, src: StrPath, st: os.stat_result) -> str:
         """Hash ``src`` and store it if new, all in one go (called from many threads at once,
         so linking overlaps hashing). Returns its hex digest."""
         self._prepare()
@@ -212,12 +218,12 @@ class LocalBackend(Backend):
             self._copy_in(src, hexdigest)
         return hexdigest
 
-    def _link(self, src: Path, st: os.stat_result, hexdigest: str) -> bool:
+    def _link(self, src: StrPath, st: os.stat_result, hexdigest: str) -> bool:
         self._prepare()
         final = self.dir.path(key("objects", hexdigest))
-        return st.st_dev == self._device and link_in(src, final, self.dir.tmp, st)
+        return st.st_dev == self._device and link_in(src, final, st)
 
-    def _copy_in(self, src: Path, expect: str | None) -> str:
+    def _copy_in(self, src: StrPath, expect: str | None) -> str:
         self._prepare()
         tmp, got, _ = atomic_copy(src, self.dir.tmp)
         try:
@@ -231,7 +237,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
         good, absent, bad = self.dir.lookup(wants, verify=verify, threads=self.threads)
         if absent or bad:
             raise ObjectProblem([w.key for w in absent], [w.key for w in bad])
@@ -312,7 +318,7 @@ class FsspecBackend(Backend):
         self.fs.pipe_file(tmp, data)
         self._rename(tmp, self.full(k))
 
-    def store_files(self, items: Sequence[tuple[Path, os.stat_result, str]]) -> None:
+    def store_files(self, items: Sequence[tuple[StrPath, os.stat_result, str]]) -> None:
         if not items:
             return
         finals = [self.full(key("objects", h)) for _, _, h in items]
@@ -333,7 +339,7 @@ class FsspecBackend(Backend):
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, final)
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, Path]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
         """Serve from the local cache, downloading (and verifying) only what is not there."""
         self.cache.prepare()
         good, absent, bad = self.cache.lookup(wants, verify=verify, threads=self.threads)
@@ -342,7 +348,7 @@ class FsspecBackend(Backend):
         good.update(self._download(absent + bad))
         return good
 
-    def _download(self, wants: Sequence[Want]) -> dict[str, Path]:
+    def _download(self, wants: Sequence[Want]) -> dict[str, str]:
         if not wants:
             return {}
         tmps = [temp_name(self.cache.tmp) for _ in wants]
@@ -361,7 +367,7 @@ class FsspecBackend(Backend):
                 final = self.cache.path(w.key)
                 os.chmod(tmp, 0o444)
                 rename_into(tmp, final)
-                out[w.key] = final
+                out[w.key] = str(final)
             return out
         finally:
             for tmp in tmps:
@@ -388,7 +394,7 @@ async def _s3_heads(fs: Any, paths: Sequence[str]) -> list[bool]:
     return list(await asyncio.gather(*(head(p) for p in paths)))
 
 
-def _moved(path: Path, before: os.stat_result) -> bool:
+def _moved(path: StrPath, before: os.stat_result) -> bool:
     try:
         now = os.stat(path)
     except FileNotFoundError:

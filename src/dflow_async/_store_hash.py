@@ -20,7 +20,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 __all__ = [
@@ -137,7 +136,9 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list
         return [r for batch in pool.map(lambda b: [fn(x) for x in b], batches) for r in batch]
 
 
-def cached_hash(path: Path, st: os.stat_result, *, use_cache: bool = True) -> tuple[str, bool]:
+def cached_hash(
+    path: str | os.PathLike[str], st: os.stat_result, *, use_cache: bool = True
+) -> tuple[str, bool]:
     """(hex digest, came from the cache) of the file whose stat before hashing is ``st``.
 
     A miss hashes the file; if the file moved while it was read, the digest describes no

@@ -4,9 +4,10 @@ Used for the objects of a local store and for the download cache of a remote one
 directory of read-only files named by their sha256.
 
 Atomicity: a file gets its final name only once it is complete. Bytes we write go to a 0o600
-temp file in ``tmp/`` (same filesystem), are fsync'ed, made read-only, then renamed into place;
-a hard link is made under a temp name, made read-only, then renamed. A process killed at any
-point leaves at most a stray file in ``tmp/``, never a half-written object.
+temp file in ``tmp/`` (same filesystem), are fsync'ed, made read-only, then renamed into place.
+A hard link needs no temp name: it points at the producer's finished file, made read-only
+first. A process killed at any point leaves at most a stray file in ``tmp/``, never a
+half-written object.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dflow_async._store_hash import CHUNK, ChangedError
 
 __all__ = [
     "LINK_FALLBACK_ERRNOS",
+    "StrPath",
     "atomic_copy",
     "atomic_write",
     "ensure_dir",
@@ -35,6 +37,8 @@ __all__ = [
     "replace_path",
     "temp_name",
 ]
+
+StrPath = str | os.PathLike[str]
 
 READ_ONLY = 0o444
 READ_ONLY_EXEC = 0o555
@@ -111,7 +115,7 @@ def atomic_write(final: Path, data: bytes, tmp_dir: Path) -> None:
         _unlink_quietly(tmp)
 
 
-def atomic_copy(src: Path, tmp_dir: Path) -> tuple[Path, str, int]:
+def atomic_copy(src: StrPath, tmp_dir: Path) -> tuple[Path, str, int]:
     """Copy ``src`` into a read-only temp file in ``tmp_dir`` while hashing it.
 
     Returns (temp path, hex digest, size); the caller renames it into place or removes it.
@@ -142,38 +146,39 @@ def atomic_copy(src: Path, tmp_dir: Path) -> tuple[Path, str, int]:
     return tmp, h.hexdigest(), size
 
 
-def link_in(src: Path, final: Path, tmp_dir: Path, expect: os.stat_result) -> bool:
-    """Hard-link ``src`` to ``final`` (zero-copy commit) and make the shared inode read-only.
+def link_in(src: StrPath, final: Path, expect: os.stat_result) -> bool:
+    """Commit ``src`` as ``final`` by hard link (zero-copy), read-only.
 
-    ``expect`` is the stat taken before ``src`` was hashed; if size or mtime moved since, the
-    bytes under the digest are not the ones hashed and ChangedError is raised. Returns False
-    when a link is impossible here (the caller copies instead).
+    The inode is made read-only *before* the link gives it its final name, so an object is
+    never visible writable; the bytes are the producer's finished file, so the one ``link``
+    call is the atomic commit (no temp name needed). ``expect`` is the stat taken before
+    ``src`` was hashed: if size or mtime moved since, the bytes are not the ones hashed and
+    ChangedError is raised. Returns False when a link is impossible here (copy instead).
     """
-    tmp = temp_name(tmp_dir)
     try:
-        os.link(src, tmp)
-    except OSError as exc:
-        if exc.errno in LINK_FALLBACK_ERRNOS:
-            return False
-        raise
+        os.chmod(src, read_only(expect.st_mode))  # the producer's file becomes read-only too
+    except PermissionError:
+        return False  # not our file: copying is the only way to make the object read-only
+    now = os.stat(src)
+    if (now.st_size, now.st_mtime_ns) != (expect.st_size, expect.st_mtime_ns):
+        raise ChangedError(errno.EAGAIN, "the file changed while it was being committed")
     try:
         try:
-            # the same inode as src: the producer's file becomes read-only too
-            os.chmod(tmp, read_only(expect.st_mode))
-        except PermissionError:
-            _unlink_quietly(tmp)
-            return False  # not our file: copying is the only way to make the object read-only
-        now = os.stat(tmp)
-        if (now.st_size, now.st_mtime_ns) != (expect.st_size, expect.st_mtime_ns):
-            raise ChangedError(errno.EAGAIN, "the file changed while it was being committed")
-        rename_into(tmp, final)
-        return True
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+            os.link(src, final)
+        except FileNotFoundError:  # first object of its fan-out directory
+            ensure_dir(final.parent)
+            os.link(src, final)
+    except FileExistsError:
+        return True  # committed concurrently under the same digest: the same bytes
+    except OSError as exc:
+        if exc.errno not in LINK_FALLBACK_ERRNOS:
+            raise
+        os.chmod(src, expect.st_mode & 0o7777)  # leave the producer's file as it was
+        return False
+    return True
 
 
-def materialise_file(obj: Path, dest: Path, *, mode: int, link: bool) -> None:
+def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> None:
     """Put the object's bytes at ``dest`` (which must not exist).
 
     ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
@@ -191,7 +196,7 @@ def materialise_file(obj: Path, dest: Path, *, mode: int, link: bool) -> None:
     os.chmod(dest, read_only(mode) if link else (mode | 0o200))
 
 
-def _copy_file(src: Path, dest: Path) -> None:
+def _copy_file(src: StrPath, dest: StrPath) -> None:
     """Copy, cloning the blocks when the filesystem can (btrfs, xfs: a reflink is free)."""
     try:
         import fcntl
@@ -216,6 +221,6 @@ def replace_path(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: StrPath) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

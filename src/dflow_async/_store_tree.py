@@ -52,7 +52,7 @@ class TreeError(ValueError):
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     rel: str  # posix path relative to the tree root
-    path: Path  # where it is on disk now
+    path: str  # where it is on disk now
     st: os.stat_result
 
 
@@ -124,7 +124,7 @@ def scan_tree(root: Path) -> Tree:
                 tree.dirs.append(rel)
                 stack.append(rel)
             elif entry.is_file(follow_symlinks=False):
-                tree.files.append(FileEntry(rel, Path(entry.path), entry.stat()))
+                tree.files.append(FileEntry(rel, entry.path, entry.stat()))
             else:
                 kind = _kind(entry.stat(follow_symlinks=False).st_mode)
                 raise TreeError(f"{rel!r} is a {kind}, not a regular file or directory")
