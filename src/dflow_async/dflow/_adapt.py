@@ -23,7 +23,6 @@ import contextlib
 import inspect
 import os
 import threading
-import typing
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,12 +31,14 @@ from typing import Any
 
 from dflow_async._op import MISSING, OP, OPIO, Artifact, BigParameter, FunctionOP, Parameter
 from dflow_async._op import current_context as _context
-from dflow_async.dflow._paths import import_tree, symlink_tree
+from dflow_async.dflow._paths import import_tree
 from dflow_async.dflow._unsupported import refuse
-from dflow_async.exceptions import ArtifactError, FatalError, TransientError
+from dflow_async.dflow._values import artifact_shape, from_dflow, to_dflow
+from dflow_async.exceptions import FatalError, TransientError
 
 __all__ = [
     "KEY_PORT",
+    "ORIGIN_PREFIX",
     "AdaptOptions",
     "ForeignOP",
     "SignPlan",
@@ -49,6 +50,8 @@ __all__ = [
 
 #: The hidden input carrying a step's rendered key to the OP (Dflow's ``dflow_key``).
 KEY_PORT = "dflow_key"
+#: Hidden inputs carrying an artifact's producer paths (see :mod:`._values`).
+ORIGIN_PREFIX = "dflow_origin_"
 
 # run id -> rendered step key -> {"parameters": {...}, "artifacts": {...}}
 _REUSE: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
@@ -82,27 +85,6 @@ def _kind(sign: Any) -> str | None:
     return None
 
 
-def _shape(tp: Any, port: str) -> str:
-    """How Dflow types an artifact of declared type ``tp``."""
-    name = getattr(tp, "__name__", "")
-    if tp is str:
-        return "str"
-    if tp is Path:
-        return "path"
-    if name.endswith("NestedDictStr"):
-        return "nested_str"
-    if name.endswith("NestedDictPath"):
-        return "nested_path"
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if "HDF5Datasets" in (name, *(getattr(a, "__name__", "") for a in args)):
-        refuse(f"Artifact(HDF5Datasets) (port {port!r})", "pass the files as Artifact(List[Path])")
-    if origin in (list, set) and args:
-        return f"{origin.__name__}_{'str' if args[0] is str else 'path'}"
-    if origin is dict and len(args) == 2:
-        return "dict_str" if args[1] is str else "dict_path"
-    return "any"
-
-
 def translate_sign(
     sign: Mapping[str, Any], direction: str, defaults: Mapping[str, Any] | None = None
 ) -> SignPlan:
@@ -117,7 +99,7 @@ def translate_sign(
         elif kind == "Artifact":
             if direction == "output" and getattr(s, "save", None):
                 refuse(f"Artifact(save=...) on output {name!r}", "artifacts stay in the run store")
-            shapes[name] = _shape(s.type, name)
+            shapes[name] = artifact_shape(s.type, name)
             # Any: Dflow lets a list of files feed a Path input (and the reverse); the wrapper
             # converts values to the declared type itself
             ports[name] = Artifact(Any, optional=bool(getattr(s, "optional", False)))
@@ -128,74 +110,6 @@ def translate_sign(
         else:  # a bare type
             ports[name] = Parameter(s, defaults.get(name, MISSING))
     return SignPlan(ports, shapes)
-
-
-# ------------------------------------------------------------------------------- values
-
-
-def _to_dflow(value: Any, shape: str, port: str, workdir: Path) -> Any:
-    """A native artifact value (paths) as Dflow hands it to ``execute`` for this shape."""
-    if value is None or shape == "any":
-        return value
-    if shape in ("str", "path"):
-        if isinstance(value, list | tuple) and len(value) == 1:
-            value = value[0]
-        elif isinstance(value, list | tuple | dict):
-            value = symlink_tree(value, workdir / ".dflow" / "inputs" / port)
-        return str(value) if shape == "str" else Path(value)
-    conv = str if shape.endswith("str") else Path
-    if shape.startswith(("list", "set")):
-        items = [value] if not isinstance(value, list | tuple | dict) else _flat(value)
-        items = [None if v is None else conv(v) for v in items]
-        return set(items) if shape.startswith("set") else items
-    if shape.startswith("dict"):
-        if isinstance(value, list | tuple):
-            value = {str(i): v for i, v in enumerate(value)}
-        elif not isinstance(value, dict):
-            value = {Path(value).name: value}
-        return {k: None if v is None else conv(v) for k, v in value.items()}
-    return _map_leaves(value, conv)  # nested dicts
-
-
-def _flat(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flat(v)]
-    if isinstance(value, list | tuple):
-        return [x for v in value for x in _flat(v)]
-    return [value]
-
-
-def _map_leaves(value: Any, fn: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _map_leaves(v, fn) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_map_leaves(v, fn) for v in value]
-    return None if value is None else fn(value)
-
-
-def _from_dflow(value: Any, port: str, workdir: Path, op: str) -> Any:
-    """An output artifact as the scheduler wants it: paths inside the work directory."""
-    if value is None:
-        return None
-    if isinstance(value, set | frozenset):
-        value = sorted(value, key=str)
-    if isinstance(value, dict):
-        return {k: _from_dflow(v, port, workdir, op) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        if any(v is None for v in value):
-            raise ArtifactError(
-                f"OP {op!r} output artifact {port!r} holds None entries; dflow-async cannot "
-                "store holes in a list artifact yet: leave the failed items out"
-            )
-        return [_from_dflow(v, port, workdir, op) for v in value]
-    path = Path(value)
-    full = path if path.is_absolute() else workdir / path
-    real, root = os.path.realpath(full), os.path.realpath(workdir)
-    if real == root or real.startswith(root + os.sep) or not os.path.lexists(full):
-        return value  # inside (or missing: the scheduler reports it with the port's name)
-    # Dflow copies outputs wherever they are; the scheduler only keeps what is in the work
-    # directory, so link the file (or tree) in
-    return import_tree(real, workdir / ".dflow" / "outputs" / port)
 
 
 def _dflow_error(exc: BaseException) -> BaseException:
@@ -244,6 +158,7 @@ class AdaptOptions:
     envs: tuple[tuple[str, str], ...] = ()
     output_defaults: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
     key_port: bool = False
+    origin_ports: tuple[str, ...] = ()  # artifact ports that also get their unmaterialised value
 
 
 _DEFAULT = AdaptOptions()
@@ -259,6 +174,9 @@ class ForeignOP(FunctionOP):
         inputs = dict(inp.ports)
         if options.key_port:
             inputs[KEY_PORT] = Parameter(Any, None)
+        self._origin_ports = tuple(p for p in options.origin_ports if p in inp.shapes)
+        for port in self._origin_ports:
+            inputs[ORIGIN_PREFIX + port] = Parameter(Any, None)
         super().__init__(cls.execute, inputs, out.ports, False)
         self._foreign = foreign
         self._cls = cls
@@ -285,6 +203,7 @@ class ForeignOP(FunctionOP):
         workdir = ctx.workdir
         values = dict(op_in)
         key = values.pop(KEY_PORT, None) if self._options.key_port else None
+        origins = {p: values.pop(ORIGIN_PREFIX + p, None) for p in self._origin_ports}
         if key is not None:
             entry = _REUSE.get(ctx.run_id, {}).get(str(key))
             if entry is not None:
@@ -296,7 +215,7 @@ class ForeignOP(FunctionOP):
         shapes = self._in_shapes
         dflow_in = OPIO(
             {
-                n: _to_dflow(v, shapes[n], n, workdir) if n in shapes else v
+                n: to_dflow(v, shapes[n], n, workdir, origins.get(n)) if n in shapes else v
                 for n, v in values.items()
             }
         )
@@ -328,7 +247,7 @@ class ForeignOP(FunctionOP):
         name = self.__qualname__
         return OPIO(
             {
-                n: _from_dflow(v, n, workdir, name) if n in self._out_shapes else v
+                n: from_dflow(v, n, workdir, name) if n in self._out_shapes else v
                 for n, v in result.items()
             }
         )

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dflow_async._artifacts import _digest
 from dflow_async._refs import Ref
 from dflow_async.dflow._paths import relative_name
 from dflow_async.dflow._unsupported import refuse
@@ -144,6 +143,19 @@ def download_artifact(
             k: download_artifact(v, path=path, skip_exists=skip_exists) for k, v in value.items()
         }
     return [_copy(p, dest / (relative_name(p) or "."), skip_exists) for p in _leaves(value)]
+
+
+def _digest(src: Path) -> str:
+    """sha256 of a file, or of a tree's relative names and contents."""
+    h = hashlib.sha256()
+    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    for f in files:
+        if src.is_dir():
+            h.update(str(f.relative_to(src)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _copy(src: Any, target: Path, skip_exists: bool) -> str:

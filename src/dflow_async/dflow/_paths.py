@@ -34,14 +34,23 @@ def relative_name(path: str | os.PathLike[str]) -> str:
             # named like "a0" would make the name longer, never wrong)
             for k in range(j + 1, len(parts)):
                 if _ATTEMPT.match(parts[k]):
-                    rest = parts[k + 1 :]
-                    if len(rest) >= 3 and rest[0] == ".dflow":
-                        rest = rest[3:]
-                    return "/".join(rest)
+                    return "/".join(_inside_workdir(parts[k + 1 :]))
             break
+        if parts[j] == ".scratch" and parts[j - 2] == "runs":  # a running attempt's directory
+            return "/".join(_inside_workdir(parts[j + 2 :]))
         if parts[j - 1] == "uploads" and _DIGEST.match(parts[j]):
             return "/".join(parts[j + 1 :]) or parts[-1]
     return parts[-1] if parts else ""
+
+
+def _inside_workdir(rest: tuple[str, ...]) -> tuple[str, ...]:
+    # .dflow/<kind>/<port>/...: copied in by this package; .inputs/<port>/...: fetched from the
+    # artifact store by the worker (list items as <i>/<file name>)
+    if len(rest) >= 3 and rest[0] == ".dflow":
+        return rest[3:]
+    if len(rest) >= 2 and rest[0] == ".inputs":
+        return rest[2:]
+    return rest
 
 
 def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:

@@ -17,7 +17,7 @@ from dflow_async._graph import Step as _NativeStep
 from dflow_async._graph import Template
 from dflow_async._op import OP as _NativeOP
 from dflow_async._types import matches
-from dflow_async.dflow._adapt import KEY_PORT, ForeignOP
+from dflow_async.dflow._adapt import KEY_PORT, ORIGIN_PREFIX, ForeignOP
 from dflow_async.dflow._argo import ArgoSequence
 from dflow_async.dflow._artifacts import artifact_value
 from dflow_async.dflow._io import string_condition_steps
@@ -27,9 +27,11 @@ from dflow_async.dflow.python._template import PythonOPTemplate, Slices, StepSet
 __all__ = ["Step", "Task"]
 
 
-def _settings(template: Any, keyed: bool, slices: Any) -> StepSettings:
+def _settings(
+    template: Any, keyed: bool, slices: Any, origins: tuple[str, ...] = ()
+) -> StepSettings:
     if isinstance(template, PythonOPTemplate):
-        return template.step_settings(keyed, slices)
+        return template.step_settings(keyed, slices, origins)
     if isinstance(template, Template | _NativeOP) or callable(getattr(template, "execute", None)):
         # Steps/DAG, a native OP, or a Dflow OP class used without a PythonOPTemplate
         return StepSettings(template=template, slices=slices)
@@ -145,17 +147,23 @@ class Step(_NativeStep):
             refuse(f"an Argo expression condition ({when!r})", "write it with %s placeholders")
         self.dflow_template = template
         with_param = _with_param(with_param, with_sequence)
-        settings = _settings(template, key is not None, slices)
+        arts = {k: artifact_value(v) for k, v in (artifacts or {}).items()}
+        bound = tuple(sorted(k for k, v in arts.items() if v is not None))
+        settings = _settings(template, key is not None, slices, bound)
         types = _port_types(settings.template)
         params = {k: _parameter(v, types.get(k)) for k, v in (parameters or {}).items()}
         op = settings.template
-        if key is not None and isinstance(op, ForeignOP) and KEY_PORT in op.input_ports():
+        ports = op.input_ports() if isinstance(op, ForeignOP) else {}
+        if key is not None and KEY_PORT in ports:
             params[KEY_PORT] = key  # rendered per step (per slice with {{item}})
-        arts = {k: artifact_value(v) for k, v in (artifacts or {}).items()}
+        origins = [k for k in bound if ORIGIN_PREFIX + k in ports]
+        for k in origins:  # the artifact again, as a parameter: the store never rewrites it
+            params[ORIGIN_PREFIX + k] = arts[k]
         native_slices: _NativeSlices | None = None
         sl = settings.slices
         if isinstance(sl, Slices):
-            native_slices = sl.to_native(with_param, parallelism)
+            sliced = tuple(ORIGIN_PREFIX + k for k in origins if k in sl.input_artifact)
+            native_slices = sl.to_native(with_param, parallelism, sliced)
         elif isinstance(sl, _NativeSlices):
             native_slices = sl
         elif parallelism is not None and with_param is not None:

@@ -74,7 +74,9 @@ class Slices:
         self.create_dir = create_dir  # every slice has its own work directory anyway
         self.raise_for_group = raise_for_group
 
-    def to_native(self, with_param: Any, parallelism: int | None) -> _NativeSlices:
+    def to_native(
+        self, with_param: Any, parallelism: int | None, extra_parameters: tuple[str, ...] = ()
+    ) -> _NativeSlices:
         expr: Any = self.slices
         if self.given_slices is None and self.sub_path and with_param is None:
             expr = None  # sub_path: slice i takes item i of the list artifact
@@ -82,7 +84,7 @@ class Slices:
             refuse(f"Slices({expr!r})", 'index slices with "{{item}}" expressions')
         return _NativeSlices(
             expr,
-            input_parameter=self.input_parameter,
+            input_parameter=[*self.input_parameter, *extra_parameters],
             input_artifact=self.input_artifact,
             output_parameter=self.output_parameter,
             output_artifact=self.output_artifact,
@@ -204,8 +206,9 @@ class PythonOPTemplate:
         self.create_slice_dir = create_slice_dir
         self.op = self.native_op(False)  # reads the signs now: errors show at definition
 
-    def native_op(self, key_port: bool) -> Any:
-        """The OP the native step runs (with a ``dflow_key`` input when the step has a key)."""
+    def native_op(self, key_port: bool, origins: tuple[str, ...] = ()) -> Any:
+        """The OP the native step runs, with hidden inputs: ``dflow_key`` when the step has a
+        key, and the unmaterialised value of the artifacts in ``origins``."""
         if isinstance(self.op_class, _NativeOP):
             return self.op_class
         if isinstance(self.op_class, type) and issubclass(self.op_class, _NativeOP):
@@ -214,6 +217,7 @@ class PythonOPTemplate:
             envs=tuple(sorted(self.envs.items())),
             output_defaults=tuple(self.output_parameter_default.items()),
             key_port=key_port,
+            origin_ports=origins,
         )
         return adapt_foreign_op(self.op_class, options)
 
@@ -256,9 +260,11 @@ class PythonOPTemplate:
         }
         return {k: v for k, v in fields.items() if v is not None}
 
-    def step_settings(self, key_port: bool, slices: Slices | None) -> StepSettings:
+    def step_settings(
+        self, key_port: bool, slices: Slices | None, origins: tuple[str, ...] = ()
+    ) -> StepSettings:
         return StepSettings(
-            template=self.native_op(key_port),
+            template=self.native_op(key_port, origins),
             slices=slices if slices is not None else self.slices,
             retries=self.retry_policy(),
             timeout=float(self.timeout) if self.timeout is not None else None,
