@@ -51,12 +51,10 @@ from dflow_async.exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DAG",
-    "OP",
-    "OPIO",
     "Artifact",
     "ArtifactError",
     "BigParameter",
+    "DAG",
     "DflowAsyncError",
     "EventHook",
     "ExecutorClosedError",
@@ -65,6 +63,8 @@ __all__ = [
     "InputArtifact",
     "InputParameter",
     "Inputs",
+    "OP",
+    "OPIO",
     "OPIOSign",
     "OutputArtifact",
     "OutputParameter",

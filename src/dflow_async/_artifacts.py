@@ -1,102 +1,97 @@
-"""Moving artifacts in and out of runs: ``upload_artifact`` and ``download_artifact``.
-
-This first version keeps artifacts on the local filesystem: an upload is copied once into
-``<store>/uploads/<sha256>/<name>`` (content-addressed, so uploading the same data twice
-stores it once) and steps read it in place.
-"""
+"""Moving artifacts in and out of runs: ``upload_artifact`` and ``download_artifact``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dflow_async._store import ArtifactStore
+from dflow_async._stored import StoredPath
 from dflow_async.exceptions import ArtifactError
 
 __all__ = ["download_artifact", "upload_artifact"]
 
 
+def _store(
+    store: str | os.PathLike[str] | ArtifactStore | None, options: dict[str, Any] | None
+) -> ArtifactStore:
+    if isinstance(store, ArtifactStore):
+        return store
+    from dflow_async._workflow import Workflow
+
+    # the same rule a Workflow uses: a local store keeps artifacts in <store>/artifacts
+    return Workflow("upload", store=store, storage_options=options).artifact_store()
+
+
 def upload_artifact(
     path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | dict[str, Any],
     *,
-    store: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | ArtifactStore | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Any:
-    """Copy local files/directories into the store; returns the stored path(s), in the same
-    shape (one path, a list, or a dict), ready for ``Step(artifacts={...})``."""
+    """Commit local files/directories to the artifact store (content-addressed: the same data
+    is stored once). Returns paths carrying their store reference, in the same shape (one
+    path, a list, or a dict), ready for ``Step(artifacts={...})`` on any executor."""
+    target = _store(store, storage_options)
     if isinstance(path, dict):
-        return {k: upload_artifact(v, store=store) for k, v in path.items()}
+        return {k: upload_artifact(v, store=target) for k, v in path.items()}
     if not isinstance(path, str | os.PathLike):
-        return [upload_artifact(p, store=store) for p in path]
-    from dflow_async._workflow import default_store
-
-    src = Path(path)
+        return [upload_artifact(p, store=target) for p in path]
+    src = Path(path).absolute()
     if not src.exists():
         raise ArtifactError(f"upload_artifact: {str(src)!r} does not exist")
-    root = (Path(store) if store is not None else default_store()).absolute() / "uploads"
-    digest = _digest(src)
-    target = root / digest / src.name
-    if target.exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".upload-"))
-    try:
-        if src.is_dir():
-            shutil.copytree(src, staging / src.name, symlinks=True)
-        else:
-            shutil.copy2(src, staging / src.name)
-        try:
-            os.rename(staging, root / digest)  # atomic: readers see all of it or nothing
-        except OSError:
-            if not target.exists():  # not a concurrent upload of the same content
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return StoredPath(src, target.put(src, producer="upload_artifact"))
 
 
 def download_artifact(
-    artifact: Any, path: str | os.PathLike[str] = ".", *, skip_exists: bool = False
+    artifact: Any,
+    path: str | os.PathLike[str] = ".",
+    *,
+    store: str | os.PathLike[str] | ArtifactStore | None = None,
+    storage_options: dict[str, Any] | None = None,
+    skip_exists: bool = False,
 ) -> list[Path]:
-    """Copy an artifact (a path, or a list/dict of paths, e.g. a step record's
-    ``outputs.artifacts["y"]``) into the directory ``path``; returns the local copies."""
-    from dflow_async._op import artifact_paths
+    """Copy an artifact — a step record's ``outputs.artifacts["y"]``: a path, or a list/dict
+    of them — into the directory ``path``; returns the local copies (writable, yours).
 
+    A path that exists here is copied; otherwise its bytes are fetched from the store (pass
+    ``store=`` for a remote one) and verified."""
     if artifact is None:
         raise ArtifactError("download_artifact: the artifact is None (its step produced nothing)")
-    dest = Path(path)
-    dest.mkdir(parents=True, exist_ok=True)
     copies = []
-    for src in artifact_paths(artifact):
-        if not src.exists():
-            raise ArtifactError(f"download_artifact: {str(src)!r} no longer exists")
+    for sub, src in _leaves(artifact, Path(path)):
+        dest = sub
+        dest.mkdir(parents=True, exist_ok=True)
         target = dest / src.name
         if target.exists() and skip_exists:
             copies.append(target)
             continue
+        ref = getattr(src, "ref", None)
+        if not src.exists():
+            if ref is None:
+                raise ArtifactError(f"download_artifact: {str(src)!r} no longer exists")
+            copies.append(_store(store, storage_options).get(ref, dest, verify=True, link=False))
+            continue
         if src.is_dir():
             shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
         else:
-            shutil.copy2(src, target)
+            shutil.copyfile(src, target)  # not copy2: stored objects are read-only
         copies.append(target)
     return copies
 
 
-def _digest(src: Path) -> str:
-    h = hashlib.sha256()
-    if src.is_dir():
-        for f in sorted(p for p in src.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(src)).encode() + b"\0")
-            _update(h, f)
-    else:
-        _update(h, src)
-    return h.hexdigest()
-
-
-def _update(h: Any, file: Path) -> None:
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path]]:
+    """(directory to copy into, source) pairs. Elements of a list or dict whose names clash
+    (slices all writing ``out.txt``) go to ``dest/<index>/`` or ``dest/<key>/``."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaves(v, dest / str(k))]
+    if isinstance(value, list | tuple):
+        names = [Path(v).name for v in value if not isinstance(v, list | tuple | dict)]
+        clash = len(set(names)) < len(names)
+        return [
+            p for i, v in enumerate(value) for p in _leaves(v, dest / str(i) if clash else dest)
+        ]
+    return [(dest, value if isinstance(value, Path) else Path(value))]

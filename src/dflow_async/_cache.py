@@ -116,6 +116,13 @@ def _artifact_digest(value: Any) -> str:
         for k in sorted(value):
             h.update(f"{k}:{_artifact_digest(value[k])}".encode())
         return h.hexdigest()
+    if isinstance(value, list | tuple):
+        for v in value:
+            h.update(_artifact_digest(v).encode())
+        return h.hexdigest()
+    ref = getattr(value, "ref", None)
+    if ref is not None:  # committed to the store: its digest is already known
+        return str(ref.digest)
     for path in artifact_paths(value):
         h.update(path.name.encode() + b"\0")
         if path.is_dir():

@@ -57,6 +57,9 @@ def _to_json(value: Any, blob_dir: Path | None) -> Any:
         return {k: _to_json(v, blob_dir) for k, v in value.items()}
     if isinstance(value, tuple):
         return {"__dfa_tuple": [_to_json(v, blob_dir) for v in value]}
+    ref = getattr(value, "ref", None)
+    if isinstance(value, PurePath) and ref is not None:
+        return {"__dfa_stored": [str(value), ref.to_json()]}
     if isinstance(value, PurePath):
         return {"__dfa_path": str(value)}
     to_json = getattr(value, "to_json", None)
@@ -75,10 +78,15 @@ def _from_json(value: Any, blob_dir: Path | None) -> Any:
                 return tuple(_from_json(v, blob_dir) for v in inner)
             if tag == "__dfa_path":
                 return Path(inner)
+            if tag == "__dfa_stored":
+                from dflow_async._store_ref import ArtifactRef
+                from dflow_async._stored import StoredPath
+
+                return StoredPath(inner[0], ArtifactRef.from_json(inner[1]))
             if tag == "__dfa_dict":
                 return {k: _from_json(v, blob_dir) for k, v in inner}
             if tag == "__dfa_ref":
-                from dflow_async._store import ArtifactRef
+                from dflow_async._store_ref import ArtifactRef
 
                 return ArtifactRef.from_json(inner)
             if tag == "__dfa_blob":

@@ -51,6 +51,7 @@ class AttemptSpec:
     timeout: float | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""  # where scratch directories live (same filesystem as the work dirs)
+    store: Any = None  # the ArtifactStore outputs are committed to (pickles as its URL)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -213,6 +213,7 @@ class RunState:
         restored_units: dict[str, dict[int, list[Any]]] | None = None,
         reuse: Sequence[StepRecord] = (),
         attempt_suffix: str = "",
+        store: Any = None,
     ) -> None:
         self.root_ct = root
         self.run_id = run_id
@@ -221,6 +222,7 @@ class RunState:
         self.on_event = on_event
         self.on_unit = on_unit
         self.attempt_suffix = attempt_suffix
+        self.store = store
         # resume: what an earlier driver of this run finished, by path
         self.restored = {r.path: r for r in restored if r.phase == "Succeeded"}
         self.restored_slices: dict[str, list[StepRecord]] = {}
@@ -594,6 +596,7 @@ class RunState:
             timeout=step.timeout,
             resources=step.resources,
             run_dir=self.run_dir,
+            store=self.store,
         )
         return Unit(sr, number, ids, attempt, spec)
 

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from dflow_async._capture import capture, start_capture, stop_capture
 from dflow_async._op import (
     OP,
@@ -34,6 +36,7 @@ from dflow_async._op import (
     port_plan,
 )
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
+from dflow_async._stored import InputFetchError, commit, materialise
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
 __all__ = ["arun_attempt", "failure_from_exception", "run_attempt", "thread_owns_cwd"]
@@ -64,7 +67,7 @@ def run_attempt(
             else:
                 with _in_dir(piece.workdir, chdir):
                     values = _run_slice(spec, piece, plan, piece.workdir, capture_fds, None)
-            outputs.append(values)
+            outputs.append(_commit_outputs(spec, plan, values))
     except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
@@ -79,7 +82,7 @@ def _run_slice(
     stage: str | None,
 ) -> dict[str, Any]:
     op: OP = spec.op
-    inputs = _check_inputs(plan, piece)
+    inputs = _check_inputs(plan, piece, spec.store, where)
     token = _current.set(_context(spec, piece, where))
     try:
         if capture_fds:
@@ -111,8 +114,12 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     try:
         plan = port_plan(op)
         function_op = op if isinstance(op, FunctionOP) else None
+        io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts)
         for piece in spec.slices:
-            inputs = _check_inputs(plan, piece)
+            if io:  # fetching and hashing files: in a thread, never in the event loop
+                inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
+            else:
+                inputs = _check_inputs(plan, piece)
             token = _current.set(_context(spec, piece))
             log = start_capture(piece.workdir)
             try:
@@ -128,7 +135,10 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             finally:
                 stop_capture(log)
                 _current.reset(token)
-            outputs.append(_check_outputs(plan, result, piece))
+            values = _check_outputs(plan, result, piece)
+            if io:
+                values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
+            outputs.append(values)
     except Exception as exc:
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
@@ -149,11 +159,17 @@ def _context(spec: AttemptSpec, piece: SliceInput, where: str | None = None) -> 
     )
 
 
-def _check_inputs(plan: PortPlan, piece: SliceInput) -> dict[str, Any]:
+def _check_inputs(
+    plan: PortPlan, piece: SliceInput, store: Any = None, where: str | None = None
+) -> dict[str, Any]:
     values = check_opio(plan.inputs, piece.inputs, op=plan.name, direction="input")
     for name in plan.in_artifacts:
         if values.get(name) is not None:
-            values[name] = _as_paths(values[name])
+            if store is None:
+                values[name] = _as_paths(values[name])
+            else:  # fetched (verified) from the store, each port in its own directory
+                dest = Path(where or piece.workdir, ".inputs", name)
+                values[name] = materialise(values[name], store, dest)
     return values
 
 
@@ -216,9 +232,20 @@ def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: str, port: st
     return Path(real)
 
 
+def _commit_outputs(spec: AttemptSpec, plan: PortPlan, values: dict[str, Any]) -> dict[str, Any]:
+    """Commit output artifacts to the store: only then may a consumer see them."""
+    if spec.store is not None:
+        for name in plan.out_artifacts:
+            if values.get(name) is not None:
+                values[name] = commit(values[name], spec.store, spec.step)
+    return values
+
+
 def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
     text = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc))
+    if isinstance(exc, InputFetchError):  # missing or corrupt input: before the OP body ran
+        return Failed(kind="infra", error=text, traceback=tb, retryable=True, duration=duration)
     if isinstance(exc, TransientError):
         return Failed(kind="transient", error=text, traceback=tb, retryable=True, duration=duration)
     if isinstance(exc, FatalError | SignatureError | ArtifactError):

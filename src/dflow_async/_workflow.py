@@ -20,7 +20,9 @@ from dflow_async._op import OP
 from dflow_async._recorder import Recorder
 from dflow_async._records import StepRecord
 from dflow_async._state import RunState
+from dflow_async._store import ArtifactStore
 from dflow_async.exceptions import (
+    ArtifactError,
     ExecutorNotFoundError,
     WorkflowFailedError,
     WorkflowValidationError,
@@ -52,6 +54,7 @@ class Workflow:
         parallelism: int | None = None,
         executor: str | Executor = "inline",
         store: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if steps is not None and dag is not None:
             raise ValueError(f"Workflow {name!r}: pass steps= or dag=, not both")
@@ -62,6 +65,7 @@ class Workflow:
         self.parallelism = parallelism
         self.executor = executor
         self.store = store
+        self.storage_options = dict(storage_options or {})
         #: "FILE.py:OBJECT" the workflow came from; recorded so `dflow-async resume` finds it
         self.source: str | None = None
 
@@ -99,6 +103,18 @@ class Workflow:
         compiled, problems = compile_template(
             self.entrypoint, default_executor=default, check_executor=check_executor
         )
+        try:
+            store = self.artifact_store()
+            store.check()
+        except ArtifactError as exc:
+            problems.append(f"store: {exc}")
+        else:
+            remote = sorted(e.name for e in executors.values() if not e.in_process)
+            if store.url.startswith("memory:") and remote:
+                problems.append(
+                    f"store {store.url!r} lives in this process's memory, but executors "
+                    f"{remote} run steps in other processes; use a local path or shared storage"
+                )
         provided = set(parameters or {})
         problems = [p for p in problems if not _is_provided(p, provided)]
         for name in sorted(provided - set(compiled.inputs)):
@@ -226,6 +242,7 @@ class Workflow:
             restored_units=units,
             reuse=list(reuse_step or ()),
             attempt_suffix=suffix,
+            store=self.artifact_store(),
         )
         status = "Running"
         try:
@@ -248,10 +265,20 @@ class Workflow:
         )
 
     def store_path(self) -> Path:
-        store = Path(self.store) if self.store is not None else default_store()
-        if str(store).startswith("file://"):
-            store = Path(str(store)[len("file://") :])
-        return store
+        """The local directory holding run directories (journals, work dirs, logs): the
+        store itself when it is local, else ``$DFLOW_ASYNC_HOME`` (``./.dflow-async``)."""
+        if self.store is None or not _is_local_url(str(self.store)):
+            return default_store()
+        text = str(self.store)
+        return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+    def artifact_store(self) -> ArtifactStore:
+        """Where artifacts are committed: ``<store>/artifacts`` for a local store, the URL
+        itself (``s3://bucket/prefix``, ``memory://...``) otherwise."""
+        if self.store is None or _is_local_url(str(self.store)):
+            root = self.store_path().absolute() / "artifacts"
+            return ArtifactStore(str(root), self.storage_options)
+        return ArtifactStore(str(self.store), self.storage_options)
 
     def _meta(self, run_id: str, digest: str, parameters: dict[str, Any] | None) -> dict[str, str]:
         import json
@@ -270,8 +297,17 @@ class Workflow:
             "status": "Running",
             "source": source,
             "cwd": os.getcwd(),
+            "store": self.artifact_store().url,
+            "storage_options": json.dumps(self.storage_options, default=repr),
             "parameters": json.dumps(parameters or {}, default=repr),
         }
+
+
+def _is_local_url(url: str) -> bool:
+    import fsspec.core
+
+    protocol = fsspec.core.split_protocol(url)[0]
+    return protocol in (None, "file", "local")
 
 
 def _is_provided(problem: str, provided: set[str]) -> bool:

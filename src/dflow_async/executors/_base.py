@@ -35,6 +35,8 @@ class Executor(ABC):
 
     #: The name users pass as ``executor=``; also the entry-point name.
     name: ClassVar[str]
+    #: Attempts run in the driver's own process (so they see its memory:// filesystems).
+    in_process: ClassVar[bool] = False
 
     _state: str = "new"  # new -> open -> closed
 

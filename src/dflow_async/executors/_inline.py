@@ -34,6 +34,7 @@ class InlineExecutor(Executor):
     """
 
     name = "inline"
+    in_process = True
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)

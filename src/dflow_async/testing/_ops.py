@@ -54,7 +54,7 @@ def hang(marker_dir: str, seconds: float = 20.0) -> int:
 
 
 @op
-def write_tree(n: int) -> {"tree": Artifact(Path), "first": Artifact(Path)}:  # type: ignore[valid-type]
+def write_tree(n: int) -> {"tree": Artifact(Path), "first": Artifact(Path)}:  # type: ignore[valid-type,misc]
     root = Path("tree")
     (root / "sub").mkdir(parents=True)
     for i in range(n):
@@ -64,7 +64,7 @@ def write_tree(n: int) -> {"tree": Artifact(Path), "first": Artifact(Path)}:  # 
 
 
 @op
-def read_tree(tree: Artifact(Path), first: Artifact(Path)) -> {"lines": list[str], "cwd_ok": bool}:  # type: ignore[valid-type]
+def read_tree(tree: Artifact(Path), first: Artifact(Path)) -> {"lines": list[str], "cwd_ok": bool}:  # type: ignore[valid-type,misc]
     lines = [p.read_text().strip() for p in sorted((tree / "sub").iterdir())]
     lines.append(first.read_text().strip())
     # the OP runs in its own fresh work directory, as promised to every executor

@@ -1,0 +1,79 @@
+"""Artifacts between steps: committed to the store by the producer's worker, materialised by
+the consumer's worker, and seen by users as paths that also carry their store reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PosixPath
+from typing import Any
+
+from dflow_async._store import ArtifactStore
+from dflow_async._store_ref import ArtifactRef
+from dflow_async.exceptions import ArtifactError
+
+__all__ = ["InputFetchError", "StoredPath", "commit", "materialise"]
+
+
+class StoredPath(PosixPath):
+    """A path to an artifact that also knows its reference in the artifact store.
+
+    It is a ``Path`` (open it, list it, read it where it was produced), and ``.ref`` lets any
+    worker — on this machine or another — fetch the same bytes from the store, verified.
+    """
+
+    ref: ArtifactRef | None = None  # paths derived from it (p / "x", p.parent) carry none
+
+    def __new__(cls, path: str | os.PathLike[str], ref: ArtifactRef | None = None) -> StoredPath:
+        obj = super().__new__(cls, path)
+        obj.ref = ref
+        return obj
+
+    def __reduce__(self) -> Any:
+        return (_stored_path, (str(self), self.ref))
+
+
+def _stored_path(path: str, ref: ArtifactRef | None) -> StoredPath:
+    return StoredPath(path, ref)
+
+
+class InputFetchError(ArtifactError):
+    """An input artifact could not be fetched or failed verification: an infra failure."""
+
+
+def materialise(value: Any, store: ArtifactStore | None, dest: Path) -> Any:
+    """Input artifact values as local paths, fetched from the store into ``dest``.
+
+    Each leaf gets its own directory (``dest/<i>`` or ``dest/<key>``) so the same file name in
+    two elements of a list cannot collide. Plain paths (not from the store) pass through.
+    """
+    if isinstance(value, dict):
+        return {k: materialise(v, store, dest / _safe(str(k))) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [materialise(v, store, dest / str(i)) for i, v in enumerate(value)]
+    ref = getattr(value, "ref", None)
+    if ref is None or store is None:
+        return Path(value)
+    try:
+        return store.get(ref, dest)
+    except ArtifactError as exc:
+        raise InputFetchError(str(exc)) from None
+
+
+def commit(value: Any, store: ArtifactStore | None, producer: str) -> Any:
+    """Output artifact paths committed to the store; returns StoredPaths in the same shape."""
+    if store is None:
+        return value
+    if isinstance(value, dict):
+        return {k: commit(v, store, producer) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [commit(v, store, producer) for v in value]
+    if isinstance(value, StoredPath) and value.ref is not None:
+        return value
+    ref = store.put(value, producer=producer)
+    return StoredPath(value, ref)
+
+
+def _safe(key: str) -> str:
+    # dict keys become directory names: keep them to one plain component
+    cleaned = key.replace("/", "_").replace("\0", "_")
+    return cleaned if cleaned not in ("", ".", "..") else f"_{cleaned}"

@@ -1,0 +1,264 @@
+"""Artifacts through whole workflows, on every kind of store: local, memory, and a real
+S3-compatible server (moto's server mode on loopback, used through s3fs like users do)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dflow_async import (
+    DAG,
+    Artifact,
+    Slices,
+    Step,
+    Workflow,
+    WorkflowValidationError,
+    download_artifact,
+    op,
+    upload_artifact,
+)
+
+BUCKET = "flow-bucket"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, Any]]:
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import s3fs
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            mp.setenv(k, "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        options = {
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+            "key": "testing",
+            "secret": "testing",
+        }
+        s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(BUCKET)
+        try:
+            yield options
+        finally:
+            server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DFLOW_ASYNC_CACHE_DIR", str(tmp_path / "download-cache"))
+
+
+@op
+def make_dataset(n: int) -> {"data": Artifact(Path), "notes": Artifact(Path)}:
+    Path("data").mkdir()
+    for i in range(n):
+        (Path("data") / f"part{i}.txt").write_text(f"{i}\n" * (i + 1))
+    Path("notes.txt").write_text("raw data\n")
+    return {"data": Path("data"), "notes": Path("notes.txt")}
+
+
+@op
+def count_lines(data: Artifact(Path), marker: str) -> {"lines": int, "data": Artifact(Path)}:
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    with open(marker, "a") as fh:
+        fh.write("ran\n")
+    lines = sum(len(p.read_text().splitlines()) for p in sorted(data.iterdir()))
+    return {"lines": lines, "data": data}  # passes its input through
+
+
+@op
+def split(data: Artifact(Path)) -> {"parts": Artifact(list[Path])}:
+    return {"parts": sorted(data.iterdir())}
+
+
+@op
+def double(part: Artifact(Path)) -> {"out": Artifact(Path)}:
+    values = [int(x) * 2 for x in part.read_text().split()]
+    Path("out.txt").write_text(" ".join(map(str, values)))  # the same name in every slice
+    return {"out": Path("out.txt")}
+
+
+@op
+def total(outs: Artifact(list[Path]), notes: Artifact(Path)) -> int:
+    assert notes.read_text() == "raw data\n"
+    return sum(int(x) for p in outs for x in p.read_text().split())
+
+
+def pipeline(marker: Path) -> DAG:
+    dag = DAG("flow")
+    make = Step("make", make_dataset, parameters={"n": 4})
+    count = Step(
+        "count",
+        count_lines,
+        parameters={"marker": str(marker)},
+        artifacts={"data": make.outputs.artifacts["data"]},
+    )
+    sp = Step("split", split, artifacts={"data": count.outputs.artifacts["data"]})
+    dbl = Step(
+        "double",
+        double,
+        artifacts={"part": sp.outputs.artifacts["parts"]},
+        slices=Slices(input_artifact=["part"], output_artifact=["out"]),
+    )
+    tot = Step(
+        "total",
+        total,
+        artifacts={"outs": dbl.outputs.artifacts["out"], "notes": make.outputs.artifacts["notes"]},
+    )
+    dag.add([make, count, sp, dbl, tot])
+    return dag
+
+
+EXPECTED_TOTAL = sum(2 * i * (i + 1) for i in range(4))
+
+
+def _store_for(kind: str, s3: Any) -> tuple[str | None, dict[str, Any]]:
+    if kind == "local":
+        return None, {}
+    if kind == "memory":
+        return f"memory://flow-{os.getpid()}-{id(s3)}", {}
+    return f"s3://{BUCKET}/runs-{kind}", s3
+
+
+@pytest.mark.parametrize(
+    ("kind", "executor"),
+    [
+        ("local", "inline"),
+        ("local", "process"),
+        ("memory", "inline"),
+        ("s3", "inline"),
+        ("s3", "process"),
+    ],
+)
+def test_pipeline_on_every_store(
+    kind: str, executor: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    s3 = request.getfixturevalue("s3") if kind == "s3" else None
+    store, options = _store_for(kind, s3)
+    wf = Workflow("flow", dag=pipeline(tmp_path / "marker"), store=store, storage_options=options)
+    result = wf.run(executor=executor)
+    assert result.status == "Succeeded", [(r.path, r.errors) for r in result.records]
+    assert result.query_step(name="count")[0].outputs.parameters["lines"] == 10
+    assert result.query_step(name="total")[0].outputs.parameters["result"] == EXPECTED_TOTAL
+    outs = result.query_step(name="double")[0].outputs.artifacts["out"]
+    assert len(outs) == 4 and len({o.ref.digest for o in outs}) == 4  # no clash on out.txt
+    data = result.query_step(name="make")[0].outputs.artifacts["data"]
+    passed = result.query_step(name="count")[0].outputs.artifacts["data"]
+    assert data.ref.digest == passed.ref.digest  # a pass-through is the same artifact
+    assert data.ref.kind == "dir" and data.ref.producer == "make"
+    if kind == "s3":
+        assert data.ref.uri.startswith(f"s3://{BUCKET}/runs-s3/")
+    # users download artifacts from wherever they live
+    copies = download_artifact(outs, tmp_path / "dl", store=store, storage_options=options)
+    assert sorted(p.read_text() for p in copies) == sorted(Path(o).read_text() for o in outs)
+
+
+def test_local_inputs_are_read_only_hard_links(tmp_path: Path) -> None:
+    @op
+    def inspect_input(data: Artifact(Path)) -> {"mode": int, "links": int}:
+        f = next(iter(sorted(data.iterdir())))
+        return {"mode": f.stat().st_mode, "links": f.stat().st_nlink}
+
+    dag = DAG("ro")
+    make = Step("make", make_dataset, parameters={"n": 2})
+    look = Step("look", inspect_input, artifacts={"data": make.outputs.artifacts["data"]})
+    dag.add([make, look])
+    result = Workflow("ro", dag=dag).run()
+    out = result.query_step(name="look")[0].outputs.parameters
+    # no write bits: a consumer cannot modify what another step produced (root, which ignores
+    # permission bits, is the exception: see the README's note on the local fast path)
+    assert out["mode"] & 0o222 == 0
+    assert out["links"] >= 2  # the store object and its links: no byte copy
+
+
+def test_corrupted_object_fails_the_consumer_before_its_body_runs(s3: Any, tmp_path: Path) -> None:
+    import s3fs
+
+    store = f"s3://{BUCKET}/corrupt"
+    marker = tmp_path / "marker"
+    first = Workflow("produce", store=store, storage_options=s3)
+    first.add(Step("make", make_dataset, parameters={"n": 3}))
+    produced = first.run().query_step(name="make")[0]
+    # damage one stored file object behind the store's back
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3)
+    objects = [p for p in fs.find(f"{BUCKET}/corrupt") if "/objects/" in p]
+    assert objects
+    for key in objects:
+        fs.pipe(key, b"tampered bytes")
+    second = Workflow("consume", store=store, storage_options=s3)
+    src = Step("make", make_dataset, parameters={"n": 3}, key="dataset")
+    produced.key = "dataset"
+    second.add(src)
+    second.add(
+        Step(
+            "count",
+            count_lines,
+            parameters={"marker": str(marker)},
+            artifacts={"data": src.outputs.artifacts["data"]},
+        )
+    )
+    result = second.run(reuse_step=[produced])
+    (count,) = result.query_step(name="count")
+    assert count.phase == "Failed"
+    assert "[infra]" in count.errors[0]
+    assert "data" in count.error and "make" in count.error and "s3://" in count.error
+    assert not marker.exists()  # the OP body never ran
+
+
+def test_output_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+
+    @op
+    def sneaky() -> {"f": Artifact(Path)}:
+        os.symlink(secret, "innocent.txt")
+        return {"f": Path("innocent.txt")}
+
+    wf = Workflow("sneaky")
+    wf.add(Step("sneaky", sneaky))
+    (rec,) = wf.run().records
+    assert rec.phase == "Failed"
+    assert "outside its work directory" in rec.error
+
+
+def test_upload_then_use_on_any_executor(tmp_path: Path) -> None:
+    src = tmp_path / "input"
+    src.mkdir()
+    (src / "a.txt").write_text("1 2 3")
+    uploaded = upload_artifact(src)
+    assert uploaded.ref is not None and uploaded.ref.kind == "dir"
+    again = upload_artifact(src)
+    assert again.ref.digest == uploaded.ref.digest  # content-addressed: stored once
+
+    @op
+    def read_all(d: Artifact(Path)) -> int:
+        return sum(int(x) for x in (d / "a.txt").read_text().split())
+
+    for executor in ("inline", "process"):
+        wf = Workflow("uploaded")
+        wf.add(Step("read", read_all, artifacts={"d": uploaded}))
+        result = wf.run(executor=executor)
+        assert result.records[0].outputs.parameters["result"] == 6, result.records[0].errors
+
+
+def test_memory_store_with_process_executor_is_refused() -> None:
+    wf = Workflow("mem", store="memory://nowhere", executor="process")
+    wf.add(Step("make", make_dataset, parameters={"n": 1}))
+    with pytest.raises(WorkflowValidationError, match="lives in this process's memory"):
+        wf.run()
+
+
+def test_broken_store_url_is_rejected_before_any_step_runs() -> None:
+    wf = Workflow("broken", store="nosuchproto://bucket/x")
+    wf.add(Step("make", make_dataset, parameters={"n": 1}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    assert "store:" in str(info.value) and "nosuchproto" in str(info.value)
