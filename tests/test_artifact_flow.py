@@ -262,3 +262,43 @@ def test_broken_store_url_is_rejected_before_any_step_runs() -> None:
     with pytest.raises(WorkflowValidationError) as info:
         wf.run()
     assert "store:" in str(info.value) and "nosuchproto" in str(info.value)
+
+
+def test_big_parameter_travels_by_reference(tmp_path: Path) -> None:
+    from dflow_async import OP, OPIO, BigParameter, OPIOSign, Run
+
+    class MakeTable(OP):
+        @classmethod
+        def get_input_sign(cls) -> OPIOSign:
+            return OPIOSign({"n": int})
+
+        @classmethod
+        def get_output_sign(cls) -> OPIOSign:
+            return OPIOSign({"table": BigParameter(list)})
+
+        def execute(self, op_in: OPIO) -> OPIO:
+            return OPIO({"table": [[i, i * i] for i in range(op_in["n"])]})
+
+    @op
+    def column_sum(table: list, col: int) -> int:
+        return sum(row[col] for row in table)
+
+    for executor in ("inline", "process"):
+        wf = Workflow("big")
+        mk = Step("make", MakeTable, parameters={"n": 20_000})
+        wf.add(mk)
+        wf.add(
+            Step("sum", column_sum, parameters={"table": mk.outputs.parameters["table"], "col": 1})
+        )
+        result = wf.run(executor=executor)
+        assert result.query_step(name="sum")[0].outputs.parameters["result"] == sum(
+            i * i for i in range(20_000)
+        ), result.records[-1].errors
+        big = result.query_step(name="make")[0].outputs.parameters["table"]
+        assert big.ref.producer == "make" and big.ref.size > 100_000
+        assert big.value[3] == [3, 9]
+        # the journal holds the reference, not 20,000 rows
+        journal = tmp_path / ".dflow-async" / "runs" / result.run_id / "journal.sqlite"
+        assert journal.stat().st_size < 200_000
+        from_journal = Run.open(result.run_id).query_step(name="make")[0]
+        assert from_journal.outputs.parameters["table"].ref == big.ref

@@ -62,6 +62,8 @@ def _to_json(value: Any, blob_dir: Path | None) -> Any:
         return {"__dfa_stored": [str(value), ref.to_json()]}
     if isinstance(value, PurePath):
         return {"__dfa_path": str(value)}
+    if type(value).__name__ == "BigValue":
+        return {"__dfa_big": value.ref.to_json()}
     to_json = getattr(value, "to_json", None)
     if callable(to_json) and type(value).__name__ == "ArtifactRef":
         return {"__dfa_ref": to_json()}
@@ -78,6 +80,11 @@ def _from_json(value: Any, blob_dir: Path | None) -> Any:
                 return tuple(_from_json(v, blob_dir) for v in inner)
             if tag == "__dfa_path":
                 return Path(inner)
+            if tag == "__dfa_big":
+                from dflow_async._store_ref import ArtifactRef
+                from dflow_async._stored import BigValue
+
+                return BigValue(ArtifactRef.from_json(inner))
             if tag == "__dfa_stored":
                 from dflow_async._store_ref import ArtifactRef
                 from dflow_async._stored import StoredPath

@@ -365,6 +365,7 @@ class PortPlan(typing.NamedTuple):
     outputs: dict[str, Port]
     in_artifacts: tuple[str, ...]
     out_artifacts: tuple[str, ...]
+    out_big: tuple[str, ...]  # BigParameter outputs: stored, passed by reference
 
 
 _PLANS: dict[type, PortPlan] = {}
@@ -393,6 +394,7 @@ def _make_plan(op: OP) -> PortPlan:
         outputs=outputs,
         in_artifacts=tuple(n for n, p in inputs.items() if isinstance(p, Artifact)),
         out_artifacts=tuple(n for n, p in outputs.items() if isinstance(p, Artifact)),
+        out_big=tuple(n for n, p in outputs.items() if isinstance(p, BigParameter)),
     )
 
 

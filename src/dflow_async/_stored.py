@@ -11,7 +11,7 @@ from dflow_async._store import ArtifactStore
 from dflow_async._store_ref import ArtifactRef
 from dflow_async.exceptions import ArtifactError
 
-__all__ = ["InputFetchError", "StoredPath", "commit", "materialise"]
+__all__ = ["BigValue", "InputFetchError", "StoredPath", "commit", "materialise"]
 
 
 class StoredPath(PosixPath):
@@ -77,3 +77,61 @@ def _safe(key: str) -> str:
     # dict keys become directory names: keep them to one plain component
     cleaned = key.replace("/", "_").replace("\0", "_")
     return cleaned if cleaned not in ("", ".", "..") else f"_{cleaned}"
+
+
+class BigValue:
+    """A ``BigParameter`` output: kept in the artifact store, passed between steps (and kept
+    in the journal) as a reference; workers load it for the OPs that take it."""
+
+    __slots__ = ("_value", "ref", "store")
+
+    def __init__(self, ref: ArtifactRef, store: ArtifactStore | None = None) -> None:
+        self.ref = ref
+        self.store = store
+        self._value: Any = _UNLOADED
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNLOADED:
+            if self.store is None:
+                raise ArtifactError(
+                    f"BigParameter {self.ref.name!r} from {self.ref.producer!r} is in the store "
+                    f"{self.ref.uri!r}: load it with .load(store)"
+                )
+            self._value = self.store.get_value(self.ref)
+        return self._value
+
+    def load(self, store: ArtifactStore) -> Any:
+        self.store = store
+        return self.value
+
+    def __reduce__(self) -> Any:
+        return (BigValue, (self.ref, self.store))  # never the value: that is the point
+
+    def __repr__(self) -> str:
+        return f"<BigValue {self.ref.digest[:19]}… from {self.ref.producer!r}>"
+
+
+_UNLOADED = object()
+
+
+def store_big(
+    values: dict[str, Any], names: tuple[str, ...], store: ArtifactStore, step: str
+) -> None:
+    for name in names:
+        if name in values and not isinstance(values[name], BigValue):
+            values[name] = BigValue(store.put_value(values[name], producer=step), store)
+
+
+def load_big(inputs: dict[str, Any], store: ArtifactStore | None) -> dict[str, Any]:
+    """Inputs with every BigValue replaced by its value (whatever port takes it)."""
+    loaded = dict(inputs)
+    for name, value in inputs.items():
+        if type(value) is BigValue:
+            if value.store is None:
+                value.store = store
+            try:
+                loaded[name] = value.value
+            except ArtifactError as exc:
+                raise InputFetchError(str(exc)) from None
+    return loaded

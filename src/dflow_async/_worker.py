@@ -36,7 +36,14 @@ from dflow_async._op import (
     port_plan,
 )
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
-from dflow_async._stored import InputFetchError, commit, materialise
+from dflow_async._stored import (
+    BigValue,
+    InputFetchError,
+    commit,
+    load_big,
+    materialise,
+    store_big,
+)
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
 __all__ = ["arun_attempt", "failure_from_exception", "run_attempt", "thread_owns_cwd"]
@@ -114,9 +121,10 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     try:
         plan = port_plan(op)
         function_op = op if isinstance(op, FunctionOP) else None
-        io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts)
+        io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
-            if io:  # fetching and hashing files: in a thread, never in the event loop
+            big = any(type(v) is BigValue for v in piece.inputs.values())
+            if io or big:  # fetching and hashing files: in a thread, never in the event loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
             else:
                 inputs = _check_inputs(plan, piece)
@@ -162,7 +170,10 @@ def _context(spec: AttemptSpec, piece: SliceInput, where: str | None = None) -> 
 def _check_inputs(
     plan: PortPlan, piece: SliceInput, store: Any = None, where: str | None = None
 ) -> dict[str, Any]:
-    values = check_opio(plan.inputs, piece.inputs, op=plan.name, direction="input")
+    given = piece.inputs
+    if any(type(v) is BigValue for v in given.values()):
+        given = load_big(given, store)
+    values = check_opio(plan.inputs, given, op=plan.name, direction="input")
     for name in plan.in_artifacts:
         if values.get(name) is not None:
             if store is None:
@@ -238,6 +249,8 @@ def _commit_outputs(spec: AttemptSpec, plan: PortPlan, values: dict[str, Any]) -
         for name in plan.out_artifacts:
             if values.get(name) is not None:
                 values[name] = commit(values[name], spec.store, spec.step)
+        if plan.out_big:
+            store_big(values, plan.out_big, spec.store, spec.step)
     return values
 
 
