@@ -149,7 +149,9 @@ def artifacts_download(
         have = sorted(rec.outputs.artifacts) or "none"
         raise _fail(f"step {rec.path!r} has no output artifact {name!r} (it has: {have})")
     try:
-        paths = download_artifact(rec.outputs.artifacts[name], dest)
+        # copied from where it was produced when that is here, else fetched from the store
+        # (a remote store's credentials come from the environment, as s3fs reads them)
+        paths = download_artifact(rec.outputs.artifacts[name], dest, store=run.meta.get("store"))
     except ArtifactError as exc:
         raise _fail(str(exc)) from None
     for p in paths:

@@ -297,8 +297,8 @@ class Workflow:
             "status": "Running",
             "source": source,
             "cwd": os.getcwd(),
+            # the URL only: storage options may hold credentials, which a journal must not
             "store": self.artifact_store().url,
-            "storage_options": json.dumps(self.storage_options, default=repr),
             "parameters": json.dumps(parameters or {}, default=repr),
         }
 
