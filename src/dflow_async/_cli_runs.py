@@ -16,6 +16,7 @@ from dflow_async._cli_progress import format_duration
 from dflow_async._journal import JournalError
 from dflow_async._records import StepRecord
 from dflow_async._runs import Run, list_runs
+from dflow_async._store import ArtifactStore
 from dflow_async.exceptions import ArtifactError, WorkflowValidationError
 
 __all__ = ["register"]
@@ -84,7 +85,10 @@ def list_(
 ) -> None:
     """Runs under ./.dflow-async (or $DFLOW_ASYNC_HOME): status, start, duration."""
     runs = list_runs()[-limit:]
-    table = Table("run id", "workflow", "status", "started", "duration", "steps", box=None)
+    table = Table(box=None)
+    table.add_column("run id", no_wrap=True)  # users copy it into the next command
+    for name in ("workflow", "status", "started", "duration", "steps"):
+        table.add_column(name)
     for run in runs:
         started = run.created
         ended = run.ended
@@ -151,7 +155,9 @@ def artifacts_download(
     try:
         # copied from where it was produced when that is here, else fetched from the store
         # (a remote store's credentials come from the environment, as s3fs reads them)
-        paths = download_artifact(rec.outputs.artifacts[name], dest, store=run.meta.get("store"))
+        url = run.meta.get("store")
+        store = ArtifactStore(url) if url else None
+        paths = download_artifact(rec.outputs.artifacts[name], dest, store=store)
     except ArtifactError as exc:
         raise _fail(str(exc)) from None
     for p in paths:
