@@ -38,6 +38,7 @@ from memory import PeakRSS
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.json"
 EXECUTOR = "inline"  # overridden by --executor
+JOURNAL = False  # --journal: measure with the durable run journal on
 
 
 # --- the baselines' node functions: a node gets its parents' results as arguments ----------
@@ -123,7 +124,9 @@ def run_dflow(shape: shapes.Shape, sync: bool, name: str) -> tuple[float, float]
     t0 = time.perf_counter()
     wf = build_workflow(shape, sync, name)
     t1 = time.perf_counter()
-    result = wf.run()
+    # The scheduler's overhead is what these shapes measure; the durable journal's own cost is
+    # measured by bench_journal.py. `--journal` includes it here too.
+    result = wf.run(journal=JOURNAL)
     t2 = time.perf_counter()
     if result.status != "Succeeded":
         raise RuntimeError(f"workflow {name} ended {result.status!r}: {result!r}")
@@ -205,6 +208,7 @@ def measure_memory(runner: str, quick: bool, timeout_s: float) -> dict[str, Any]
             return {**row, "skipped": DFLOW_IMPORT_ERROR}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", runner]
     cmd += ["--executor", EXECUTOR] + (["--quick"] if quick else [])
+    cmd += ["--journal"] if JOURNAL else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -253,7 +257,7 @@ def progress(console: Console, row: dict[str, Any], t0: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global EXECUTOR
+    global EXECUTOR, JOURNAL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 repeat, sizes / 10 (smoke run)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
@@ -261,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", default=EXECUTOR, help="dflow-async executor (inline)")
     ap.add_argument("--dask-optimize", action="store_true", help="dask.compute(optimize_graph)")
     ap.add_argument("--no-memory", action="store_true", help="skip the 100k-step memory run")
+    ap.add_argument("--journal", action="store_true", help="dflow-async with its run journal")
     ap.add_argument("--memory-timeout", type=float, default=180.0, help="per runner, seconds")
     ap.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     EXECUTOR = args.executor
+    JOURNAL = args.journal
     dask_baseline.OPTIMIZE_GRAPH = args.dask_optimize
     if args.quick:
         args.repeat = 1
