@@ -440,3 +440,50 @@ def test_anyio_cancellation_of_arun_propagates() -> None:
         return scope.cancelled_caught
 
     assert anyio.run(main) is True
+
+
+def test_structured_events_are_quiet_by_default_and_logged_when_asked() -> None:
+    import io
+    import logging
+
+    from dflow_async import configure_logging
+
+    wf = Workflow("logged")
+    wf.add(Step("a", ident, parameters={"x": 1}, key="the-a"))
+    logger = logging.getLogger("dflow_async")
+    assert not logger.isEnabledFor(logging.INFO)  # a library prints nothing on its own
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    try:
+        result = wf.run()
+    finally:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    text = stream.getvalue()
+    assert "event='step_started'" in text and "event='step_succeeded'" in text
+    assert f"run_id='{result.run_id}'" in text and "step='a'" in text and "key='the-a'" in text
+    assert "duration=" in text
+
+
+def test_optional_artifact_input_defaults_to_none() -> None:
+    @op
+    def maybe(f: Artifact(Path, optional=True)) -> bool:  # type: ignore[valid-type]
+        return f is None
+
+    wf = Workflow("optional")
+    wf.add(Step("maybe", maybe))
+    assert wf.run().records[0].outputs.parameters["result"] is True
+
+
+def test_a_failing_event_hook_does_not_fail_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(kind: str, record: object, fields: dict) -> None:
+        raise RuntimeError("progress bar exploded")
+
+    wf = Workflow("hooked")
+    wf.add(Step("a", ident, parameters={"x": 1}))
+    with caplog.at_level("ERROR", logger="dflow_async"):
+        result = wf.run(on_event=broken)
+    assert result.status == "Succeeded"
+    assert "progress bar exploded" in caplog.text

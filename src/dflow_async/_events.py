@@ -16,7 +16,7 @@ import structlog
 
 from dflow_async._records import StepRecord
 
-__all__ = ["EventHook", "configure_logging", "logging_hook"]
+__all__ = ["EventHook", "configure_logging", "logging_hook", "safe"]
 
 #: ``hook(kind, record, fields)``: kind is started, succeeded, failed, retrying, skipped or
 #: cancelled; ``record`` is the step's live :class:`StepRecord`.
@@ -46,11 +46,25 @@ def logging_hook(run_id: str) -> EventHook | None:
     def hook(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         method = log.warning if kind in ("failed", "retrying") else log.info
         extra = {k: v for k, v in fields.items() if v is not None}
+        extra.setdefault("attempt", record.attempts)
         if record.duration is not None and kind in ("succeeded", "failed"):
             extra["duration"] = round(record.duration, 6)
-        method(f"step_{kind}", step=record.path, key=record.key, attempt=record.attempts, **extra)
+        method(f"step_{kind}", step=record.path, key=record.key, **extra)
 
     return hook
+
+
+def safe(hook: EventHook) -> EventHook:
+    """A hook whose exceptions are logged, not raised: a broken progress bar or metrics
+    callback must not fail the workflow it watches."""
+
+    def call(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        try:
+            hook(kind, record, fields)
+        except Exception:
+            _stdlib_logger.exception("event hook %r failed on %s of %s", hook, kind, record.path)
+
+    return call
 
 
 def configure_logging(level: int | str = "INFO", stream: Any = None) -> None:

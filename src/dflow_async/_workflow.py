@@ -12,7 +12,7 @@ import anyio
 
 from dflow_async._cache import StepCache
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
-from dflow_async._events import EventHook, logging_hook
+from dflow_async._events import EventHook, logging_hook, safe
 from dflow_async._gc import tuned_gc
 from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._journal import Journal, JournalError
@@ -319,12 +319,12 @@ def _is_provided(problem: str, provided: set[str]) -> bool:
 def _hooks(on_event: EventHook | Iterable[EventHook] | None, run_id: str) -> list[EventHook]:
     hooks: list[EventHook] = []
     if callable(on_event):
-        hooks.append(on_event)
+        hooks.append(safe(on_event))
     elif on_event is not None:
-        hooks.extend(on_event)
+        hooks.extend(safe(h) for h in on_event)
     log = logging_hook(run_id)
     if log is not None:
-        hooks.append(log)
+        hooks.append(safe(log))
     return hooks
 
 
