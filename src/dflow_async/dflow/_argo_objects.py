@@ -37,16 +37,37 @@ class _AttrItems:
 
 
 class ArgoParameter(_AttrItems):
+    """An output parameter; a ``BigParameter`` kept in the artifact store is loaded on first
+    access of ``value``, as Dflow loads big parameters from their artifact."""
+
     def __init__(self, name: str, value: Any, type: Any = None) -> None:
         self.name = name
-        self.value = value
+        self._raw = value
         self.type = type
+
+    @property
+    def value(self) -> Any:
+        self._raw = _loaded(self._raw)
+        return self._raw
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._raw = value
 
     def recover(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value}
 
     def __repr__(self) -> str:
         return f"ArgoParameter({self.name!r}, {self.value!r})"
+
+
+def _loaded(value: Any) -> Any:
+    # the core's BigValue (by name: it is private): a reference whose .value loads the object
+    if type(value).__name__ == "BigValue" and hasattr(value, "ref"):
+        return value.value
+    if isinstance(value, list) and any(type(v).__name__ == "BigValue" for v in value):
+        return [_loaded(v) for v in value]
+    return value
 
 
 class ArgoArtifact(_AttrItems):
