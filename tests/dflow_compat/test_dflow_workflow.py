@@ -281,9 +281,9 @@ def test_terminate_stops_the_run() -> None:
 def test_a_run_is_found_by_id_from_its_journal() -> None:
     wf = run_single(Step("sq", PythonOPTemplate(Square), parameters={"x": 5}, key="five"))
     again = Workflow(id=wf.id)
-    from dflow_async.dflow import _workflow
+    from dflow_async.dflow import _run
 
-    _workflow._RUNS.pop(wf.id)  # as if another process asked
+    _run.RUNS.pop(wf.id)  # as if another process asked
     assert again.query_status() == "Succeeded"
     (step,) = again.query_step(key="five")
     assert step.outputs.parameters["y"].value == 25

@@ -3,17 +3,13 @@
 Each submission runs the native workflow on its own event loop in a background thread, the
 closest local analogue of handing the workflow to Argo: ``query_status()`` and ``query_step()``
 work while it runs, ``wait()`` joins it, ``terminate()`` cancels it (running attempts are
-stopped). Runs are kept in this process only (``Workflow(id=...)`` finds a run submitted earlier
-by this process).
+stopped). ``Workflow(id=...)`` finds a run of this process, or reads another's from its journal.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 import threading
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,116 +19,16 @@ from dflow_async._graph import Template
 from dflow_async._records import StepOutputValues, StepRecord
 from dflow_async._refs import uses_item
 from dflow_async._workflow import Workflow as _NativeWorkflow
-from dflow_async.dflow._adapt import KEY_PORT, ForeignOP, register_reuse, unregister_reuse
+from dflow_async.dflow._adapt import KEY_PORT, ForeignOP
 from dflow_async.dflow._argo_objects import ArgoStep
 from dflow_async.dflow._config import config
+from dflow_async.dflow._run import RUNS, Run, StoredRun
 from dflow_async.dflow._templates import DAG, Steps, randstr
 from dflow_async.dflow._unsupported import refuse
 
 __all__ = ["Workflow"]
 
 log = logging.getLogger("dflow_async.dflow")
-
-
-class _Run:
-    """One submission: its thread, status and (live) step records."""
-
-    def __init__(self, run_id: str, kinds: dict[str, str]) -> None:
-        self.id = run_id
-        self.kinds = kinds  # template name -> "Steps" | "DAG"
-        self.status = "Pending"
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        self._live: list[StepRecord] = []
-        self._seen: set[int] = set()
-        self._final: list[StepRecord] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._cancel = False
-
-    def hook(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
-        # runs on the run's loop; list.append is atomic, readers copy
-        if id(record) not in self._seen:
-            self._seen.add(id(record))
-            self._live.append(record)
-
-    def records(self) -> list[StepRecord]:
-        return self._final if self._final is not None else list(self._live)
-
-    def main(self, native: _NativeWorkflow, reuse: list[StepRecord]) -> None:
-        self.status = "Running"
-        if reuse:
-            # per-slice keys ({{item}}) are matched by the OP wrapper, in the worker
-            table = {r.key: _outputs(r) for r in reuse if r.key and r.phase == "Succeeded"}
-            register_reuse(self.id, table)
-        try:
-            result = asyncio.run(self._arun(native, reuse))
-        except BaseException as exc:  # a cancelled or broken run is a failed workflow
-            self.error = exc
-            if not isinstance(exc, asyncio.CancelledError):
-                traceback.print_exc()
-            self._final = list(self._live)
-            self.status = "Failed"
-        else:
-            self._final = result.records  # before the status: pollers then read full records
-            if result.status != "Succeeded":
-                _report(result)  # Dflow prints the failure; a silent "Failed" helps nobody
-            self.status = "Succeeded" if result.status == "Succeeded" else "Failed"
-        finally:
-            unregister_reuse(self.id)
-
-    async def _arun(self, native: _NativeWorkflow, reuse: list[StepRecord]) -> Any:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        if self._cancel:
-            raise asyncio.CancelledError
-        # step-level keys are matched by the scheduler (OP steps and Steps/DAG steps alike)
-        return await native.arun(run_id=self.id, on_event=self.hook, reuse_step=reuse)
-
-    def cancel(self) -> None:
-        self._cancel = True
-        if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-
-
-class _StoredRun:
-    """A run this process did not submit, read from its journal (``Workflow(id=...)``)."""
-
-    def __init__(self, run: Any) -> None:
-        self.id = run.run_id
-        self.status = {"Cancelled": "Failed"}.get(run.status, run.status)
-        self.thread: threading.Thread | None = None
-        self._records: list[StepRecord] = run.records
-        # the journal keeps no template kinds: a step with steps under it is a Steps/DAG
-        paths = {r.path for r in self._records}
-        self.kinds = {
-            r.template: "Steps"
-            for r in self._records
-            if any(p.startswith(r.path + "/") for p in paths)
-        }
-
-    def records(self) -> list[StepRecord]:
-        return self._records
-
-    def cancel(self) -> None:
-        refuse("terminating a run driven by another process")
-
-
-_RUNS: dict[str, _Run] = {}
-
-
-def _outputs(record: StepRecord) -> dict[str, dict[str, Any]]:
-    return {
-        "parameters": dict(record.outputs.parameters),
-        "artifacts": dict(record.outputs.artifacts),
-    }
-
-
-def _report(result: Any) -> None:
-    failed = [r for r in result.records if r.phase == "Failed" and r.errors]
-    lines = [f"Workflow {result.run_id} {result.status.lower()}:"]
-    lines += [f"  {r.path}: {r.error}" for r in failed[:20]]
-    print("\n".join(lines), file=sys.stderr)
 
 
 class WorkflowInfo:
@@ -231,7 +127,7 @@ class Workflow:
         """
         if self.entrypoint is None:
             raise ValueError(f"workflow {self.name!r} has no steps: add() some first")
-        known = _RUNS.get(self.id) if self.id else None
+        known = RUNS.get(self.id) if self.id else None
         if known is not None and known.status in ("Pending", "Running", "Succeeded"):
             log.warning("workflow %s is %s; not submitted again", self.id, known.status.lower())
             return WorkflowInfo(self)
@@ -248,7 +144,7 @@ class Workflow:
         reuse = _reuse_records(reuse_step, entry)
         self.id = self.id or f"{self.name}-{randstr()}"
         self.uid = self.uid or self.id
-        run = _RUNS[self.id] = _Run(self.id, _template_kinds(entry))
+        run = RUNS[self.id] = Run(self.id, _template_kinds(entry))
         run.thread = threading.Thread(
             target=run.main, args=(native, reuse), name=f"dflow-workflow-{self.id}"
         )
@@ -270,16 +166,16 @@ class Workflow:
 
     # ------------------------------------------------------------------ queries
 
-    def _run(self) -> _Run | _StoredRun:
-        run = _RUNS.get(self.id) if self.id else None
+    def _run(self) -> Run | StoredRun:
+        run = RUNS.get(self.id) if self.id else None
         if run is not None:
             return run
         if self.id is None:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
-        from dflow_async._runs import Run
+        from dflow_async._runs import Run as JournaledRun
 
         store = self.store if self.store is not None else config["store"]
-        return _StoredRun(Run.open(self.id, store=store))
+        return StoredRun(JournaledRun.open(self.id, store=store))
 
     def query_status(self) -> str:
         """Pending, Running, Succeeded or Failed."""
