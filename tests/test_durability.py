@@ -177,11 +177,11 @@ def test_clean_run_gives_the_same_outputs(tmp_path: Path) -> None:
 
 
 HANG_WF = """
-import sys
+import os, sys
 from dflow_async import Workflow, Step
 from dflow_async.testing._ops import hang
 wf = Workflow("busy")
-wf.add(Step("hang", hang, parameters={"marker_dir": sys.argv[2], "seconds": 60}))
+wf.add(Step("hang", hang, parameters={"marker_dir": os.environ["MARKER_DIR"], "seconds": 60}))
 if __name__ == "__main__":
     wf.run(run_id=sys.argv[1])
 """
@@ -190,9 +190,10 @@ if __name__ == "__main__":
 def test_two_drivers_on_one_run_exactly_one_proceeds(tmp_path: Path, monkeypatch) -> None:
     script = tmp_path / "busy.py"
     script.write_text(HANG_WF)
+    monkeypatch.setenv("MARKER_DIR", str(tmp_path))  # the same workflow in every process
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     first = subprocess.Popen(
-        [sys.executable, str(script), "busy-1", str(tmp_path)],
+        [sys.executable, str(script), "busy-1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -496,6 +496,9 @@ class RunState:
     def _template_done(self, trun: TemplateRun, out: list[Instruction]) -> None:
         values: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
         for name, (info, source) in trun.ct.outputs.items():
+            if source is None:  # validation allowed it only with a default
+                values[info.kind][name] = info.default
+                continue
             try:
                 values[info.kind][name] = evaluate(source, trun)
             except Unavailable:

@@ -120,7 +120,8 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
-        function_op = op if isinstance(op, FunctionOP) else None
+        # exactly FunctionOP: subclasses (adapters) may override execute()
+        function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
             big = any(type(v) is BigValue for v in piece.inputs.values())
