@@ -85,10 +85,31 @@ class InputArtifact(_InputRef):
 
 
 class _PortDict(dict[str, Any]):
-    def __init__(self, owner: str, kind: str, items: dict[str, Any] | None = None):
-        super().__init__(items or {})
+    """A template's input ports; ports added later (``inputs.parameters["x"] = ...``) are
+    bound to the template like those given to the constructor."""
+
+    def __init__(
+        self,
+        owner: str,
+        kind: str,
+        items: dict[str, Any] | None = None,
+        template: Template | None = None,
+    ) -> None:
+        super().__init__()
         self._owner = owner
         self._kind = kind
+        self._template = template
+        for name, value in (items or {}).items():
+            self[name] = value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if not isinstance(value, _InputRef):
+            value = (
+                InputArtifact() if self._kind == "input artifact" else InputParameter(value=value)
+            )
+        value._name = name
+        value._template = self._template
+        super().__setitem__(name, value)
 
     def __missing__(self, key: str) -> Any:
         raise KeyError(
@@ -114,14 +135,9 @@ class Inputs:
         }
 
     def _bind(self, template: Template) -> None:
-        self.parameters = _PortDict(
-            f"template {template.name!r}", "input parameter", self.parameters
-        )
-        self.artifacts = _PortDict(f"template {template.name!r}", "input artifact", self.artifacts)
-        for table in (self.parameters, self.artifacts):
-            for name, ref in table.items():
-                ref._name = name
-                ref._template = template
+        owner = f"template {template.name!r}"
+        self.parameters = _PortDict(owner, "input parameter", self.parameters, template)
+        self.artifacts = _PortDict(owner, "input artifact", self.artifacts, template)
 
 
 # ---------------------------------------------------------------- template outputs
