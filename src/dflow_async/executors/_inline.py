@@ -10,9 +10,11 @@ their own work directory, as they would in a process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,8 @@ from dflow_async.executors._base import AttemptHandle, Executor
 __all__ = ["InlineExecutor"]
 
 _STOP = object()
+_BATCH = 256  # outcomes delivered per loop wake-up while work keeps coming
+_GROW_AFTER = 0.1  # seconds every busy thread must be stuck before another one starts
 
 
 class InlineExecutor(Executor):
@@ -44,6 +48,8 @@ class InlineExecutor(Executor):
         self._lock = threading.Lock()
         self._done: list[tuple[Any, AttemptOutcome]] = []
         self._wake_pending = False
+        self._grow_pending = False
+        self._started: dict[int, float] = {}  # thread -> when its current attempt began
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -110,41 +116,76 @@ class InlineExecutor(Executor):
         if sink is None:
             sink = self._loop.create_future()
         self._queue.put((spec, sink))
-        with self._lock:
-            grow = self._idle == 0 and len(self._threads) < self.max_workers
-            if grow:
-                self._idle += 1  # counted idle until it picks up its first item
-        if grow:
-            t = threading.Thread(target=self._work, name="dflow-async-inline", daemon=True)
-            self._threads.append(t)
-            t.start()
+        if not self._threads:
+            self._spawn()
+        elif not self._grow_pending and self._queue.qsize() > self._idle:
+            self._grow_pending = True
+            self._loop.call_later(_GROW_AFTER, self._maybe_grow)
         return sink
+
+    def _maybe_grow(self) -> None:
+        """Add a thread only when every thread is stuck in a long attempt: for tiny OPs one
+        thread beats many (they would only take turns holding the GIL), but long OPs must not
+        wait in line behind each other."""
+        self._grow_pending = False
+        if self._state != "open" or self._queue.qsize() <= self._idle:
+            return
+        started = list(self._started.values())
+        now = time.monotonic()
+        stuck = len(started) >= len(self._threads) and all(now - t > _GROW_AFTER for t in started)
+        if stuck and len(self._threads) < self.max_workers:
+            self._spawn()
+        self._grow_pending = True
+        assert self._loop is not None
+        self._loop.call_later(_GROW_AFTER, self._maybe_grow)
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._idle += 1  # counted idle until it picks up its first item
+        t = threading.Thread(target=self._work, name="dflow-async-inline", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _work(self) -> None:
         owns_cwd = thread_owns_cwd()
-        get = self._queue.get
+        ident = threading.get_ident()
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            item = get()
+            try:
+                item = get_nowait()
+            except queue.Empty:
+                self._wake_loop()  # never wait for work while outcomes are undelivered
+                item = get()
             if item is _STOP:
+                self._wake_loop()
                 return
             with self._lock:
                 self._idle -= 1
+            self._started[ident] = time.monotonic()
             spec, sink = item
             if self._state == "closed" or (isinstance(sink, asyncio.Future) and sink.cancelled()):
                 outcome: AttemptOutcome = Failed(kind="cancelled", error="cancelled before start")
             else:
                 outcome = run_attempt(spec, chdir=owns_cwd)
+            del self._started[ident]
             with self._lock:
                 self._idle += 1
                 self._done.append((sink, outcome))
-                wake = not self._wake_pending
-                self._wake_pending = True
-            if wake:
-                assert self._loop is not None
-                try:
-                    self._loop.call_soon_threadsafe(self._deliver)
-                except RuntimeError:  # the loop closed while a hung OP finished
-                    return
+                full = len(self._done) >= _BATCH
+            # Outcomes go back in batches: when this worker runs dry (above) or a batch has
+            # built up, not after every attempt — each wake-up is a pipe write and two GIL
+            # hand-offs, which cost more than a tiny OP.
+            if full:
+                self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        with self._lock:
+            if not self._done or self._wake_pending:
+                return
+            self._wake_pending = True
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed while a hung OP finished
+            self._loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self._lock:
