@@ -231,16 +231,29 @@ class ItemRef(Ref):
 item = ItemRef()
 
 
-def iter_refs(value: Any) -> Iterator[Ref]:
-    """Every leaf reference in a value (a reference, an expression, or a list/dict of them)."""
-    if isinstance(value, Ref):
-        yield from value.refs()
-    elif isinstance(value, list | tuple):
+def _leaves(value: Any) -> Iterator[Any]:
+    """The leaves of a bound value: through lists, tuples, dicts and expressions' operands."""
+    if isinstance(value, list | tuple):
         for v in value:
-            yield from iter_refs(v)
+            yield from _leaves(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from iter_refs(v)
+            yield from _leaves(v)
+    elif isinstance(value, Expr):
+        for a in value.args:
+            yield from _leaves(a)
+    elif isinstance(value, IfExpr):
+        for a in (value.cond, value.then, value.else_):
+            yield from _leaves(a)
+    else:
+        yield value
+
+
+def iter_refs(value: Any) -> Iterator[Ref]:
+    """Every leaf reference in a value (a reference, an expression, or a list/dict of them)."""
+    for leaf in _leaves(value):
+        if isinstance(leaf, Ref):
+            yield from leaf.refs()
 
 
 def evaluate(value: Any, scope: Scope) -> Any:
@@ -333,20 +346,9 @@ def referenced_steps(value: Any) -> Iterator[Step | str]:
 
 
 def _string_steps(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield from placeholder_steps(value)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _string_steps(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _string_steps(v)
-    elif isinstance(value, Expr):
-        for a in value.args:
-            yield from _string_steps(a)
-    elif isinstance(value, IfExpr):
-        for a in (value.cond, value.then, value.else_):
-            yield from _string_steps(a)
+    for leaf in _leaves(value):
+        if isinstance(leaf, str):
+            yield from placeholder_steps(leaf)
 
 
 def uses_item(value: Any) -> bool:
@@ -357,14 +359,9 @@ def uses_item(value: Any) -> bool:
 
 
 def _string_placeholders(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield from placeholders(value)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _string_placeholders(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _string_placeholders(v)
+    for leaf in _leaves(value):
+        if isinstance(leaf, str):
+            yield from placeholders(leaf)
 
 
 def safe_condition(text: str, scope: Scope) -> Any:

@@ -149,16 +149,10 @@ class Workflow:
         """
 
         async def main() -> Result:
-            return await self.arun(
-                parameters=parameters,
-                executor=executor,
-                parallelism=parallelism,
-                run_id=run_id,
-                on_event=on_event,
-                resume=resume,
-                reuse_step=reuse_step,
-                journal=journal,
-            )
+            with tuned_gc():
+                return await self._arun(
+                    parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
+                )
 
         return anyio.run(main)
 
@@ -177,19 +171,11 @@ class Workflow:
         """Run inside the current event loop (Jupyter, an async application)."""
         with tuned_gc():
             return await self._arun(
-                parameters=parameters,
-                executor=executor,
-                parallelism=parallelism,
-                run_id=run_id,
-                on_event=on_event,
-                resume=resume,
-                reuse_step=reuse_step,
-                journal=journal,
+                parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
             )
 
     async def _arun(
         self,
-        *,
         parameters: dict[str, Any] | None,
         executor: str | Executor | None,
         parallelism: int | None,
