@@ -392,3 +392,32 @@ def test_cli_list_get_logs(tmp_path: Path) -> None:
     assert "hello 42" in cli("logs", run_id, "say-42").stdout
     missing = cli("get", "nope-123")
     assert missing.returncode == 2 and "no run 'nope-123'" in missing.stderr
+
+
+def test_reuse_step_matches_per_slice_keys(tmp_path: Path, monkeypatch) -> None:
+    from dflow_async import Slices
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "calls.txt"
+
+    def fan() -> Workflow:
+        wf = Workflow("fan")
+        wf.add(
+            Step(
+                "sq",
+                counted,
+                parameters={"x": [1, 2, 3, 4], "log": str(log)},
+                slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+                key="sq-{{item}}",
+            )
+        )
+        return wf
+
+    first = fan().run()
+    assert sorted(log.read_text().split()) == ["1", "2", "3", "4"]
+    kept = first.query_step(key=["sq-1", "sq-3"])
+    assert [r.outputs.parameters["result"] for r in kept] == [20, 40]
+    kept[0].modify_output_parameter("result", -1)
+    second = fan().run(reuse_step=kept)
+    assert sorted(log.read_text().split()) == ["1", "1", "2", "3", "3", "4"]  # 2 and 4 reused
+    assert second.query_step(name="sq")[0].outputs.parameters["result"] == [10, -1, 30, 40]

@@ -564,6 +564,20 @@ class RunState:
                 sr.inflight += 1
                 size = sr.group_size
                 ids = range(number * size, min(sr.n_slices, (number + 1) * size))
+                if self.reuse and sr.slice_records is not None:
+                    # reuse_step with per-slice keys: slices whose records are given do not run
+                    reused = [self.reuse.get(sr.slice_records[i].key or "") for i in ids]
+                    if all(r is not None for r in reused):
+                        if sr.record.phase == "Pending":
+                            sr.record.phase = "Running"
+                            sr.record.start = time.time()
+                        outs = [
+                            {**r.outputs.parameters, **r.outputs.artifacts}
+                            for r in reused
+                            if r is not None
+                        ]
+                        self._unit_ok(sr, number, ids, 0, [], outs, out)
+                        continue
                 finished = self.restored_units.get(sr.record.path) if self.restored_units else None
                 if finished is not None and number in finished:
                     # an earlier driver of this run finished this unit: keep its outputs
