@@ -29,7 +29,7 @@ from dflow_async._refs import (
     ItemRef,
     Ref,
     iter_refs,
-    placeholder_steps,
+    string_steps,
     uses_item,
 )
 from dflow_async._types import describe, is_compatible, matches
@@ -87,10 +87,6 @@ class CompiledStep:
     pool_size: int | None = None  # concurrent attempts of this step
     succs: list[int] = field(default_factory=list)
     npreds: int = 0
-
-    @property
-    def is_barrier(self) -> bool:
-        return self.step is None
 
 
 @dataclass(slots=True, eq=False)
@@ -335,7 +331,7 @@ class _Compiler:
                 self.check_ref(ct, ref, where)
                 if isinstance(ref, OutputRef):
                     producers.add(ref.step.name)
-            for name in _string_step_names(value):
+            for name in string_steps(value):
                 producers.add(name)
                 if name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {name!r}")
@@ -447,7 +443,7 @@ class _Compiler:
                 )
             for ref in iter_refs(source):
                 self.check_ref(ct, ref, where)
-            for step_name in _string_step_names(source):
+            for step_name in string_steps(source):
                 if step_name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {step_name!r}")
 
@@ -539,16 +535,6 @@ def as_networkx(ct: CompiledTemplate) -> nx.DiGraph:
         for s in real_succs(node.index):
             graph.add_edge(node.name, ct.nodes[s].name)
     return graph
-
-
-def _string_step_names(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return placeholder_steps(value)
-    if isinstance(value, list | tuple):
-        return [n for v in value for n in _string_step_names(v)]
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _string_step_names(v)]
-    return []
 
 
 def _is_dynamic(value: Any) -> bool:

@@ -451,10 +451,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def is_artifact_port(port: Port) -> bool:
-    return isinstance(port, Artifact)
-
-
 def artifact_paths(value: Any) -> list[Path]:
     """Every path inside an artifact value (a path, or a list/dict of paths)."""
     if value is None:

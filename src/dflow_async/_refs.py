@@ -13,10 +13,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from dflow_async._graph import Step
+from typing import Any, Protocol
 
 __all__ = [
     "Expr",
@@ -335,17 +332,8 @@ def _truthy_string(text: str) -> bool:
     return text.strip().lower() not in ("", "false", "0", "none", "null")
 
 
-def referenced_steps(value: Any) -> Iterator[Step | str]:
-    """Producers a bound value depends on: Step objects from references, names from strings."""
-    from dflow_async._graph import OutputRef
-
-    for ref in iter_refs(value):
-        if isinstance(ref, OutputRef):
-            yield ref.step
-    yield from _string_steps(value)
-
-
-def _string_steps(value: Any) -> Iterator[str]:
+def string_steps(value: Any) -> Iterator[str]:
+    """Names of the steps that placeholders in a bound value's strings refer to."""
     for leaf in _leaves(value):
         if isinstance(leaf, str):
             yield from placeholder_steps(leaf)

@@ -102,10 +102,6 @@ class DigestCache:
             while len(self._data) > self._max:
                 self._data.popitem(last=False)
 
-    def forget(self, key: StatKey) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
