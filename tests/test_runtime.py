@@ -487,3 +487,21 @@ def test_a_failing_event_hook_does_not_fail_the_run(caplog: pytest.LogCaptureFix
         result = wf.run(on_event=broken)
     assert result.status == "Succeeded"
     assert "progress bar exploded" in caplog.text
+
+
+@op
+def chatty(x: int) -> int:
+    print(f"python says {x}")
+    subprocess.run(["echo", f"child says {x}"], check=True)
+    return x
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_every_attempts_output_is_captured_to_its_log(executor: str) -> None:
+    wf = Workflow("chatty")
+    wf.add(Step("talk", chatty, parameters={"x": 7}))
+    (rec,) = wf.run(executor=executor).records
+    logs = "".join(Path(w + ".log").read_text() for w in rec.workdirs)
+    assert "python says 7" in logs
+    if executor == "process":  # file descriptors are redirected: child programs too
+        assert "child says 7" in logs

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["capture", "log_path"]
+__all__ = ["capture_fds", "log_path", "start_capture", "stop_capture"]
 
 _target: contextvars.ContextVar[_LazyLog | None] = contextvars.ContextVar(
     "dflow_async_log", default=None
@@ -98,27 +98,16 @@ def _install() -> None:
 
 
 @contextmanager
-def capture(workdir: str, *, fds: bool = False, stage: str | None = None) -> Iterator[None]:
-    """Send this attempt's output to its log. ``fds=True`` (worker processes only) also
-    redirects file descriptors 1 and 2 for child programs, through the file ``stage`` that
-    is moved to the log only when something was written."""
+def capture_fds(workdir: str, stage: str | None = None) -> Iterator[None]:
+    """Worker processes: redirect file descriptors 1 and 2 (so child programs are captured
+    too) into ``stage``, moved to the attempt's log only when something was written."""
     path = log_path(workdir)
-    if fds:
-        yield from _capture_fds(path, stage or path)
-        return
-    if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
-        _install()
-    log = _LazyLog(path)
-    token = _target.set(log)
-    try:
-        yield
-    finally:
-        _target.reset(token)
-        log.close()
+    yield from _capture_fds(path, stage or path)
 
 
 def start_capture(workdir: str) -> tuple[_LazyLog, contextvars.Token[_LazyLog | None]]:
-    """``capture()`` without the generator, for the per-step hot path."""
+    """Route this attempt's ``sys.stdout``/``sys.stderr`` writes to its log (threads and the
+    event loop: descriptors are shared there). No generator: this is on the per-step path."""
     if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
         _install()
     log = _LazyLog(log_path(workdir))

@@ -23,7 +23,8 @@ from typing import Any
 
 import anyio
 
-from dflow_async._capture import capture, start_capture, stop_capture
+from dflow_async._capture import capture_fds as fd_capture
+from dflow_async._capture import start_capture, stop_capture
 from dflow_async._op import (
     OP,
     OPIO,
@@ -93,7 +94,7 @@ def _run_slice(
     token = _current.set(_context(spec, piece, where))
     try:
         if capture_fds:
-            with capture(piece.workdir, fds=True, stage=stage):
+            with fd_capture(piece.workdir, stage):
                 result = _execute(op, inputs)
         else:
             log = start_capture(piece.workdir)
