@@ -164,3 +164,9 @@ def test_references_have_no_truth_value() -> None:
     with pytest.raises(TypeError, match=re.escape("combine conditions with & | ~")):
         if a.outputs.parameters["y"] > 1 and True:
             pass
+
+
+@pytest.mark.parametrize("name", ["a/b", "x[0]", "{{item}}", "new\nline", ""])
+def test_step_names_that_would_break_paths_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="Step name"):
+        Step(name, needs, parameters={"x": 1, "label": "l"})
