@@ -16,7 +16,6 @@ import networkx as nx
 
 from dflow_async._graph import (
     DAG,
-    InputArtifact,
     OutputRef,
     RetryPolicy,
     Slices,
@@ -24,7 +23,7 @@ from dflow_async._graph import (
     Template,
     _InputRef,
 )
-from dflow_async._op import MISSING, OP, Artifact, Parameter, as_op, op_name
+from dflow_async._op import MISSING, OP, Artifact, as_op, op_name
 from dflow_async._refs import (
     ItemRef,
     Ref,
@@ -552,19 +551,20 @@ def _is_dynamic(value: Any) -> bool:
 
 
 def compile_template(
-    entry: Template, *, default_executor: Any, check_executor: ExecutorCheck
+    entry: Template,
+    *,
+    default_executor: Any,
+    check_executor: ExecutorCheck,
+    provided: frozenset[str] = frozenset(),
 ) -> tuple[CompiledTemplate, list[str]]:
-    """Compile ``entry`` and every template it uses; returns the problems found (all of them)."""
+    """Compile ``entry`` and every template it uses; returns the problems found (all of them).
+    ``provided`` names the entry inputs the run is given values for."""
     compiler = _Compiler(default_executor, check_executor)
     compiled = compiler.template(entry)
     for name, info in compiled.inputs.items():
-        if info.default is MISSING:
+        if info.default is MISSING and name not in provided:
             compiler.problem(
                 f"workflow entry {entry.name!r}: input {name!r} has no value; give it a default "
                 f"(inputs={{{name!r}: ...}}) or pass it to run(parameters=...)"
             )
     return compiled, compiler.problems
-
-
-# keep names used only in annotations importable for type checkers
-_ = (typing, Parameter, InputArtifact)

@@ -100,8 +100,12 @@ class Workflow:
                     return broken[spec]
             return found.check_op(op)
 
+        provided = frozenset(parameters or {})
         compiled, problems = compile_template(
-            self.entrypoint, default_executor=default, check_executor=check_executor
+            self.entrypoint,
+            default_executor=default,
+            check_executor=check_executor,
+            provided=provided,
         )
         try:
             store = self.artifact_store()
@@ -115,8 +119,6 @@ class Workflow:
                     f"store {store.url!r} lives in this process's memory, but executors "
                     f"{remote} run steps in other processes; use a local path or shared storage"
                 )
-        provided = set(parameters or {})
-        problems = [p for p in problems if not _is_provided(p, provided)]
         for name in sorted(provided - set(compiled.inputs)):
             problems.append(
                 f"run(parameters=...) gives {name!r}, which {self.entrypoint.name!r} does not "
@@ -294,12 +296,6 @@ def _is_local_url(url: str) -> bool:
 
     protocol = fsspec.core.split_protocol(url)[0]
     return protocol in (None, "file", "local")
-
-
-def _is_provided(problem: str, provided: set[str]) -> bool:
-    return problem.startswith("workflow entry ") and any(
-        f"input {name!r} has no value" in problem for name in provided
-    )
 
 
 def _hooks(on_event: EventHook | Iterable[EventHook] | None, run_id: str) -> list[EventHook]:
