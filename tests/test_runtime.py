@@ -505,3 +505,14 @@ def test_every_attempts_output_is_captured_to_its_log(executor: str) -> None:
     assert "python says 7" in logs
     if executor == "process":  # file descriptors are redirected: child programs too
         assert "child says 7" in logs
+
+
+def test_template_output_with_only_a_default() -> None:
+    inner = Steps("inner")
+    inner.add(Step("a", ident, parameters={"x": 1}))
+    inner.outputs.parameters["fixed"] = OutputParameter(default=42)
+    wf = Workflow("outer")
+    call = Step("call", inner)
+    wf.add(call)
+    wf.add(Step("use", ident, parameters={"x": call.outputs.parameters["fixed"]}))
+    assert wf.run().query_step(name="use")[0].outputs.parameters["result"] == 42

@@ -139,9 +139,6 @@ class OutputParameter(_NativeOutputParameter):
         self.source = self._vfp if self._vfp is not None else self._vfe
         if self.source is None and self._value is not MISSING:
             self.source = self._value
-        if self.source is None and self.default is not MISSING:
-            # no source: the default is the value (the core would give None)
-            self.source = self.default
 
     @property
     def value_from_parameter(self) -> Any:
