@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
 import subprocess
@@ -380,6 +381,90 @@ def test_async_fan_out_runs_concurrently() -> None:
     assert result.records[0].outputs.parameters["result"] == list(range(200))
     # serial execution would take 40 s; this only guards against it, it is no benchmark
     assert elapsed < 20
+
+
+_flavour: contextvars.ContextVar[str] = contextvars.ContextVar("flavour", default="plain")
+
+
+def test_async_ops_keep_one_task_and_their_context_across_awaits() -> None:
+    """Async OPs start without a task of their own until they suspend (the launcher): an OP
+    must still see one task for its whole life, anyio scopes that span awaits must work,
+    and context variables it sets must not leak into other OPs."""
+
+    @op
+    async def sometimes_waits(x: int) -> {"leaked": str, "mine": bool, "same": bool}:
+        leaked = _flavour.get()
+        _flavour.set(f"set-by-{x}")
+        first = asyncio.current_task()
+        if x % 2:  # odd slices suspend, even ones return at once
+            with anyio.fail_after(30):
+                await anyio.sleep(0.01)
+                await asyncio.sleep(0)
+            with anyio.move_on_after(0.01) as scope:
+                await anyio.sleep(5)
+            assert scope.cancelled_caught
+        same_task = asyncio.current_task() is first and first is not None
+        return {"leaked": leaked, "mine": _flavour.get() == f"set-by-{x}", "same": same_task}
+
+    wf = Workflow("eager")
+    fan = Step(
+        "fan",
+        sometimes_waits,
+        parameters={"x": list(range(40))},
+        slices=Slices(input_parameter=["x"], output_parameter=["leaked", "mine", "same"]),
+    )
+    wf.add(fan)
+    result = wf.run()
+    assert result.status == "Succeeded", result.records[0].errors
+    out = result.records[0].outputs.parameters
+    assert out["leaked"] == ["plain"] * 40
+    assert out["mine"] == [True] * 40
+    assert out["same"] == [True] * 40
+
+
+def test_cancelling_a_run_reaches_async_ops_suspended_after_an_eager_start() -> None:
+    cleaned: list[int] = []
+
+    @op
+    async def waits(x: int) -> int:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.append(x)
+        return x
+
+    wf = Workflow("eager-cancel")
+    wf.add(
+        Step(
+            "w",
+            waits,
+            parameters={"x": list(range(5))},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+        )
+    )
+
+    async def main() -> bool:
+        with anyio.move_on_after(0.3) as scope:
+            await wf.arun()
+        return scope.cancelled_caught
+
+    assert anyio.run(main) is True
+    assert sorted(cleaned) == list(range(5))
+
+
+def test_an_async_op_raising_base_exception_ends_the_run_with_it() -> None:
+    class Boom(BaseException):
+        pass
+
+    @op
+    async def boom() -> int:
+        raise Boom("out")
+
+    wf = Workflow("eager-boom")
+    wf.add(Step("b", boom))
+    with pytest.raises(BaseExceptionGroup) as info:
+        wf.run()
+    assert info.group_contains(Boom)
 
 
 def test_ctrl_c_cancels_the_run_and_kills_worker_processes(tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import types
+from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import anyio
@@ -36,6 +40,8 @@ class _Shell:
         self.cache = cache
         self.finished = asyncio.Event()
         self.error: BaseException | None = None
+        self.eager: deque[Unit] = deque()  # async OPs waiting for a launcher
+        self.launcher_active = False
 
     def apply(self, instructions: list[Instruction]) -> None:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
@@ -44,7 +50,13 @@ class _Shell:
         for ins in instructions:
             if isinstance(ins, Launch):
                 unit = ins.unit
-                if not self.fast_lane(unit):
+                node = unit.sr.node
+                if node.inline_async and unit.spec.timeout is None and not node.cache:
+                    self.eager.append(unit)
+                    if not self.launcher_active:
+                        self.launcher_active = True
+                        spawn(self.launcher())
+                elif not self.fast_lane(unit):
                     spawn(self.run_unit(unit))
             elif isinstance(ins, Retry):
                 spawn(self.retry_later(ins.unit, ins.delay))
@@ -81,13 +93,42 @@ class _Shell:
         if self.error is not None:
             raise self.error
 
+    async def launcher(self) -> None:
+        """Start queued ``async def`` attempts (inline executor) one after another in this task.
+
+        Most tiny async OPs finish without ever suspending, and for them an asyncio Task per
+        attempt would be most of the step's cost. So each attempt's coroutine is first stepped
+        right here, in a copy of the context as a new task would get. If it suspends, this
+        task stays with it to the end (so ``current_task()`` and anyio cancel scopes see one
+        task for the attempt's whole life, as with a task of its own) and a new launcher takes
+        over the queue.
+        """
+        queue = self.eager
+        started = 0
+        while queue:
+            unit = queue.popleft()
+            ctx = contextvars.copy_context()
+            coro = arun_attempt(unit.spec)
+            try:
+                yielded = ctx.run(coro.send, None)
+            except StopIteration as stop:
+                self.apply(self.state.unit_finished(unit, stop.value))
+                started += 1
+                if started % _LAUNCH_BATCH == 0:
+                    await asyncio.sleep(0)  # let timers, I/O and threads' results in
+                continue
+            if queue:
+                self.tg.create_task(self.launcher())
+            else:
+                self.launcher_active = False
+            outcome = await _carry_on(coro, ctx, yielded)
+            self.apply(self.state.unit_finished(unit, outcome))
+            return
+        self.launcher_active = False
+
     async def run_unit(self, unit: Unit) -> None:
         spec = unit.spec
         node = unit.sr.node
-        if node.inline_async and spec.timeout is None and not node.cache:
-            # an async OP on the inline executor: awaited right here, no extra layers
-            self.apply(self.state.unit_finished(unit, await arun_attempt(spec)))
-            return
         cache = self.cache if node.cache else None
         key = None
         if cache is not None:
@@ -130,6 +171,33 @@ class _Shell:
     async def retry_later(self, unit: Unit, delay: float) -> None:
         await anyio.sleep(delay)
         self.apply(self.state.retry_due(unit))
+
+
+_LAUNCH_BATCH = 256
+
+
+@types.coroutine
+def _carry_on(
+    coro: Coroutine[Any, Any, AttemptOutcome], ctx: contextvars.Context, yielded: Any
+) -> Generator[Any, Any, AttemptOutcome]:
+    """Drive a coroutine that was already stepped once (and yielded ``yielded``) from the
+    awaiting task, in its own context: what the task would have done had it started it."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # cancellation and the like: delivered where it waits
+            try:
+                yielded = ctx.run(coro.throw, exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        else:
+            try:
+                yielded = ctx.run(coro.send, sent)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
 
 
 def _mark_inline_async(root: Any, executors: dict[Any, Executor]) -> None:
