@@ -58,34 +58,62 @@ class Binding:
     dynamic: bool = False  # holds references or placeholders (else a literal)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class CompiledStep:
     index: int
     name: str
     step: Step | None  # None for a barrier between Steps groups
-    op: OP | None = None
-    sub: CompiledTemplate | None = None
-    inputs: dict[str, PortInfo] = field(default_factory=dict)
-    outputs: dict[str, PortInfo] = field(default_factory=dict)
-    bindings: list[Binding] = field(default_factory=list)
+    op: OP | None
+    sub: CompiledTemplate | None
+    inputs: dict[str, PortInfo]  # may be shared with other steps of the same OP: read-only
+    outputs: dict[str, PortInfo]  # likewise
+    bindings: list[Binding]
     # precomputed for the scheduler: literal inputs and defaults (copied once per run of the
     # step), bindings evaluated once per run, bindings evaluated once per fan-out item
-    const_inputs: dict[str, Any] = field(default_factory=dict)
-    run_bindings: list[Binding] = field(default_factory=list)
-    item_bindings: list[Binding] = field(default_factory=list)
-    executor: Any = None  # a name or an Executor instance
-    retry: RetryPolicy | None = None
-    fan_out: bool = False
-    producers: set[str] = field(default_factory=set)  # names of steps it depends on
-    key_per_item: bool = False  # the key uses the fan-out item: one record per slice
-    cache: bool = False
-    has_artifact_outputs: bool = False
-    inline_async: bool = False  # set by the scheduler: awaited in the loop, no executor call
-    template_name: str = ""
-    group_size: int = 1  # slices per attempt
-    pool_size: int | None = None  # concurrent attempts of this step
-    succs: list[int] = field(default_factory=list)
-    npreds: int = 0
+    const_inputs: dict[str, Any]
+    run_bindings: list[Binding]
+    item_bindings: list[Binding]
+    executor: Any  # a name or an Executor instance
+    retry: RetryPolicy | None
+    fan_out: bool
+    producers: set[str]  # names of steps it depends on
+    key_per_item: bool  # the key uses the fan-out item: one record per slice
+    cache: bool
+    has_artifact_outputs: bool
+    inline_async: bool  # set by the scheduler: awaited in the loop, no executor call
+    template_name: str
+    group_size: int  # slices per attempt
+    pool_size: int | None  # concurrent attempts of this step
+    succs: list[int]
+    npreds: int
+
+    def __init__(self, index: int, name: str, step: Step | None) -> None:
+        # written out rather than generated: one is built per step of a workflow, and the
+        # generated __init__ (keyword parsing, default factories) costs twice as much
+        self.index = index
+        self.name = name
+        self.step = step
+        self.op = None
+        self.sub = None
+        self.inputs = {}
+        self.outputs = {}
+        self.bindings = []
+        self.const_inputs = {}
+        self.run_bindings = []
+        self.item_bindings = []
+        self.executor = None
+        self.retry = None
+        self.fan_out = False
+        self.producers = set()
+        self.key_per_item = False
+        self.cache = False
+        self.has_artifact_outputs = False
+        self.inline_async = False
+        self.template_name = ""
+        self.group_size = 1
+        self.pool_size = None
+        self.succs = []
+        self.npreds = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +131,15 @@ class CompiledTemplate:
 ExecutorCheck = Callable[[Any, OP], str | None]
 
 
+class _OpProfile(typing.NamedTuple):
+    inputs: dict[str, PortInfo]
+    outputs: dict[str, PortInfo]
+    has_artifact_outputs: bool
+    template_name: str
+    cache: bool
+    accepted_by: set[str]  # executor names whose check_op passed
+
+
 class _Compiler:
     def __init__(self, default_executor: Any, check_executor: ExecutorCheck) -> None:
         self.default_executor = default_executor
@@ -110,28 +147,30 @@ class _Compiler:
         self.problems: list[str] = []
         self.done: dict[int, CompiledTemplate] = {}
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
-        self._ports: dict[Any, tuple[dict[str, PortInfo], dict[str, PortInfo]]] = {}
+        self._profiles: dict[Any, _OpProfile] = {}
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
-    def op_ports(self, key: Any, op: OP) -> tuple[dict[str, PortInfo], dict[str, PortInfo]]:
-        """Port infos of an OP, shared (read-only) by every step that uses the same template."""
-        found = self._ports.get(key)
+    def op_profile(self, key: Any, op: OP) -> _OpProfile:
+        """What every step using the same OP template shares (read-only), worked out once."""
+        found = self._profiles.get(key)
         if found is None:
-            ins = {
-                n: PortInfo(
-                    "artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default
-                )
-                for n, p in op.input_ports().items()
-            }
-            outs = {
-                n: PortInfo(
-                    "artifacts" if isinstance(p, Artifact) else "parameters", p.type, p.default
-                )
-                for n, p in op.output_ports().items()
-            }
-            found = self._ports[key] = (ins, outs)
+
+            def info(port: Any) -> PortInfo:
+                kind = "artifacts" if isinstance(port, Artifact) else "parameters"
+                return PortInfo(kind, port.type, port.default)
+
+            ins = {n: info(p) for n, p in op.input_ports().items()}
+            outs = {n: info(p) for n, p in op.output_ports().items()}
+            found = self._profiles[key] = _OpProfile(
+                inputs=ins,
+                outputs=outs,
+                has_artifact_outputs=any(i.kind == "artifacts" for i in outs.values()),
+                template_name=str(getattr(op, "__qualname__", type(op).__qualname__)),
+                cache=bool(getattr(op, "cache", False)),
+                accepted_by=set(),
+            )
         return found
 
     # ------------------------------------------------------------------ templates
@@ -164,7 +203,7 @@ class _Compiler:
                     "be unique within a template"
                 )
                 continue
-            node = CompiledStep(index=len(ct.nodes), name=step.name, step=step)
+            node = CompiledStep(len(ct.nodes), step.name, step)
             ct.by_name[step.name] = node.index
             ct.nodes.append(node)
         ct.n_steps = len(ct.nodes)
@@ -185,6 +224,9 @@ class _Compiler:
             node.sub = self.template(tpl)
             node.inputs = dict(node.sub.inputs)
             node.outputs = {n: info for n, (info, _) in node.sub.outputs.items()}
+            node.has_artifact_outputs = any(i.kind == "artifacts" for i in node.outputs.values())
+            node.template_name = node.sub.name
+            node.cache = bool(step.cache)
         else:
             try:
                 node.op = as_op(tpl)
@@ -192,22 +234,24 @@ class _Compiler:
                 self.problem(f"{where}: {exc}")
                 return
             # a class template is instantiated per step: its signs are the class's
-            node.inputs, node.outputs = self.op_ports(
-                tpl if isinstance(tpl, type) else id(tpl), node.op
-            )
-            node.executor = step.executor if step.executor is not None else self.default_executor
-            message = self.check_executor(node.executor, node.op)
-            if message:
-                self.problem(f"{where} (OP {op_name(node.op)}): {message}")
+            profile = self.op_profile(tpl if isinstance(tpl, type) else id(tpl), node.op)
+            node.inputs = profile.inputs
+            node.outputs = profile.outputs
+            node.has_artifact_outputs = profile.has_artifact_outputs
+            node.template_name = profile.template_name
+            node.cache = profile.cache if step.cache is None else bool(step.cache)
+            executor = step.executor if step.executor is not None else self.default_executor
+            node.executor = executor
+            # an executor that accepted this template once accepts every step of it (the
+            # instances of a class template are alike); refusals are reported per step
+            accepted = profile.accepted_by
+            if not (type(executor) is str and executor in accepted):
+                message = self.check_executor(executor, node.op)
+                if message:
+                    self.problem(f"{where} (OP {op_name(node.op)}): {message}")
+                elif type(executor) is str:
+                    accepted.add(executor)
         node.retry = step.retry
-        node.has_artifact_outputs = any(i.kind == "artifacts" for i in node.outputs.values())
-        if node.sub is not None:
-            node.template_name = node.sub.name
-        elif node.op is not None:
-            node.template_name = str(getattr(node.op, "__qualname__", type(node.op).__qualname__))
-        node.cache = bool(
-            step.cache if step.cache is not None else getattr(node.op, "cache", False)
-        )
         node.fan_out = step.slices is not None or step.with_param is not None
         if step.slices is not None:
             node.group_size = step.slices.group_size or 1
@@ -223,12 +267,13 @@ class _Compiler:
     def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
         assert step is not None
-        sliced = set(step.slices.sliced_inputs) if step.slices else set()
+        sliced = step.slices.sliced_inputs if step.slices else ()
+        inputs = node.inputs
         for kind, table in (("parameters", step.parameters), ("artifacts", step.artifacts)):
             for port, value in table.items():
-                info = node.inputs.get(port)
+                info = inputs.get(port)
                 if info is None:
-                    declared = sorted(n for n, i in node.inputs.items() if i.kind == kind)
+                    declared = sorted(n for n, i in inputs.items() if i.kind == kind)
                     self.problem(
                         f"{where}: binds {kind[:-1]} {port!r}, which its template does not "
                         f"declare (declared {kind}: {declared or 'none'})"
@@ -242,31 +287,32 @@ class _Compiler:
                     continue
                 dynamic = _is_dynamic(value)
                 per_item = dynamic and uses_item(value)
-                node.bindings.append(Binding(port, kind, value, per_item, dynamic))
-                literal = not dynamic and port not in sliced and kind == "parameters"
-                if literal and value is not None and not matches(info.type, value):
-                    self.problem(
-                        f"{where}: input {port!r} expects {describe(info.type)}, got "
-                        f"{type(value).__name__} ({value!r:.60})"
-                    )
+                binding = Binding(port, kind, value, per_item, dynamic)
+                node.bindings.append(binding)
+                if per_item:
+                    node.item_bindings.append(binding)
+                elif dynamic:
+                    node.run_bindings.append(binding)
+                else:
+                    node.const_inputs[port] = value
+                    checked = kind == "parameters" and value is not None and port not in sliced
+                    if checked and not matches(info.type, value):
+                        self.problem(
+                            f"{where}: input {port!r} expects {describe(info.type)}, got "
+                            f"{type(value).__name__} ({value!r:.60})"
+                        )
                 if isinstance(value, OutputRef):
                     self.producer_type(ct, node, port, info, value, where, port in sliced)
-        bound = set(step.parameters) | set(step.artifacts)
-        for port, info in node.inputs.items():
-            if port not in bound and info.default is MISSING:
+        for port, info in inputs.items():
+            if port in step.parameters or port in step.artifacts:
+                continue
+            if info.default is MISSING:
                 self.problem(
                     f"{where}: required input {info.kind[:-1]} {port!r} is not bound; pass it in "
                     f"{info.kind}={{{port!r}: ...}}"
                 )
-            elif port not in bound:
-                node.const_inputs[port] = info.default
-        for b in node.bindings:
-            if b.per_item:
-                node.item_bindings.append(b)
-            elif b.dynamic:
-                node.run_bindings.append(b)
             else:
-                node.const_inputs[b.port] = b.value
+                node.const_inputs[port] = info.default
 
     def producer_type(
         self,
@@ -322,7 +368,8 @@ class _Compiler:
     def references(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
         assert step is not None
-        values: list[Any] = [b.value for b in node.bindings if b.dynamic]
+        values: list[Any] = [b.value for b in node.run_bindings]
+        values += [b.value for b in node.item_bindings]
         values += [v for v in (step.when, step.with_param, step.key) if v is not None]
         producers = node.producers
         for value in values:
@@ -376,9 +423,10 @@ class _Compiler:
     def edges(self, ct: CompiledTemplate) -> None:
         tpl = ct.template
         group_of: dict[int, int] = {}  # id(step) -> its group in a Steps template
-        for g, group in enumerate(tpl.groups):
-            for s in group:
-                group_of.setdefault(id(s), g)
+        if not isinstance(tpl, DAG):
+            for g, group in enumerate(tpl.groups):
+                for s in group:
+                    group_of.setdefault(id(s), g)
         edges: set[tuple[int, int]] = set()
         for node in ct.nodes[: ct.n_steps]:
             step = node.step
@@ -417,7 +465,7 @@ class _Compiler:
         count linear (n + m instead of n * m for two wide groups)."""
         groups = ct.template.groups
         for g in range(1, len(groups)):
-            barrier = CompiledStep(index=len(ct.nodes), name=f"<group {g}>", step=None)
+            barrier = CompiledStep(len(ct.nodes), f"<group {g}>", None)
             ct.nodes.append(barrier)
             for s in groups[g - 1]:
                 idx = self._node_of(ct, s)

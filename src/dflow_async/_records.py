@@ -20,24 +20,58 @@ class StepOutputValues:
     artifacts: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class StepRecord:
     """One execution of one step (a fan-out step is one record; its outputs are lists)."""
 
     name: str
     path: str  # unique in the run: "loop/next/plus1"
     template: str  # the OP's or Steps/DAG's name
-    key: str | None = None
-    phase: Phase = "Pending"
-    outputs: StepOutputValues = field(default_factory=StepOutputValues)
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)
-    start: float | None = None
-    end: float | None = None
-    slices: int | None = None  # number of slices of a fan-out step
-    failed_slices: int = 0
-    workdirs: list[str] = field(default_factory=list)
-    cached: bool = False  # outputs came from the step cache; the OP did not run
+    key: str | None
+    phase: Phase
+    outputs: StepOutputValues
+    attempts: int
+    errors: list[str]
+    start: float | None
+    end: float | None
+    slices: int | None  # number of slices of a fan-out step
+    failed_slices: int
+    workdirs: list[str]
+    cached: bool  # outputs came from the step cache; the OP did not run
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        template: str,
+        key: str | None = None,
+        phase: Phase = "Pending",
+        outputs: StepOutputValues | None = None,
+        attempts: int = 0,
+        errors: list[str] | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        slices: int | None = None,
+        failed_slices: int = 0,
+        workdirs: list[str] | None = None,
+        cached: bool = False,
+    ) -> None:
+        # written out: the scheduler builds one per step, and the generated __init__ with its
+        # default factories costs half as much again
+        self.name = name
+        self.path = path
+        self.template = template
+        self.key = key
+        self.phase = phase
+        self.outputs = StepOutputValues() if outputs is None else outputs
+        self.attempts = attempts
+        self.errors = [] if errors is None else errors
+        self.start = start
+        self.end = end
+        self.slices = slices
+        self.failed_slices = failed_slices
+        self.workdirs = [] if workdirs is None else workdirs
+        self.cached = cached
 
     @property
     def duration(self) -> float | None:

@@ -58,6 +58,8 @@ class Finish:
 
 Instruction = Launch | Retry | Finish
 
+_ONE = range(1)  # the unit ids of a step that is not a fan-out
+
 
 class TemplateRun:
     """One execution of a Steps/DAG template; implements the evaluation scope."""
@@ -263,10 +265,18 @@ class RunState:
         sr.running -= 1
         sr.record.attempts += 1
         if outcome.ok:
-            workdirs = [p.workdir for p in unit.spec.slices]
-            self._unit_ok(
-                sr, unit.number, unit.slice_ids, unit.attempt, workdirs, outcome.outputs, out
-            )
+            if sr.items is None:
+                sr.inflight -= 1
+                sr.done_units += 1
+                if outcome.outputs:
+                    sr.slice_outputs[0] = outcome.outputs[0]
+                sr.record.workdirs.append(unit.spec.slices[0].workdir)
+                self._maybe_finish_step(sr, out)
+            else:
+                workdirs = [p.workdir for p in unit.spec.slices]
+                self._unit_ok(
+                    sr, unit.number, unit.slice_ids, unit.attempt, workdirs, outcome.outputs, out
+                )
         else:
             self._unit_failed(unit, outcome, out)
         if not sr.queued and sr.next_unit < sr.n_units and not sr.stopped:
@@ -337,7 +347,7 @@ class RunState:
                 self.records.extend(self.restored_slices.get(path, ()))
                 self._node_done(trun, idx, _outputs_of(done), out)
                 return
-        record = StepRecord(name=node.name, path=path, template=node.template_name)
+        record = StepRecord(node.name, path, node.template_name)
         self.records.append(record)
         sr = StepRun(trun, node, record)
         trun.runs[idx] = sr
@@ -548,7 +558,7 @@ class RunState:
                 self._launch(unit, out)
             while ready and (limit is None or self.running < limit):
                 sr = ready[0]
-                pool = sr.pool
+                pool = sr.node.pool_size
                 if (
                     sr.stopped
                     or sr.next_unit >= sr.n_units
@@ -562,8 +572,11 @@ class RunState:
                 number = sr.next_unit
                 sr.next_unit += 1
                 sr.inflight += 1
-                size = sr.group_size
-                ids = range(number * size, min(sr.n_slices, (number + 1) * size))
+                if sr.items is None:
+                    ids = _ONE
+                else:
+                    size = sr.node.group_size
+                    ids = range(number * size, min(sr.n_slices, (number + 1) * size))
                 if self.reuse and sr.slice_records is not None:
                     # reuse_step with per-slice keys: slices whose records are given do not run
                     reused = [self.reuse.get(sr.slice_records[i].key or "") for i in ids]
@@ -594,12 +607,16 @@ class RunState:
         node = sr.node
         record = sr.record
         base = f"{self.run_dir}/steps/{record.path}"
-        pieces = []
-        for i in ids:
-            index = None if sr.items is None else i
-            name = f"a{attempt}{self.attempt_suffix}"
-            where = f"{base}/{name}" if index is None else f"{base}/s{index}/{name}"
-            pieces.append(SliceInput(index=index, inputs=self._slice_inputs(sr, i), workdir=where))
+        name = f"a{attempt}{self.attempt_suffix}"
+        if sr.items is None:
+            pieces: tuple[SliceInput, ...] = (
+                SliceInput(index=None, inputs=sr.common, workdir=f"{base}/{name}"),
+            )
+        else:
+            pieces = tuple(
+                SliceInput(index=i, inputs=self._slice_inputs(sr, i), workdir=f"{base}/s{i}/{name}")
+                for i in ids
+            )
         step = node.step
         assert step is not None
         spec = AttemptSpec(
@@ -609,7 +626,7 @@ class RunState:
             key=record.key,
             attempt=attempt,
             op=node.op,
-            slices=tuple(pieces),
+            slices=pieces,
             timeout=step.timeout,
             resources=step.resources,
             run_dir=self.run_dir,
@@ -751,12 +768,13 @@ class RunState:
 
     def _collect_outputs(self, sr: StepRun) -> dict[str, dict[str, Any]]:
         node = sr.node
-        result: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
         if sr.items is None:
             values = sr.slice_outputs[0] or {}
             if not node.has_artifact_outputs:
-                result["parameters"] = values  # the worker's own dict: nothing else holds it
-                return result
+                # the worker's own dict: nothing else holds it
+                return {"parameters": values, "artifacts": {}}
+        result: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
+        if sr.items is None:
             for name, value in values.items():
                 info = node.outputs.get(name)
                 result[info.kind if info else "parameters"][name] = value
