@@ -304,6 +304,45 @@ def test_sync_ops_on_threads_each_get_their_own_cwd() -> None:
     assert Path.cwd() == Path(os.getcwd())  # the driver's cwd never moved
 
 
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_every_sync_attempt_starts_in_an_empty_directory(executor: str) -> None:
+    """Attempts that leave nothing behind share a reused scratch directory; whatever an
+    attempt leaves (a file, a directory, even one it then emptied) must not reach the next."""
+
+    @op
+    def leaves(x: int) -> {"found": list, "kept": str}:  # type: ignore[valid-type]
+        found = sorted(os.listdir("."))
+        if x % 4 == 1:
+            Path(f"file-{x}.txt").write_text(str(x))
+        elif x % 4 == 2:
+            Path(f"dir-{x}").mkdir()
+            (Path(f"dir-{x}") / "inner.txt").write_text(str(x))
+        elif x % 4 == 3:
+            Path("tmp.txt").write_text("gone")
+            os.remove("tmp.txt")
+        return {"found": found, "kept": ",".join(sorted(os.listdir(".")))}
+
+    wf = Workflow("empty-cwd", executor=executor)
+    wf.add(
+        Step(
+            "l",
+            leaves,
+            parameters={"x": list(range(40))},
+            slices=Slices(input_parameter=["x"], output_parameter=["found", "kept"], pool_size=1),
+        )
+    )
+    result = wf.run()
+    assert result.status == "Succeeded", result.records[0].errors
+    rec = result.records[0]
+    assert rec.outputs.parameters["found"] == [[]] * 40
+    for x, workdir in enumerate(rec.workdirs):
+        kept = rec.outputs.parameters["kept"][x]
+        if x % 4 in (1, 2):  # what it left was moved to its own work dir
+            assert kept and sorted(os.listdir(workdir)) == kept.split(",")
+        else:
+            assert kept == ""
+
+
 def test_output_artifact_outside_workdir_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "elsewhere.txt"
     secret.write_text("x")

@@ -8,6 +8,7 @@ Everything that goes wrong becomes a :class:`Failed` value; nothing is raised to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import itertools
@@ -67,10 +68,11 @@ def run_attempt(
                 # This thread's (or process's) fresh scratch directory; if the OP leaves
                 # anything there, it is renamed to the slice's work dir afterwards. Most OPs
                 # write nothing, and a mkdir per step would cost more than the step.
-                where = _scratch_dir(spec.run_dir)
-                os.chdir(where)  # the thread owns its cwd: nothing to restore
+                found = _scratch_dir(spec.run_dir)
+                where = found.path
+                os.fchdir(found.fd)  # the thread owns its cwd: nothing to restore
                 values = _run_slice(spec, piece, plan, where, capture_fds, f"{where}.log")
-                if _adopt(where, piece.workdir):
+                if _adopt(found, spec.run_dir, piece.workdir):
                     values = _relocate(values, where, piece.workdir, plan)
             else:
                 with _in_dir(piece.workdir, chdir):
@@ -282,34 +284,76 @@ def _in_dir(workdir: str, chdir: bool) -> Iterator[None]:
         os.chdir(previous)
 
 
+class _Scratch:
+    """A thread's (or process's) scratch directory, held open and reused while the attempts
+    run in it leave it empty."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, mode=0o700)
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        self.mark_empty()
+
+    def mark_empty(self) -> None:
+        # An mtime no directory keeps once touched: creating, removing or renaming an entry
+        # sets its mtime to "now" on every filesystem. So one fstat tells whether an attempt
+        # left anything, whatever the clock's granularity; a listing costs three syscalls.
+        os.utime(self.fd, ns=(0, 0))
+
+    def untouched(self) -> bool:
+        return os.fstat(self.fd).st_mtime_ns == 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 _scratch = threading.local()
 _scratch_count = itertools.count()
+_SCRATCH_KEPT = 4  # run directories a thread keeps a scratch directory open for
 
 
-def _scratch_dir(run_dir: str) -> str:
+def _scratch_dir(run_dir: str) -> _Scratch:
     """This thread's empty scratch directory under the run (one mkdir, reused while empty)."""
-    dirs: dict[str, str] | None = getattr(_scratch, "dirs", None)
+    dirs: dict[str, _Scratch] | None = getattr(_scratch, "dirs", None)
     if dirs is None:
         dirs = _scratch.dirs = {}
-    path = dirs.get(run_dir)
-    if path is None:
-        path = f"{run_dir}/.scratch/{os.getpid()}-{threading.get_ident()}-{next(_scratch_count)}"
-        os.makedirs(path, mode=0o700)
-        dirs[run_dir] = path
-    return path
+    found = dirs.get(run_dir)
+    if found is None:
+        if len(dirs) >= _SCRATCH_KEPT:  # a long-lived thread serving run after run
+            dirs.pop(next(iter(dirs))).close()
+        ident = f"{os.getpid()}-{threading.get_ident()}-{next(_scratch_count)}"
+        found = dirs[run_dir] = _Scratch(f"{run_dir}/.scratch/{ident}")
+    return found
 
 
-def _adopt(scratch: str, workdir: str) -> bool:
+def _forget_scratch_dirs() -> None:
+    # a forked child must not share its parent thread's scratch directories
+    dirs: dict[str, _Scratch] = getattr(_scratch, "dirs", None) or {}
+    for found in dirs.values():
+        found.close()
+    dirs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_scratch_dirs)
+
+
+def _adopt(scratch: _Scratch, run_dir: str, workdir: str) -> bool:
     """Move what an attempt left in its scratch directory to its work dir (one rename).
     Returns False when it left nothing, so the scratch directory serves the next attempt."""
-    with os.scandir(scratch) as entries:
-        if next(entries, None) is None:
+    if scratch.untouched():
+        return False
+    with os.scandir(scratch.path) as entries:
+        if next(entries, None) is None:  # touched, but left empty
+            scratch.mark_empty()
             return False
     os.makedirs(os.path.dirname(workdir), mode=0o700, exist_ok=True)
     if os.path.exists(workdir):  # a rerun of the same attempt name: keep the newest
         shutil.rmtree(workdir)
-    os.rename(scratch, workdir)
-    run_dir = scratch.rsplit("/.scratch/", 1)[0]
+    os.rename(scratch.path, workdir)
+    scratch.close()
     _scratch.dirs.pop(run_dir, None)
     return True
 
