@@ -32,22 +32,27 @@ def log_path(workdir: str) -> str:
     return workdir.rstrip("/") + ".log"
 
 
+_open_lock = threading.Lock()  # opening a log: rare, so one lock for all of them
+
+
 class _LazyLog:
-    __slots__ = ("_fh", "_lock", "path")
+    __slots__ = ("_fh", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fh: TextIO | None = None
-        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        with self._lock:
-            if self._fh is None:
-                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                # kept open across writes until close(): a with-block cannot span them
-                self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
-            return self._fh.write(text)
+        fh = self._fh
+        if fh is None:
+            with _open_lock:  # threads the OP started may print at the same moment
+                fh = self._fh
+                if fh is None:
+                    os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    # kept open across writes until close(): a with-block cannot span them
+                    fh = self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+        return fh.write(text)
 
     def flush(self) -> None:
         if self._fh is not None:

@@ -127,11 +127,12 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
-            big = any(type(v) is BigValue for v in piece.inputs.values())
-            if io or big:  # fetching and hashing files: in a thread, never in the event loop
+            if io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
-            else:
+            elif plan.in_artifacts:  # no store: the paths as given
                 inputs = _check_inputs(plan, piece)
+            else:
+                inputs = check_opio(plan.inputs, piece.inputs, op=plan.name, direction="input")
             token = _current.set(_context(spec, piece))
             log = start_capture(piece.workdir)
             try:
@@ -161,21 +162,25 @@ async def _await(awaitable: Any) -> Any:
 
 
 def _context(spec: AttemptSpec, piece: SliceInput, where: str | None = None) -> StepContext:
+    # positional: keywords cost more than the rest of this call
     return StepContext(
-        workdir_path=where or piece.workdir,
-        step=spec.step,
-        key=spec.key,
-        attempt=spec.attempt,
-        slice_index=piece.index,
-        run_id=spec.run_id,
+        where or piece.workdir, spec.step, spec.key, spec.attempt, piece.index, spec.run_id
     )
+
+
+def _has_big(values: dict[str, Any]) -> bool:
+    # a loop, not any(<generator>): this runs per attempt, and the generator costs more
+    for v in values.values():  # noqa: SIM110
+        if type(v) is BigValue:
+            return True
+    return False
 
 
 def _check_inputs(
     plan: PortPlan, piece: SliceInput, store: Any = None, where: str | None = None
 ) -> dict[str, Any]:
     given = piece.inputs
-    if any(type(v) is BigValue for v in given.values()):
+    if _has_big(given):
         given = load_big(given, store)
     values = check_opio(plan.inputs, given, op=plan.name, direction="input")
     for name in plan.in_artifacts:
