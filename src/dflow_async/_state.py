@@ -572,6 +572,9 @@ class RunState:
                 number = sr.next_unit
                 sr.next_unit += 1
                 sr.inflight += 1
+                if sr.next_unit >= sr.n_units:  # its last unit: off the queue right away
+                    ready.popleft()
+                    sr.queued = False
                 if sr.items is None:
                     ids = _ONE
                 else:
