@@ -343,6 +343,78 @@ def test_every_sync_attempt_starts_in_an_empty_directory(executor: str) -> None:
             assert kept == ""
 
 
+class _Gauge:
+    """Counts OPs running at once, per group (async OPs share the loop: no lock needed)."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    async def visit(self, group: str, seconds: float) -> None:
+        self.now[group] = self.now.get(group, 0) + 1
+        self.peak[group] = max(self.peak.get(group, 0), self.now[group])
+        await asyncio.sleep(seconds)
+        self.now[group] -= 1
+
+
+def test_template_parallelism_limits_its_own_steps_and_slices() -> None:
+    gauge = _Gauge()
+
+    @op
+    async def busy(group: str, x: int = 0) -> int:
+        await gauge.visit(group, 0.02)
+        return x
+
+    inner = DAG("inner", inputs={"tag": "in"}, parallelism=2)
+    inner.add(
+        Step(
+            "fan",
+            busy,
+            parameters={"group": inner.inputs.parameters["tag"], "x": list(range(6))},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+        )
+    )
+    for i in range(3):
+        inner.add(Step(f"solo{i}", busy, parameters={"group": inner.inputs.parameters["tag"]}))
+
+    outer = Steps("outer", parallelism=3)
+    outer.add([Step(f"o{i}", busy, parameters={"group": "outer"}) for i in range(8)])
+    outer.add([Step(f"sub{i}", inner, parameters={"tag": f"inner{i}"}) for i in range(2)])
+    result = Workflow("limits", steps=outer).run()
+    assert result.status == "Succeeded"
+    assert gauge.peak["outer"] == 3
+    # each run of the inner DAG keeps to its own limit; the two runs overlap
+    assert gauge.peak["inner0"] == 2
+    assert gauge.peak["inner1"] == 2
+    assert len([r for r in result.records if r.phase == "Succeeded"]) == 8 + 2 + 2 * 4
+
+
+def test_template_parallelism_survives_a_failing_step_while_others_wait() -> None:
+    @op
+    async def fails() -> int:
+        await asyncio.sleep(0.01)
+        raise ValueError("no")
+
+    @op
+    async def fine() -> int:
+        await asyncio.sleep(0.01)
+        return 1
+
+    dag = DAG("waiting", parallelism=1)
+    dag.add(Step("bad", fails))
+    for i in range(5):
+        dag.add(Step(f"ok{i}", fine))
+    result = Workflow("limit-fail", dag=dag).run()  # must end, not hang
+    assert result.status == "Failed"
+    (bad,) = result.query_step("bad")
+    assert bad.phase == "Failed"
+
+
+def test_template_parallelism_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="parallelism must be an int >= 1"):
+        DAG("d", parallelism=0)
+
+
 def test_output_artifact_outside_workdir_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "elsewhere.txt"
     secret.write_text("x")

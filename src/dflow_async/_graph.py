@@ -452,6 +452,12 @@ class Template:
         elif isinstance(outputs, dict):
             outputs = _outputs_from_refs(outputs)
         self.outputs = outputs
+        if parallelism is not None and (not isinstance(parallelism, int) or parallelism < 1):
+            raise ValueError(
+                f"{type(self).__name__} {name!r}: parallelism must be an int >= 1 (or None for "
+                f"no limit), got {parallelism!r}"
+            )
+        #: attempts of this template's own steps that may run at once, per run of it
         self.parallelism = parallelism
         self.groups: list[list[Step]] = []
 

@@ -67,13 +67,16 @@ class TemplateRun:
     __slots__ = (
         "ct",
         "failing",
+        "held",
         "inputs",
+        "limit",
         "n_active",
         "parent",
         "path",
         "pending",
         "remaining",
         "results",
+        "running",
         "runs",
         "unit_index",
     )
@@ -91,6 +94,11 @@ class TemplateRun:
         self.parent = parent
         self.path = path
         self.unit_index = unit_index
+        # Steps/DAG(parallelism=n): attempts of this run's own steps at once (a sub-workflow
+        # step's children count against their own template's limit)
+        self.limit: int | None = getattr(ct.template, "parallelism", None)
+        self.running = 0
+        self.held: deque[StepRun] | None = deque() if self.limit is not None else None
         self.remaining = [n.npreds for n in ct.nodes]
         self.results: list[Any] = [None] * len(ct.nodes)
         self.runs: list[StepRun | None] = [None] * len(ct.nodes)
@@ -264,6 +272,10 @@ class RunState:
         self.running -= 1
         sr.running -= 1
         sr.record.attempts += 1
+        trun = sr.trun
+        trun.running -= 1
+        if trun.held:
+            self._release_held(trun)
         if outcome.ok:
             if sr.items is None:
                 sr.inflight -= 1
@@ -284,6 +296,17 @@ class RunState:
             self.ready.appendleft(sr)
         self._pump(out)
         return out
+
+    def _release_held(self, trun: TemplateRun) -> None:
+        """A slot of the template's parallelism is free: the first waiting step may go."""
+        held = trun.held
+        assert held is not None
+        while held:
+            sr = held.popleft()
+            if not sr.finished and not sr.stopped:
+                self.ready.appendleft(sr)
+                return
+            sr.queued = False  # it finished (its template failed) while it waited
 
     def _unit_ok(
         self,
@@ -569,6 +592,13 @@ class RunState:
                     if sr.stopped:
                         self._maybe_finish_step(sr, out)
                     continue
+                trun = sr.trun
+                if trun.held is not None and trun.running >= trun.limit:  # type: ignore[operator]
+                    # its template's parallelism is used up: wait in that template's line
+                    # (still counted as queued) until one of its attempts finishes
+                    ready.popleft()
+                    trun.held.append(sr)
+                    continue
                 number = sr.next_unit
                 sr.next_unit += 1
                 sr.inflight += 1
@@ -642,6 +672,7 @@ class RunState:
         record = sr.record
         self.running += 1
         sr.running += 1
+        sr.trun.running += 1
         if record.phase == "Pending":
             record.phase = "Running"
             record.start = time.time()

@@ -2,7 +2,7 @@
 
 Differences from the native classes, all Dflow's: the name is optional, ports may be assigned
 after construction (``steps.inputs.parameters["x"] = InputParameter()``), and ``add`` returns
-nothing. ``parallelism`` is kept (it changes speed, not results).
+nothing. ``parallelism`` is kept: it caps the template's concurrent attempts.
 """
 
 from __future__ import annotations
