@@ -67,7 +67,6 @@ class CompiledStep:
     sub: CompiledTemplate | None
     inputs: dict[str, PortInfo]  # may be shared with other steps of the same OP: read-only
     outputs: dict[str, PortInfo]  # likewise
-    bindings: list[Binding]
     # precomputed for the scheduler: literal inputs and defaults (copied once per run of the
     # step), bindings evaluated once per run, bindings evaluated once per fan-out item
     const_inputs: dict[str, Any]
@@ -97,7 +96,6 @@ class CompiledStep:
         self.sub = None
         self.inputs = {}
         self.outputs = {}
-        self.bindings = []
         self.const_inputs = {}
         self.run_bindings = []
         self.item_bindings = []
@@ -285,14 +283,13 @@ class _Compiler:
                         f"{info.kind}= instead of {kind}="
                     )
                     continue
-                dynamic = _is_dynamic(value)
-                per_item = dynamic and uses_item(value)
-                binding = Binding(port, kind, value, per_item, dynamic)
-                node.bindings.append(binding)
-                if per_item:
-                    node.item_bindings.append(binding)
-                elif dynamic:
-                    node.run_bindings.append(binding)
+                if _is_dynamic(value):
+                    per_item = uses_item(value)
+                    binding = Binding(port, kind, value, per_item, True)
+                    if per_item:
+                        node.item_bindings.append(binding)
+                    else:
+                        node.run_bindings.append(binding)
                 else:
                     node.const_inputs[port] = value
                     checked = kind == "parameters" and value is not None and port not in sliced
@@ -519,7 +516,8 @@ def definition_digest(root: CompiledTemplate) -> str:
                 what = f"template:{node.sub.name}"
             else:
                 what = f"{op_name(node.op) if node.op else '?'}@{getattr(node.op, 'version', '')}"
-            bindings = [(b.port, _canon(b.value)) for b in node.bindings]
+            bound = (*step.parameters.items(), *step.artifacts.items())
+            bindings = [(port, _canon(value)) for port, value in bound]
             h.update(
                 repr(
                     (
