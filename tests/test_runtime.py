@@ -563,6 +563,33 @@ def test_cancelling_a_run_reaches_async_ops_suspended_after_an_eager_start() -> 
     assert sorted(cleaned) == list(range(5))
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_sys_exit_in_an_op_fails_that_step_only(kind: str) -> None:
+    def body() -> int:
+        sys.exit(3)
+
+    @op
+    async def quits_async() -> int:
+        return body()
+
+    @op
+    def quits_sync() -> int:
+        return body()
+
+    wf = Workflow(f"exit-{kind}")
+    wf.add(
+        [
+            Step("quits", quits_async if kind == "async" else quits_sync),
+            Step("fine", ident, parameters={"x": 1}),
+        ]
+    )
+    result = wf.run()
+    assert result.status == "Failed"
+    (quits,) = result.query_step("quits")
+    assert quits.phase == "Failed" and "SystemExit" in (quits.error or "")
+    assert result.query_step("fine")[0].phase == "Succeeded"
+
+
 def test_an_async_op_raising_base_exception_ends_the_run_with_it() -> None:
     class Boom(BaseException):
         pass

@@ -152,7 +152,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             if io:
                 values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
             outputs.append(values)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # as run_attempt: sys.exit() fails only the step
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
 
