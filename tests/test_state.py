@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dflow_async import DAG, RetryPolicy, Slices, Step, Workflow, op
 from dflow_async._spec import Failed, Succeeded
-from dflow_async._state import Finish, Launch, Retry, RunState
+from dflow_async._state import Finish, Retry, RunState, Unit
 
 
 @op
@@ -17,7 +17,7 @@ def make_state(wf: Workflow, parallelism: int | None = None) -> RunState:
 
 
 def launches(instructions: list) -> list:
-    return [i.unit for i in instructions if isinstance(i, Launch)]
+    return [i for i in instructions if isinstance(i, Unit)]
 
 
 def ok(unit, value=None) -> Succeeded:

@@ -17,7 +17,7 @@ from dflow_async._cache import StepCache
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
 from dflow_async._spec import AttemptOutcome, Failed, Succeeded
-from dflow_async._state import Finish, Instruction, Launch, Retry, RunState, Unit
+from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
 from dflow_async._worker import arun_attempt
 from dflow_async.executors._base import Executor
 
@@ -48,8 +48,8 @@ class _Shell:
         # and with thousands of tiny steps the spawn cost *is* the scheduler's overhead
         spawn = self.tg.create_task
         for ins in instructions:
-            if isinstance(ins, Launch):
-                unit = ins.unit
+            if type(ins) is Unit:  # launch it
+                unit = ins
                 node = unit.sr.node
                 if node.inline_async and unit.spec.timeout is None and not node.cache:
                     self.eager.append(unit)

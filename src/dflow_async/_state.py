@@ -20,7 +20,7 @@ from dflow_async._records import StepRecord
 from dflow_async._refs import Ref, Unavailable, evaluate, render, safe_condition
 from dflow_async._spec import AttemptSpec, Failed, SliceInput
 
-__all__ = ["Finish", "Launch", "Retry", "RunState", "Unit"]
+__all__ = ["Finish", "Retry", "RunState", "Unit"]
 
 SKIPPED: Any = "<skipped>"
 FAILED: Any = "<failed>"
@@ -41,11 +41,6 @@ class Unit:
 
 
 @dataclass(slots=True)
-class Launch:
-    unit: Unit
-
-
-@dataclass(slots=True)
 class Retry:
     unit: Unit
     delay: float
@@ -56,7 +51,8 @@ class Finish:
     status: str
 
 
-Instruction = Launch | Retry | Finish
+# a Unit in the instructions means: launch it (no wrapper: one object fewer per attempt)
+Instruction = Unit | Retry | Finish
 
 _ONE = range(1)  # the unit ids of a step that is not a fan-out
 
@@ -678,7 +674,7 @@ class RunState:
             record.start = time.time()
             if self.on_event is not None:
                 self._emit("started", record, {"attempt": unit.attempt})
-        out.append(Launch(unit))
+        out.append(unit)
 
     def _slices_done(
         self,
