@@ -713,3 +713,26 @@ def test_empty_directory(case: Case, store: ArtifactStore, tmp_path: Path) -> No
     assert (ref.kind, ref.size) == ("dir", 0)
     got = store.get(ref, tmp_path / "out")
     assert got.is_dir() and list(got.iterdir()) == []
+
+
+# -- digests, manifests, files changing under a commit, and the parallel helpers ---------------
+
+
+def test_digests_with_a_trailing_newline_are_refused() -> None:
+    from dflow_async._store_backends import key
+    from dflow_async._store_tree import TreeError, parse_manifest
+
+    bad = "a" * 64 + "\n"  # "$" in a regex matches before a final newline
+    with pytest.raises(ValueError):
+        key("objects", bad)
+    good = {"uri": "x", "digest": "sha256:" + "0" * 64, "size": 1, "kind": "file", "name": "a"}
+    with pytest.raises(ArtifactError):
+        ArtifactRef.from_json({**good, "digest": f"sha256:{bad}"})
+    doc = {
+        "format": "dflow-async/manifest/1",
+        "files": {"f": {"digest": f"sha256:{bad}", "size": 1, "mode": 0o644}},
+        "dirs": [],
+        "links": {},
+    }
+    with pytest.raises(TreeError, match="bad digest"):
+        parse_manifest(json.dumps(doc).encode())

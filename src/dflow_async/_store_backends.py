@@ -47,7 +47,7 @@ __all__ = [
 
 Section = Literal["objects", "manifests", "values"]
 SECTIONS: tuple[Section, ...] = ("objects", "manifests", "values")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # with fullmatch: "$" would let a "\n" end it
 
 # Object stores where one put is all-or-nothing (a multipart upload is invisible until it is
 # completed): no temp name needed. Other filesystems (sftp, webdav, hdfs...) write in place, so
@@ -59,7 +59,7 @@ ATOMIC_PUT_PROTOCOLS = frozenset(
 
 def key(section: Section, hexdigest: str) -> str:
     """The only way a store key is built: a fixed prefix and a checked digest."""
-    if section not in SECTIONS or not HEX64.match(hexdigest):
+    if section not in SECTIONS or not HEX64.fullmatch(hexdigest):
         raise ValueError(f"refusing to build a store key from {section!r}, {hexdigest!r}")
     suffix = ".json" if section == "manifests" else ""
     return f"{section}/{hexdigest[:2]}/{hexdigest}{suffix}"

@@ -11,7 +11,7 @@ from dflow_async.exceptions import ArtifactError
 
 __all__ = ["ArtifactRef", "check_name"]
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # with fullmatch: "$" would let a "\n" end it
 
 
 def check_name(name: object) -> str:
@@ -35,7 +35,7 @@ class ArtifactRef:
     def __post_init__(self) -> None:
         # Refs come back from journals and other processes: check them once, here, so that no
         # store key or destination path is ever built from an unchecked string.
-        if not isinstance(self.digest, str) or not _DIGEST.match(self.digest):
+        if not isinstance(self.digest, str) or not _DIGEST.fullmatch(self.digest):
             raise ArtifactError(f"artifact digest {self.digest!r} is not 'sha256:<64 hex>'")
         if self.kind not in ("file", "dir"):
             raise ArtifactError(f"artifact kind {self.kind!r} is neither 'file' nor 'dir'")

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "dflow-async/manifest/1"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # with fullmatch: "$" would let a "\n" end it
 
 
 class TreeError(ValueError):
@@ -199,8 +199,7 @@ def _manifest_file(rel: str, spec: Any) -> ManifestFile:
     digest, size, mode = spec.get("digest"), spec.get("size"), spec.get("mode")
     ok = (
         isinstance(digest, str)
-        and digest.startswith("sha256:")
-        and HEX64.match(digest[7:]) is not None
+        and DIGEST.fullmatch(digest) is not None
         and type(size) is int
         and size >= 0
         and type(mode) is int
