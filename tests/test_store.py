@@ -455,6 +455,16 @@ def test_corrupt_directory_file_is_named(case: Case, store: ArtifactStore, tmp_p
         store.get(ref, tmp_path / "out", verify=True)
 
 
+def test_verified_get_keeps_execute_bits(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    src = _tree(tmp_path / "res")
+    ref = store.put(src)
+    got = store.get(ref, tmp_path / "out", verify=True)
+    # the object, the producer's file (the same inode) and the copy all stay executable
+    assert os.access(src / "run.sh", os.X_OK) and os.access(got / "run.sh", os.X_OK)
+    assert not (src / "run.sh").stat().st_mode & 0o222
+
+
 def test_writable_object_is_rehashed_without_verify(store: ArtifactStore, tmp_path: Path) -> None:
     if not store.is_local:
         pytest.skip("the hard-link fast path is local")

@@ -27,6 +27,7 @@ from dflow_async._store_local import (
     ensure_dir,
     is_trusted,
     link_in,
+    read_only,
     rename_into,
     temp_name,
 )
@@ -110,7 +111,7 @@ class ObjectDir:
         """
         good: dict[str, str] = {}
         absent: list[Want] = []
-        to_hash: list[Want] = []
+        to_hash: list[tuple[Want, os.stat_result]] = []
         for w in wants:
             path = self.spath(w.key)
             try:
@@ -119,16 +120,17 @@ class ObjectDir:
                 absent.append(w)
                 continue
             if verify or not is_trusted(st, w.size):
-                to_hash.append(w)
+                to_hash.append((w, st))
             else:
                 good[w.key] = path
-        digests = parallel_map(lambda w: hash_file(self.spath(w.key)), to_hash, threads)
-        bad = []
-        for w, hexdigest in zip(to_hash, digests, strict=True):
+        digests = parallel_map(lambda ws: hash_file(self.spath(ws[0].key)), to_hash, threads)
+        bad: list[Want] = []
+        for (w, st), hexdigest in zip(to_hash, digests, strict=True):
             if hexdigest == w.hexdigest:
                 good[w.key] = self.spath(w.key)
-                with contextlib.suppress(OSError):  # was chmod'ed writable: restore the guard
-                    os.chmod(self.spath(w.key), 0o444)
+                if st.st_mode & 0o222:  # was chmod'ed writable: restore the guard, exec bits too
+                    with contextlib.suppress(OSError):
+                        os.chmod(self.spath(w.key), read_only(st.st_mode))
             else:
                 bad.append(w)
         return good, absent, bad
