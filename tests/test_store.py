@@ -728,6 +728,33 @@ def test_empty_directory(case: Case, store: ArtifactStore, tmp_path: Path) -> No
 # -- digests, manifests, files changing under a commit, and the parallel helpers ---------------
 
 
+def test_manifest_bytes_are_canonical_json() -> None:
+    from dflow_async._store_tree import MANIFEST_FORMAT, ManifestFile, manifest_bytes
+
+    files = {
+        name: ManifestFile(hashlib.sha256(name.encode()).hexdigest(), i, 0o644 | (i % 2) * 0o111)
+        for i, name in enumerate(["b", "a/z", "a b/ü ñ", 'q"uote', "tab\there", "é", "Z", "a/b"])
+    }
+    dirs, links = ["a", "a b", "a/empty"], {"latest": "a/z", "ü": "é"}
+    expected = json.dumps(
+        {
+            "format": MANIFEST_FORMAT,
+            "files": {
+                r: {"digest": f"sha256:{f.hexdigest}", "size": f.size, "mode": f.mode}
+                for r, f in files.items()
+            },
+            "dirs": sorted(dirs),
+            "links": links,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    assert manifest_bytes(files, list(reversed(dirs)), links) == expected
+    empty = {"dirs": [], "files": {}, "format": MANIFEST_FORMAT, "links": {}}
+    assert manifest_bytes({}, [], {}) == json.dumps(empty, separators=(",", ":")).encode()
+
+
 def test_digests_with_a_trailing_newline_are_refused() -> None:
     from dflow_async._store_backends import key
     from dflow_async._store_tree import TreeError, parse_manifest

@@ -15,9 +15,8 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from dflow_async._store_hash import ChangedError, cached_hash, hash_file, parallel_map
 from dflow_async._store_local import (
@@ -66,8 +65,7 @@ def key(section: Section, hexdigest: str) -> str:
     return f"{section}/{hexdigest[:2]}/{hexdigest}{suffix}"
 
 
-@dataclass(frozen=True, slots=True)
-class Want:
+class Want(NamedTuple):  # a tuple: one per file of a directory, made on every get
     """An object someone needs as a local file: its key, digest and size."""
 
     key: str
