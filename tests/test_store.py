@@ -773,3 +773,19 @@ def test_digests_with_a_trailing_newline_are_refused() -> None:
     }
     with pytest.raises(TreeError, match="bad digest"):
         parse_manifest(json.dumps(doc).encode())
+
+
+def _boom(x: int) -> int:
+    if x == 57:
+        raise KeyError(x)
+    return x
+
+
+def test_parallel_map_keeps_order_and_raises() -> None:
+    from dflow_async._store_hash import parallel_map
+
+    items = list(range(100))
+    for threads, chunk in [(1, 1), (2, 1), (3, 7), (4, 1000)]:
+        assert parallel_map(lambda x: x * x, items, threads, chunk=chunk) == [x * x for x in items]
+    with pytest.raises(KeyError):
+        parallel_map(_boom, items, 3)

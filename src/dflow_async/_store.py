@@ -175,8 +175,8 @@ class ArtifactStore:
                 self._get_dir(ref, staging, verify=verify, link=link)
             else:
                 path = self._fetch_one(ref, self._section(ref), verify=verify)
-                materialise_file(path, staging, mode=0o644, link=link)
-                DIGESTS.put(stat_key(os.stat(staging)), ref.hexdigest)
+                if not materialise_file(path, staging, mode=0o644, link=link):  # a copy
+                    DIGESTS.put(stat_key(os.stat(staging)), ref.hexdigest)
             replace_path(staging, target)
         except ArtifactError:
             raise
@@ -324,17 +324,22 @@ class ArtifactStore:
         staging.mkdir()
         for d in manifest.dirs:  # sorted: parents first
             (staging / d).mkdir(parents=True, exist_ok=True)
-        # One thread: links are too cheap for a pool to pay off (measured).
         base = f"{staging}{os.sep}"
-        for rel, f in manifest.files.items():
-            dest = base + rel
-            obj = paths[wants[f.hexdigest].key]
+        jobs = [(base + rel, paths[wants[f.hexdigest].key], f) for rel, f in manifest.files.items()]
+
+        def put_one(job: tuple[str, str, ManifestFile]) -> None:
+            dest, obj, f = job
             try:
-                materialise_file(obj, dest, mode=f.mode, link=link)
+                linked = materialise_file(obj, dest, mode=f.mode, link=link)
             except FileNotFoundError:  # a manifest need not list every parent directory
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
-                materialise_file(obj, dest, mode=f.mode, link=link)
-            DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)
+                linked = materialise_file(obj, dest, mode=f.mode, link=link)
+            if not linked:  # a link shares the object's inode, whose digest lookup recorded
+                DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)
+
+        # Links release the GIL and run in parallel when they go to different directories:
+        # each thread takes a run of consecutive (sorted) paths, so mostly its own directories.
+        parallel_map(put_one, jobs, self.hash_threads, chunk=-(-len(jobs) // self.hash_threads))
         # Links last, so no file above was written through one; then check where they lead.
         real = os.path.realpath(staging)
         for rel, target in manifest.links.items():

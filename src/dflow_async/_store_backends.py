@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from dflow_async._store_hash import ChangedError, cached_hash, hash_file, parallel_map
+from dflow_async._store_hash import (
+    DIGESTS,
+    ChangedError,
+    cached_hash,
+    hash_file,
+    parallel_map,
+    stat_key,
+)
 from dflow_async._store_local import (
     StrPath,
     atomic_copy,
@@ -121,16 +128,22 @@ class ObjectDir:
                 to_hash.append((w, st))
             else:
                 good[w.key] = path
+                # What get materialises from it is a hard link to this very inode: one key
+                # serves all of them, and a pass-through of them is then not re-hashed.
+                DIGESTS.put(stat_key(st), w.hexdigest)
         digests = parallel_map(lambda ws: hash_file(self.spath(ws[0].key)), to_hash, threads)
         bad: list[Want] = []
         for (w, st), hexdigest in zip(to_hash, digests, strict=True):
-            if hexdigest == w.hexdigest:
-                good[w.key] = self.spath(w.key)
-                if st.st_mode & 0o222:  # was chmod'ed writable: restore the guard, exec bits too
-                    with contextlib.suppress(OSError):
-                        os.chmod(self.spath(w.key), read_only(st.st_mode))
-            else:
+            path = self.spath(w.key)
+            if hexdigest != w.hexdigest:
                 bad.append(w)
+                continue
+            good[w.key] = path
+            with contextlib.suppress(OSError):
+                if st.st_mode & 0o222:  # was chmod'ed writable: restore the guard, exec bits too
+                    os.chmod(path, read_only(st.st_mode))
+                if stat_key(os.stat(path)) == stat_key(st):  # unchanged while it was hashed
+                    DIGESTS.put(stat_key(st), hexdigest)
         return good, absent, bad
 
 
@@ -366,6 +379,7 @@ class FsspecBackend(Backend):
             for w, tmp in zip(wants, tmps, strict=True):
                 final = self.cache.path(w.key)
                 os.chmod(tmp, 0o444)
+                DIGESTS.put(stat_key(os.stat(tmp)), w.hexdigest)  # as lookup does (see there)
                 rename_into(tmp, final)
                 out[w.key] = str(final)
             return out

@@ -19,8 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "CHUNK",
@@ -119,17 +118,50 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
-    """``[fn(x) for x in items]``, on ``threads`` threads when there is more than one item.
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], threads: int, *, chunk: int = 1
+) -> list[R]:
+    """``[fn(x) for x in items]``, on ``threads`` threads (the caller's among them).
 
-    Items go to the pool in batches (about 8 per thread): one future per small file would
-    cost more than a digest-cache hit it wraps."""
-    if threads <= 1 or len(items) <= 1:
+    Workers claim ``chunk`` items at a time from a shared counter, so a slow item (a big file)
+    never leaves the other threads idle behind a static split, and the last item to finish is
+    at most one chunk after the others. No future per item: claiming is a lock and an add.
+    The first exception stops every worker at its next claim and is raised here."""
+    n = len(items)
+    chunk = max(1, chunk)
+    threads = min(threads, -(-n // chunk))
+    if threads <= 1:
         return [fn(x) for x in items]
-    size = max(1, len(items) // (threads * 8))
-    batches = [items[i : i + size] for i in range(0, len(items), size)]
-    with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
-        return [r for batch in pool.map(lambda b: [fn(x) for x in b], batches) for r in batch]
+    out: list[Any] = [None] * n
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    claimed = 0
+
+    def work() -> None:
+        nonlocal claimed
+        while not errors:
+            with lock:
+                start = claimed
+                claimed += chunk
+            if start >= n:
+                return
+            try:
+                for i in range(start, min(start + chunk, n)):
+                    out[i] = fn(items[i])
+            except BaseException as exc:
+                errors.append(exc)
+
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
+    for t in helpers:
+        t.start()
+    try:
+        work()
+    finally:
+        for t in helpers:
+            t.join()
+    if errors:
+        raise errors[0]
+    return out
 
 
 def cached_hash(

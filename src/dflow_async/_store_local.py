@@ -178,8 +178,8 @@ def link_in(src: StrPath, final: Path, expect: os.stat_result) -> bool:
     return True
 
 
-def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> None:
-    """Put the object's bytes at ``dest`` (which must not exist).
+def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> bool:
+    """Put the object's bytes at ``dest`` (which must not exist); True if it is a hard link.
 
     ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
     a file with execute bits is copied instead when the shared object has none (0o444).
@@ -188,12 +188,13 @@ def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> N
     if link and (not mode & 0o111 or os.stat(obj).st_mode & 0o111):
         try:
             os.link(obj, dest)
-            return
+            return True
         except OSError as exc:
             if exc.errno not in LINK_FALLBACK_ERRNOS:
                 raise
     _copy_file(obj, dest)
     os.chmod(dest, read_only(mode) if link else (mode | 0o200))
+    return False
 
 
 def _copy_file(src: StrPath, dest: StrPath) -> None:
