@@ -728,6 +728,43 @@ def test_empty_directory(case: Case, store: ArtifactStore, tmp_path: Path) -> No
 # -- digests, manifests, files changing under a commit, and the parallel helpers ---------------
 
 
+@pytest.mark.parametrize("swap", ["append", "replace"])
+def test_file_changed_while_committed_is_refused(
+    swap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed after it was hashed: grown in place, or replaced by another file of the same
+    size and mtime (a rename over it: only the inode tells). Nothing is committed."""
+    import dflow_async._store_backends as backends
+
+    src = tmp_path / "d" / "x.bin"
+    src.parent.mkdir()
+    src.write_bytes(b"A" * 4096)
+    real_hash = backends.hash_fd
+
+    def hash_then_change(fd: int, size: int = -1) -> str:
+        hexdigest = real_hash(fd, size)
+        st = src.stat()
+        if swap == "append":
+            with open(src, "ab") as fh:
+                fh.write(b"more")
+        else:
+            other = tmp_path / "other.bin"
+            other.write_bytes(b"B" * 4096)
+            os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.replace(other, src)
+        return hexdigest
+
+    monkeypatch.setattr(backends, "hash_fd", hash_then_change)
+    store = ArtifactStore(str(tmp_path / "store"))
+    for what in (src, src.parent):  # a file, and a file of a directory
+        DIGESTS.clear()
+        src.unlink()
+        src.write_bytes(b"A" * 4096)
+        with pytest.raises(ArtifactError, match="still writing"):
+            store.put(what, producer="wf/racy")
+        assert [p for p in (tmp_path / "store" / "objects").rglob("*") if p.is_file()] == []
+
+
 def test_manifest_bytes_are_canonical_json() -> None:
     from dflow_async._store_tree import MANIFEST_FORMAT, ManifestFile, manifest_bytes
 
@@ -789,3 +826,34 @@ def test_parallel_map_keeps_order_and_raises() -> None:
         assert parallel_map(lambda x: x * x, items, threads, chunk=chunk) == [x * x for x in items]
     with pytest.raises(KeyError):
         parallel_map(_boom, items, 3)
+
+
+def test_triage_map_keeps_order_and_raises() -> None:
+    from dflow_async._store_hash import triage_map
+
+    items = list(range(100))
+
+    # cheap items answered by the triage, the others by the helpers, in order either way
+    def first(x: int) -> tuple[int | None, str]:
+        return (x if x % 3 else None), f"state{x}"
+
+    assert triage_map(first, lambda x, s: int(s[5:]) + 1000, items, 3) == [
+        x if x % 3 else x + 1000 for x in items
+    ]
+    with pytest.raises(KeyError):
+        triage_map(first, lambda x, s: _boom(x), [57] * 10, 3)
+    with pytest.raises(KeyError):
+        triage_map(lambda x: (_boom(x), ""), lambda x, s: x, items, 3)
+
+
+def test_pass_through_into_another_store_stores_every_object(tmp_path: Path) -> None:
+    """Digests cached by a get from one store name no object in another: the second store must
+    still get every object (hashed afresh before they are named by those digests)."""
+    first = ArtifactStore(str(tmp_path / "one"))
+    second = ArtifactStore(str(tmp_path / "two"))
+    ref = first.put(_tree(tmp_path / "res"))
+    got = first.get(ref, tmp_path / "step2")
+    again = second.put(got)
+    assert again.digest == ref.digest
+    out = second.get(again, tmp_path / "step3", verify=True)
+    assert _snapshot(out) == _snapshot(got)

@@ -34,10 +34,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn
 
 from dflow_async._store_backends import (
     Backend,
@@ -58,6 +59,7 @@ from dflow_async._store_hash import (
     hash_bytes,
     parallel_map,
     stat_key,
+    triage_map,
 )
 from dflow_async._store_local import StrPath, materialise_file, replace_path
 from dflow_async._store_ref import ArtifactRef, check_name
@@ -148,11 +150,16 @@ class ArtifactStore:
                 st = os.stat(src)  # a symlink named by the caller is followed: they chose it
             except FileNotFoundError:
                 raise TreeError(f"{str(src)!r} does not exist") from None
-            if os.path.isdir(src):
+            if stat.S_ISDIR(st.st_mode):
                 return self._put_dir(src, label, producer)
-            if not os.path.isfile(src):
+            if not stat.S_ISREG(st.st_mode):
                 raise TreeError(f"{str(src)!r} is not a regular file or directory")
-            (hexdigest,) = self._commit_files([(src, st)])
+            if isinstance(self._backend, LocalBackend):
+                hexdigest = DIGESTS.get(stat_key(st))
+                if hexdigest is None or not self._backend.exists(key("objects", hexdigest)):
+                    hexdigest = self._backend.commit(str(src), st)
+            else:
+                (hexdigest,) = self._store_objects([(src, st)], self._hash_all([(src, st)]))
             k = key("objects", hexdigest)
             return self._ref(k, hexdigest, st.st_size, "file", label, producer)
 
@@ -235,44 +242,69 @@ class ArtifactStore:
 
     def _put_dir(self, src: Path, label: str, producer: str | None) -> ArtifactRef:
         tree = scan_tree(src)
-        files = [(f.path, f.st) for f in tree.files]
+        paths = [f.path for f in tree.files]
+        backend = self._backend
 
-        def manifest(hexes: Sequence[str]) -> bytes:
+        def manifest(done: Sequence[Committed]) -> bytes:
             entries = {
-                f.rel: ManifestFile(h, f.st.st_size, _git_mode(f.st.st_mode))
-                for f, h in zip(tree.files, hexes, strict=True)
+                f.rel: ManifestFile(h, st.st_size, _git_mode(st.st_mode))
+                for f, (h, st) in zip(tree.files, done, strict=True)
             }
             return manifest_bytes(entries, tree.dirs, tree.links)
 
-        if isinstance(self._backend, LocalBackend):
-            data = manifest(self._commit_files(files))
+        if isinstance(backend, LocalBackend):  # hash and link file by file, on all threads
+            done, data = self._commit_local(backend, paths, manifest)
         else:  # a request per object is dear: first ask whether the whole tree is there
-            hashed = parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
-            data = manifest([h for h, _ in hashed])
-            if not self._backend.exists(key("manifests", hash_bytes(data))):
-                data = manifest(self._store_objects(files, hashed))
+            stats = [os.stat(p) for p in paths]  # serial: threads only add GIL hand-offs
+            files = list(zip(paths, stats, strict=True))
+            hashed = self._hash_all(files)
+            done = [(h, st) for (h, _), st in zip(hashed, stats, strict=True)]
+            data = manifest(done)
+            if not backend.exists(key("manifests", hash_bytes(data))):
+                done = list(zip(self._store_objects(files, hashed), stats, strict=True))
+                data = manifest(done)
         k = key("manifests", hash_bytes(data))
-        if not self._backend.exists(k):  # last: this is what makes the directory visible
-            self._backend.write_bytes(k, data)
-        size = sum(f.st.st_size for f in tree.files)
+        if not backend.exists(k):  # last: this is what makes the directory visible
+            backend.write_bytes(k, data)
+        size = sum(st.st_size for _, st in done)
         return self._ref(k, hash_bytes(data), size, "dir", label, producer)
 
-    def _commit_files(self, files: Sequence[tuple[StrPath, os.stat_result]]) -> list[str]:
-        """Digest of each file, storing the objects the store lacks."""
-        backend = self._backend
-        if isinstance(backend, LocalBackend):  # hash and link file by file, on all threads
-            known = [DIGESTS.get(stat_key(st)) for _, st in files]
-            # Pass-through files (cache hit, object present) cost a stat, not a thread hop.
-            todo = [
-                i for i, h in enumerate(known) if h is None or not backend.exists(key("objects", h))
-            ]
-            done = parallel_map(lambda i: backend.commit(*files[i]), todo, self.hash_threads)
-            for i, h in zip(todo, done, strict=True):
-                known[i] = h
-            assert all(h is not None for h in known)
-            return cast("list[str]", known)
-        hashed = parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
-        return self._store_objects(files, hashed)
+    def _commit_local(
+        self,
+        backend: LocalBackend,
+        paths: Sequence[str],
+        manifest: Callable[[Sequence[Committed]], bytes],
+    ) -> tuple[list[Committed], bytes]:
+        """Each file's digest and stat, and the manifest; the files the digest cache does not
+        know are hashed and linked on all threads while this one stats the rest.
+
+        A digest from the cache may only skip work for an object that is present. The tree's
+        manifest, if stored, vouches for every object it names (it is written after them), so a
+        pass-through tree costs one existence check, not one per file."""
+        hits: list[int] = []
+
+        def cached(i: int) -> tuple[Committed | None, os.stat_result]:
+            hexdigest, st = backend.cached(paths[i])
+            if hexdigest is None:
+                return None, st
+            hits.append(i)
+            return (hexdigest, st), st
+
+        def commit(i: int, st: os.stat_result) -> Committed:
+            return backend.commit(paths[i], st), st
+
+        done = triage_map(cached, commit, range(len(paths)), self.hash_threads)
+        data = manifest(done)
+        if hits and not backend.exists(key("manifests", hash_bytes(data))):
+            absent = [i for i in hits if not backend.exists(key("objects", done[i][0]))]
+            again = parallel_map(lambda i: commit(i, done[i][1]), absent, self.hash_threads)
+            for i, c in zip(absent, again, strict=True):
+                done[i] = c
+            data = manifest(done) if absent else data
+        return done, data
+
+    def _hash_all(self, files: Sequence[tuple[StrPath, os.stat_result]]) -> list[tuple[str, bool]]:
+        return parallel_map(lambda f: cached_hash(*f), files, self.hash_threads)
 
     def _store_objects(
         self, files: Sequence[tuple[StrPath, os.stat_result]], hashed: list[tuple[str, bool]]
@@ -435,6 +467,9 @@ class ArtifactStore:
 
     def _fail_store(self, problem: str) -> NoReturn:
         raise ArtifactError(f"artifact store {self.url} {problem}")
+
+
+Committed = tuple[str, os.stat_result]  # a file as committed: (hex digest, stat when hashed)
 
 
 def _git_mode(mode: int) -> int:

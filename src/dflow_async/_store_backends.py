@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 from dflow_async._store_hash import (
     DIGESTS,
     ChangedError,
-    cached_hash,
+    hash_fd,
     hash_file,
     parallel_map,
     stat_key,
@@ -216,25 +216,48 @@ class LocalBackend(Backend):
             if not self._link(src, st, hexdigest):
                 self._copy_in(src, hexdigest)
 
-    def commit(self, src: StrPath, st: os.stat_result) -> str:
-        """Hash ``src`` and store it if new, all in one go (called from many threads at once,
-        so linking overlaps hashing). Returns its hex digest."""
+    def cached(self, src: str) -> tuple[str | None, os.stat_result]:
+        """(the digest cached for ``src`` under its stat now, or None; that stat).
+
+        The digest may only be trusted to skip work for an object that is present: the caller
+        checks that before relying on it (for a whole tree at once, when it can)."""
+        st = os.stat(src)
+        return DIGESTS.get(stat_key(st)), st
+
+    def commit(self, src: str, st: os.stat_result) -> str:
+        """Hash ``src`` (whose stat before hashing is ``st``) and store it if new, all in one
+        go: called from many threads at once, so linking overlaps hashing. Returns its digest.
+
+        One open serves the hash and the commit. On the same filesystem the link is tried
+        straight away: an object already stored under that digest (the same bytes) answers
+        EEXIST, so a new object, the common case, costs no existence check first. Either way
+        the producer's file becomes read-only, like every file committed by link."""
         self._prepare()
-        hexdigest, cached = cached_hash(src, st)
-        if self.exists(key("objects", hexdigest)):
-            return hexdigest  # dedupe; the only thing a cached digest may be trusted for
-        if st.st_dev != self._device:  # another filesystem: copy and hash in one read
-            return self._copy_in(src, None)
-        if cached:
-            hexdigest, _ = cached_hash(src, st, use_cache=False)
-        if not self._link(src, st, hexdigest):
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            hexdigest = hash_fd(fd, st.st_size)  # always afresh before naming an object
+            final = self.dir.spath(key("objects", hexdigest))
+            linked = st.st_dev == self._device and link_in(src, fd, final, st)
+            if not linked and os.path.exists(final):  # stored already: no copy needed
+                if stat_key(os.fstat(fd)) != stat_key(st):
+                    raise ChangedError(0, f"{src} changed while it was being hashed")
+                linked = True
+        finally:
+            os.close(fd)
+        if not linked:  # another filesystem, or not ours to make read-only: copy
             self._copy_in(src, hexdigest)
+        DIGESTS.put(stat_key(st), hexdigest)
         return hexdigest
 
     def _link(self, src: StrPath, st: os.stat_result, hexdigest: str) -> bool:
         self._prepare()
-        final = self.dir.path(key("objects", hexdigest))
-        return st.st_dev == self._device and link_in(src, final, st)
+        if st.st_dev != self._device:
+            return False
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return link_in(os.fspath(src), fd, self.dir.spath(key("objects", hexdigest)), st)
+        finally:
+            os.close(fd)
 
     def _copy_in(self, src: StrPath, expect: str | None) -> str:
         self._prepare()

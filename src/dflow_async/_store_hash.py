@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,9 +31,11 @@ __all__ = [
     "cached_hash",
     "default_threads",
     "hash_bytes",
+    "hash_fd",
     "hash_file",
     "parallel_map",
     "stat_key",
+    "triage_map",
 ]
 
 CHUNK = 1 << 20  # 1 MiB: large enough that hashlib releases the GIL and syscalls are few
@@ -46,6 +49,7 @@ class ChangedError(OSError):
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -70,12 +74,28 @@ def _buffer() -> bytearray:
 
 def hash_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks into a reused buffer."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int, size: int = -1) -> str:
+    """Hex sha256 of what ``fd`` reads from its current offset to the end.
+
+    With ``size`` (the file's size from a stat taken before), reading stops after ``size``
+    bytes, which saves the final empty ``read`` per file; a file that grew meanwhile is caught
+    by the caller's stat after hashing, which sees the new size."""
     h = hashlib.sha256()
     buf = _buffer()
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
+    while size:
+        n = os.readv(fd, [buf])  # readinto without a file object (3.11 has no os.readinto)
+        if not n:
+            break
+        h.update(view[:n] if n < CHUNK else buf)
+        size -= n
     return h.hexdigest()
 
 
@@ -157,6 +177,63 @@ def parallel_map(
     try:
         work()
     finally:
+        for t in helpers:
+            t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def triage_map(
+    first: Callable[[T], tuple[R | None, S]],
+    rest: Callable[[T, S], R],
+    items: Sequence[T],
+    threads: int,
+) -> list[R]:
+    """For each item, ``first(x)``'s result, or when that is None, ``rest(x, state)`` with the
+    state ``first`` returned; ``rest`` runs on helper threads, overlapping the triage.
+
+    Made for items that are mostly all cheap (a pass-through tree: a stat and a cache hit each)
+    or mostly all dear (new files: hashing). The caller triages every item itself, in order:
+    handing cheap ones to a pool would cost more in thread hops and GIL hand-offs than they
+    take. Dear ones are queued as soon as they are seen, so the helpers hash while the caller
+    triages; then the caller joins them on what is left. The first exception stops the work
+    and is raised here.
+    """
+    n = len(items)
+    out: list[Any] = [None] * n
+    errors: list[BaseException] = []
+    todo: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
+    queued = 0
+    helpers: list[threading.Thread] = []
+
+    def work() -> None:
+        while (job := todo.get()) is not None:
+            if errors:
+                continue  # drain to the sentinel: every thread must reach its own
+            i, state = job
+            try:
+                out[i] = rest(items[i], state)
+            except BaseException as exc:
+                errors.append(exc)
+
+    try:
+        for i, x in enumerate(items):
+            result, state = first(x)
+            if result is not None:
+                out[i] = result
+                continue
+            todo.put((i, state))
+            queued += 1
+            if len(helpers) < min(threads, n) - 1 and queued > len(helpers):
+                helpers.append(threading.Thread(target=work, daemon=True))
+                helpers[-1].start()
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        for _ in range(len(helpers) + 1):
+            todo.put(None)
+        work()
         for t in helpers:
             t.join()
     if errors:

@@ -21,7 +21,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from dflow_async._store_hash import CHUNK, ChangedError
+from dflow_async._store_hash import CHUNK, ChangedError, stat_key
 
 __all__ = [
     "LINK_FALLBACK_ERRNOS",
@@ -31,6 +31,7 @@ __all__ = [
     "ensure_dir",
     "is_trusted",
     "link_in",
+    "make_fanout_dir",
     "materialise_file",
     "read_only",
     "rename_into",
@@ -146,36 +147,46 @@ def atomic_copy(src: StrPath, tmp_dir: Path) -> tuple[Path, str, int]:
     return tmp, h.hexdigest(), size
 
 
-def link_in(src: StrPath, final: Path, expect: os.stat_result) -> bool:
-    """Commit ``src`` as ``final`` by hard link (zero-copy), read-only.
+def link_in(src: str, fd: int, final: str, expect: os.stat_result) -> bool:
+    """Commit ``src``, open as ``fd``, as ``final`` by hard link (zero-copy), read-only.
 
     The inode is made read-only *before* the link gives it its final name, so an object is
     never visible writable; the bytes are the producer's finished file, so the one ``link``
     call is the atomic commit (no temp name needed). ``expect`` is the stat taken before
-    ``src`` was hashed: if size or mtime moved since, the bytes are not the ones hashed and
-    ChangedError is raised. Returns False when a link is impossible here (copy instead).
+    ``fd`` was hashed: if what ``src`` names now is another inode, or its size or mtime moved,
+    the bytes are not the ones hashed and ChangedError is raised. Returns False when a link is
+    impossible here (copy instead).
     """
     try:
-        os.chmod(src, read_only(expect.st_mode))  # the producer's file becomes read-only too
+        os.fchmod(fd, read_only(expect.st_mode))  # the producer's file becomes read-only too
     except PermissionError:
         return False  # not our file: copying is the only way to make the object read-only
-    now = os.stat(src)
-    if (now.st_size, now.st_mtime_ns) != (expect.st_size, expect.st_mtime_ns):
+    if stat_key(os.stat(src)) != stat_key(expect):  # by path: the name we are about to link
         raise ChangedError(errno.EAGAIN, "the file changed while it was being committed")
     try:
         try:
             os.link(src, final)
         except FileNotFoundError:  # first object of its fan-out directory
-            ensure_dir(final.parent)
+            make_fanout_dir(os.path.dirname(final))
             os.link(src, final)
     except FileExistsError:
-        return True  # committed concurrently under the same digest: the same bytes
+        return True  # stored already (or concurrently) under the same digest: the same bytes
     except OSError as exc:
         if exc.errno not in LINK_FALLBACK_ERRNOS:
             raise
-        os.chmod(src, expect.st_mode & 0o7777)  # leave the producer's file as it was
+        os.fchmod(fd, expect.st_mode & 0o7777)  # leave the producer's file as it was
         return False
     return True
+
+
+def make_fanout_dir(path: str) -> None:
+    """``objects/ab``: its parent exists (made when the store was prepared), so one mkdir."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # another thread or process made it first
+    except FileNotFoundError:
+        ensure_dir(Path(path))
 
 
 def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> bool:

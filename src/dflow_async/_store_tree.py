@@ -49,11 +49,9 @@ class TreeError(ValueError):
     """A source tree or a manifest is unsafe or malformed; the store adds artifact context."""
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(NamedTuple):
     rel: str  # posix path relative to the tree root
-    path: str  # where it is on disk now
-    st: os.stat_result
+    path: str  # where it is on disk now; stat'ed by the store when it commits the file
 
 
 @dataclass(slots=True)
@@ -106,6 +104,10 @@ def _link_target_inside(rel: str, target: str) -> bool:
 def scan_tree(root: Path) -> Tree:
     """Every file, directory and symlink under ``root``, without following symlinks.
 
+    Files are not stat'ed here (the directory entry says what kind they are): the store stats
+    each one just before it hashes it, by which time other threads are already hashing (see
+    ``triage_map``), rather than all of them before any hashing starts.
+
     Symlinks are kept as links when they resolve inside ``root`` and refused otherwise: storing
     the target's bytes would leak whatever the link points at (``/etc/passwd``, a secret in
     ``$HOME``) into a store other people read.
@@ -126,7 +128,7 @@ def scan_tree(root: Path) -> Tree:
                 tree.dirs.append(rel)
                 stack.append(rel)
             elif entry.is_file(follow_symlinks=False):
-                tree.files.append(FileEntry(rel, entry.path, entry.stat()))
+                tree.files.append(FileEntry(rel, entry.path))
             else:
                 kind = _kind(entry.stat(follow_symlinks=False).st_mode)
                 raise TreeError(f"{rel!r} is a {kind}, not a regular file or directory")
