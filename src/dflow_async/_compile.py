@@ -424,7 +424,8 @@ class _Compiler:
             for g, group in enumerate(tpl.groups):
                 for s in group:
                     group_of.setdefault(id(s), g)
-        edges: set[tuple[int, int]] = set()
+        # unique without a set: each node's producers are a set, each node is seen once
+        edges: list[tuple[int, int]] = []
         for node in ct.nodes[: ct.n_steps]:
             step = node.step
             assert step is not None
@@ -442,7 +443,7 @@ class _Compiler:
                         f"or a later group of Steps {ct.name!r}; add it after {name!r}"
                     )
                     continue
-                edges.add((idx, node.index))
+                edges.append((idx, node.index))
         if not isinstance(tpl, DAG):
             self.barriers(ct, edges)
         for a, b in edges:
@@ -451,13 +452,13 @@ class _Compiler:
         ct.roots = [n.index for n in ct.nodes if n.npreds == 0]
         if not _acyclic(ct):
             # counters found a cycle; networkx names it for the message
-            graph = nx.DiGraph(list(edges))
+            graph = nx.DiGraph(edges)
             cycle = nx.find_cycle(graph)
             names = [ct.nodes[a].name for a, _ in cycle] + [ct.nodes[cycle[0][0]].name]
             kind = "DAG" if isinstance(tpl, DAG) else "Steps"
             self.problem(f"{kind} {ct.name!r} has a cycle: {' -> '.join(names)}")
 
-    def barriers(self, ct: CompiledTemplate, edges: set[tuple[int, int]]) -> None:
+    def barriers(self, ct: CompiledTemplate, edges: list[tuple[int, int]]) -> None:
         """Steps groups run in order: a barrier node between consecutive groups keeps the edge
         count linear (n + m instead of n * m for two wide groups)."""
         groups = ct.template.groups
@@ -467,11 +468,11 @@ class _Compiler:
             for s in groups[g - 1]:
                 idx = self._node_of(ct, s)
                 if idx is not None:
-                    edges.add((idx, barrier.index))
+                    edges.append((idx, barrier.index))
             for s in groups[g]:
                 idx = self._node_of(ct, s)
                 if idx is not None:
-                    edges.add((barrier.index, idx))
+                    edges.append((barrier.index, idx))
 
     @staticmethod
     def _node_of(ct: CompiledTemplate, step: Step) -> int | None:
