@@ -419,46 +419,44 @@ class _Compiler:
 
     def edges(self, ct: CompiledTemplate) -> None:
         tpl = ct.template
+        is_dag = isinstance(tpl, DAG)
         group_of: dict[int, int] = {}  # id(step) -> its group in a Steps template
-        if not isinstance(tpl, DAG):
+        if not is_dag:
             for g, group in enumerate(tpl.groups):
                 for s in group:
                     group_of.setdefault(id(s), g)
-        # unique without a set: each node's producers are a set, each node is seen once
-        edges: list[tuple[int, int]] = []
-        for node in ct.nodes[: ct.n_steps]:
-            step = node.step
-            assert step is not None
+        nodes, by_name = ct.nodes, ct.by_name
+        # straight into successor lists and counters: each node's producers are a set, so
+        # every edge comes once
+        for node in nodes[: ct.n_steps]:
+            me = node.index
             for name in node.producers:
-                idx = ct.by_name.get(name)
+                idx = by_name.get(name)
                 if idx is None:
                     continue
-                if idx == node.index:
+                if idx == me:
                     self.problem(f"step {ct.name}.{node.name}: depends on its own outputs")
                     continue
-                producer = ct.nodes[idx].step
-                if not isinstance(tpl, DAG) and group_of[id(producer)] >= group_of[id(step)]:
+                if not is_dag and group_of[id(nodes[idx].step)] >= group_of[id(node.step)]:
                     self.problem(
                         f"step {ct.name}.{node.name}: uses step {name!r}, which runs in the same "
                         f"or a later group of Steps {ct.name!r}; add it after {name!r}"
                     )
                     continue
-                edges.append((idx, node.index))
-        if not isinstance(tpl, DAG):
-            self.barriers(ct, edges)
-        for a, b in edges:
-            ct.nodes[a].succs.append(b)
-            ct.nodes[b].npreds += 1
-        ct.roots = [n.index for n in ct.nodes if n.npreds == 0]
+                nodes[idx].succs.append(me)
+                node.npreds += 1
+        if not is_dag:
+            self.barriers(ct)
+        ct.roots = [n.index for n in nodes if n.npreds == 0]
         if not _acyclic(ct):
             # counters found a cycle; networkx names it for the message
-            graph = nx.DiGraph(edges)
+            graph = nx.DiGraph([(n.index, s) for n in nodes for s in n.succs])
             cycle = nx.find_cycle(graph)
-            names = [ct.nodes[a].name for a, _ in cycle] + [ct.nodes[cycle[0][0]].name]
-            kind = "DAG" if isinstance(tpl, DAG) else "Steps"
+            names = [nodes[a].name for a, _ in cycle] + [nodes[cycle[0][0]].name]
+            kind = "DAG" if is_dag else "Steps"
             self.problem(f"{kind} {ct.name!r} has a cycle: {' -> '.join(names)}")
 
-    def barriers(self, ct: CompiledTemplate, edges: list[tuple[int, int]]) -> None:
+    def barriers(self, ct: CompiledTemplate) -> None:
         """Steps groups run in order: a barrier node between consecutive groups keeps the edge
         count linear (n + m instead of n * m for two wide groups)."""
         groups = ct.template.groups
@@ -468,11 +466,13 @@ class _Compiler:
             for s in groups[g - 1]:
                 idx = self._node_of(ct, s)
                 if idx is not None:
-                    edges.append((idx, barrier.index))
+                    ct.nodes[idx].succs.append(barrier.index)
+                    barrier.npreds += 1
             for s in groups[g]:
                 idx = self._node_of(ct, s)
                 if idx is not None:
-                    edges.append((barrier.index, idx))
+                    barrier.succs.append(idx)
+                    ct.nodes[idx].npreds += 1
 
     @staticmethod
     def _node_of(ct: CompiledTemplate, step: Step) -> int | None:
