@@ -365,9 +365,9 @@ class _Compiler:
     def references(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
         assert step is not None
-        values: list[Any] = [b.value for b in node.run_bindings]
-        values += [b.value for b in node.item_bindings]
-        values += [v for v in (step.when, step.with_param, step.key) if v is not None]
+        values: list[Any] = [v for v in (step.when, step.with_param, step.key) if v is not None]
+        if node.run_bindings or node.item_bindings:
+            values += [b.value for b in (*node.run_bindings, *node.item_bindings)]
         producers = node.producers
         for value in values:
             for ref in iter_refs(value):
@@ -378,10 +378,11 @@ class _Compiler:
                 producers.add(name)
                 if name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {name!r}")
+        by_name = ct.by_name
         for dep in step.dependencies:
             name = dep.name if isinstance(dep, Step) else dep
             producers.add(name)
-            if name not in ct.by_name:
+            if name not in by_name:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
         if isinstance(step.with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
