@@ -343,6 +343,31 @@ def test_every_sync_attempt_starts_in_an_empty_directory(executor: str) -> None:
             assert kept == ""
 
 
+def test_runs_do_not_leak_file_descriptors() -> None:
+    @op
+    def plain(x: int) -> int:
+        return x
+
+    def run_once() -> None:
+        wf = Workflow("fds")
+        wf.add(
+            Step(
+                "p",
+                plain,
+                parameters={"x": list(range(20))},
+                slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+            )
+        )
+        assert wf.run().status == "Succeeded"
+
+    run_once()  # warm-up: imports, logging and the like open what they keep
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        run_once()
+    after = len(os.listdir("/proc/self/fd"))
+    assert after <= before, f"{after - before} descriptors left open by 5 runs"
+
+
 class _Gauge:
     """Counts OPs running at once, per group (async OPs share the loop: no lock needed)."""
 

@@ -316,8 +316,14 @@ class _Scratch:
         return os.fstat(self.fd).st_mtime_ns == 0
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    # a worker thread's locals go when it ends (the inline executor's threads end with the
+    # run): its descriptor must go with them
+    __del__ = close
 
 
 _scratch = threading.local()
