@@ -8,7 +8,7 @@ scheduler does O(1) work per event and never rescans the graph.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,12 @@ class PortInfo(typing.NamedTuple):  # a tuple: built once per port per step, che
 
 @dataclass(slots=True)
 class Binding:
+    """An input bound to references or placeholders (literals are constant inputs)."""
+
     port: str
     kind: str
     value: Any
     per_item: bool  # evaluated once per fan-out item
-    dynamic: bool = False  # holds references or placeholders (else a literal)
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -285,7 +286,7 @@ class _Compiler:
                     continue
                 if _is_dynamic(value):
                     per_item = uses_item(value)
-                    binding = Binding(port, kind, value, per_item, True)
+                    binding = Binding(port, kind, value, per_item)
                     if per_item:
                         node.item_bindings.append(binding)
                     else:
@@ -494,12 +495,9 @@ class _Compiler:
                     self.problem(f"{where}: placeholder refers to unknown step {step_name!r}")
 
 
-def definition_digest(root: CompiledTemplate) -> str:
-    """A digest of what the workflow does: templates, steps, OPs and bound inputs. Resume
-    refuses a run whose definition changed, since its recorded outputs may no longer apply."""
-    import hashlib
-
-    h = hashlib.sha256()
+def walk_templates(root: CompiledTemplate) -> Iterator[CompiledTemplate]:
+    """``root`` and every template its steps use, each once (recursion included), depth
+    first in step order."""
     seen: set[int] = set()
     todo = [root]
     while todo:
@@ -507,6 +505,17 @@ def definition_digest(root: CompiledTemplate) -> str:
         if id(ct) in seen:
             continue
         seen.add(id(ct))
+        yield ct
+        todo.extend(node.sub for node in ct.nodes if node.sub is not None)
+
+
+def definition_digest(root: CompiledTemplate) -> str:
+    """A digest of what the workflow does: templates, steps, OPs and bound inputs. Resume
+    refuses a run whose definition changed, since its recorded outputs may no longer apply."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ct in walk_templates(root):
         inputs = sorted((n, repr(i.default)) for n, i in ct.inputs.items())
         outputs = sorted((n, repr(_canon(src))) for n, (_, src) in ct.outputs.items())
         h.update(repr((ct.name, inputs, outputs)).encode())
@@ -514,7 +523,6 @@ def definition_digest(root: CompiledTemplate) -> str:
             step = node.step
             assert step is not None
             if node.sub is not None:
-                todo.append(node.sub)
                 what = f"template:{node.sub.name}"
             else:
                 what = f"{op_name(node.op) if node.op else '?'}@{getattr(node.op, 'version', '')}"

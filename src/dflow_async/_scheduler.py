@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from dflow_async._cache import StepCache
+from dflow_async._compile import walk_templates
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
 from dflow_async._spec import AttemptOutcome, Failed, Succeeded
@@ -203,17 +204,9 @@ def _carry_on(
 def _mark_inline_async(root: Any, executors: dict[Any, Executor]) -> None:
     from dflow_async.executors._inline import InlineExecutor, _is_async
 
-    seen: set[int] = set()
-    todo = [root]
-    while todo:
-        ct = todo.pop()
-        if id(ct) in seen:
-            continue
-        seen.add(id(ct))
+    for ct in walk_templates(root):
         for node in ct.nodes:
-            if node.sub is not None:
-                todo.append(node.sub)
-            elif node.op is not None:
+            if node.op is not None:
                 executor = executors.get(node.executor)
                 node.inline_async = isinstance(executor, InlineExecutor) and _is_async(node.op)
 
