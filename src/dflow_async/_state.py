@@ -193,14 +193,6 @@ class StepRun:
     def stopped(self) -> bool:
         return self.failed or self.trun.failing
 
-    @property
-    def group_size(self) -> int:
-        return self.node.group_size
-
-    @property
-    def pool(self) -> int | None:
-        return self.node.pool_size
-
 
 class RunState:
     """Everything the scheduler decides, as plain method calls returning instructions."""
@@ -481,7 +473,7 @@ class RunState:
         sr.n_slices = len(items)
         sr.record.slices = len(items)
         sr.slice_outputs = [None] * len(items)
-        size = sr.group_size
+        size = sr.node.group_size
         sr.n_units = -(-len(items) // size)
 
     def _slice_inputs(self, sr: StepRun, i: int) -> dict[str, Any]:
@@ -871,5 +863,5 @@ def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
 
 
 def _failed_units(sr: StepRun) -> int:
-    size = sr.group_size
+    size = sr.node.group_size
     return -(-sr.record.failed_slices // size) if sr.record.failed_slices else 0
