@@ -12,12 +12,19 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancell
 DONE_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StepOutputValues:
     """``record.outputs.parameters["x"]`` (values) and ``.artifacts["y"]`` (local paths)."""
 
     parameters: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self, parameters: dict[str, Any] | None = None, artifacts: dict[str, Any] | None = None
+    ) -> None:
+        # written out: one per step record, and default factories make the generated one slow
+        self.parameters = {} if parameters is None else parameters
+        self.artifacts = {} if artifacts is None else artifacts
 
 
 @dataclass(slots=True, eq=False, init=False)

@@ -28,7 +28,7 @@ __all__ = [
 FailureKind = Literal["user", "transient", "fatal", "infra", "lost", "timeout", "cancelled"]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class SliceInput:
     """What one slice of an attempt needs: its inputs and the directory it runs in."""
 
@@ -36,8 +36,15 @@ class SliceInput:
     inputs: dict[str, Any]  # parameter values and artifact local paths, by port name
     workdir: str  # absolute; created by the worker if missing
 
+    def __init__(self, index: int | None, inputs: dict[str, Any], workdir: str) -> None:
+        # written out (here and below): one is built per step, and the generated __init__
+        # costs more
+        self.index = index
+        self.inputs = inputs
+        self.workdir = workdir
 
-@dataclass(slots=True, kw_only=True)
+
+@dataclass(slots=True, init=False)
 class AttemptSpec:
     """One attempt of one step (a group of slices when ``group_size`` batches them)."""
 
@@ -53,13 +60,43 @@ class AttemptSpec:
     run_dir: str = ""  # where scratch directories live (same filesystem as the work dirs)
     store: Any = None  # the ArtifactStore outputs are committed to (pickles as its URL)
 
+    def __init__(
+        self,
+        attempt_id: str,
+        run_id: str,
+        step: str,
+        key: str | None,
+        attempt: int,
+        op: Any,
+        slices: tuple[SliceInput, ...],
+        timeout: float | None = None,
+        resources: dict[str, Any] | None = None,
+        run_dir: str = "",
+        store: Any = None,
+    ) -> None:
+        self.attempt_id = attempt_id
+        self.run_id = run_id
+        self.step = step
+        self.key = key
+        self.attempt = attempt
+        self.op = op
+        self.slices = slices
+        self.timeout = timeout
+        self.resources = {} if resources is None else resources
+        self.run_dir = run_dir
+        self.store = store
 
-@dataclass(slots=True, kw_only=True)
+
+@dataclass(slots=True, init=False)
 class Succeeded:
     """The attempt ran every slice; ``outputs`` holds one mapping per slice, in order."""
 
     outputs: tuple[dict[str, Any], ...]
     duration: float = 0.0
+
+    def __init__(self, outputs: tuple[dict[str, Any], ...], duration: float = 0.0) -> None:
+        self.outputs = outputs
+        self.duration = duration
 
     @property
     def ok(self) -> bool:

@@ -629,29 +629,27 @@ class RunState:
         record = sr.record
         base = f"{self.run_dir}/steps/{record.path}"
         name = f"a{attempt}{self.attempt_suffix}"
+        # positional: keyword calls cost a good part of these objects' construction
         if sr.items is None:
-            pieces: tuple[SliceInput, ...] = (
-                SliceInput(index=None, inputs=sr.common, workdir=f"{base}/{name}"),
-            )
+            pieces: tuple[SliceInput, ...] = (SliceInput(None, sr.common, f"{base}/{name}"),)
         else:
             pieces = tuple(
-                SliceInput(index=i, inputs=self._slice_inputs(sr, i), workdir=f"{base}/s{i}/{name}")
-                for i in ids
+                SliceInput(i, self._slice_inputs(sr, i), f"{base}/s{i}/{name}") for i in ids
             )
         step = node.step
         assert step is not None
         spec = AttemptSpec(
-            attempt_id=f"{record.path}#{number}@{attempt}",
-            run_id=self.run_id,
-            step=record.path,
-            key=record.key,
-            attempt=attempt,
-            op=node.op,
-            slices=pieces,
-            timeout=step.timeout,
-            resources=step.resources,
-            run_dir=self.run_dir,
-            store=self.store,
+            f"{record.path}#{number}@{attempt}",  # attempt_id
+            self.run_id,
+            record.path,  # step
+            record.key,
+            attempt,
+            node.op,
+            pieces,
+            step.timeout,
+            step.resources,
+            self.run_dir,
+            self.store,
         )
         return Unit(sr, number, ids, attempt, spec)
 

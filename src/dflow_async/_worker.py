@@ -80,7 +80,7 @@ def run_attempt(
             outputs.append(_commit_outputs(spec, plan, values))
     except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
-    return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
+    return Succeeded(tuple(outputs), time.perf_counter() - start)
 
 
 def _run_slice(
@@ -159,7 +159,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             outputs.append(values)
     except (Exception, SystemExit) as exc:  # as run_attempt: sys.exit() fails only the step
         return failure_from_exception(exc, time.perf_counter() - start)
-    return Succeeded(outputs=tuple(outputs), duration=time.perf_counter() - start)
+    return Succeeded(tuple(outputs), time.perf_counter() - start)
 
 
 async def _await(awaitable: Any) -> Any:
