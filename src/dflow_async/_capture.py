@@ -11,7 +11,6 @@ log file is opened on the first write, so quiet OPs cost nothing.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import io
 import os
 import sys
@@ -20,11 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["capture_fds", "log_path", "start_capture", "stop_capture"]
+from dflow_async._op import _current
 
-_target: contextvars.ContextVar[_LazyLog | None] = contextvars.ContextVar(
-    "dflow_async_log", default=None
-)
+__all__ = ["attempt_log", "capture_fds", "log_path"]
+
 _install_lock = threading.Lock()
 
 
@@ -71,13 +69,13 @@ class _Router(io.TextIOBase):
         self._original = original
 
     def write(self, text: str) -> int:
-        log = _target.get()
+        log = _current_log()
         if log is not None:
             return log.write(text)
         return self._original.write(text)
 
     def flush(self) -> None:
-        log = _target.get()
+        log = _current_log()
         (log if log is not None else self._original).flush()
 
     def fileno(self) -> int:
@@ -110,19 +108,18 @@ def capture_fds(workdir: str, stage: str | None = None) -> Iterator[None]:
     yield from _capture_fds(path, stage or path)
 
 
-def start_capture(workdir: str) -> tuple[_LazyLog, contextvars.Token[_LazyLog | None]]:
-    """Route this attempt's ``sys.stdout``/``sys.stderr`` writes to its log (threads and the
-    event loop: descriptors are shared there). No generator: this is on the per-step path."""
+def attempt_log(workdir: str) -> _LazyLog:
+    """The log of an attempt in a thread or the event loop, where descriptors are shared:
+    ``sys.stdout``/``sys.stderr`` writes reach it while a :class:`StepContext` carrying it
+    is current. Close it when the attempt ends."""
     if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
         _install()
-    log = _LazyLog(log_path(workdir))
-    return log, _target.set(log)
+    return _LazyLog(log_path(workdir))
 
 
-def stop_capture(started: tuple[_LazyLog, contextvars.Token[_LazyLog | None]]) -> None:
-    log, token = started
-    _target.reset(token)
-    log.close()
+def _current_log() -> _LazyLog | None:
+    ctx = _current.get(None)
+    return None if ctx is None else ctx.log
 
 
 def _capture_fds(path: str, stage: str) -> Iterator[None]:

@@ -8,7 +8,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -147,6 +147,9 @@ class StepContext:
     attempt: int
     slice_index: int | None
     run_id: str
+    # where sys.stdout/sys.stderr writes of this attempt go (see _capture): carried here so
+    # that an attempt sets one context variable, not two
+    log: Any = field(default=None, repr=False, compare=False)
 
     @property
     def workdir(self) -> Path:
@@ -254,16 +257,20 @@ class FunctionOP(OP):
         return self._wrap(await awaitable)
 
     def _wrap(self, result: Any) -> OPIO:
+        return OPIO(self._outputs_of(result))
+
+    def _outputs_of(self, result: Any) -> dict[str, Any]:
+        """The function's return value as a new plain dict of outputs (what workers keep)."""
         if self._single:
-            return OPIO(result=result)
+            return {"result": result}
         if not self._outputs and result is None:
-            return OPIO()
+            return {}
         if not isinstance(result, Mapping):
             raise SignatureError(
                 f"OP {self.__qualname__!r} must return a dict with keys "
                 f"{sorted(self._outputs)} (its return annotation), got {type(result).__name__}"
             )
-        return OPIO(result)
+        return dict(result)
 
     def __repr__(self) -> str:
         return f"<op {self.__module__}.{self.__qualname__}>"
@@ -406,9 +413,18 @@ def op_name(op: OP) -> str:
 
 
 def check_opio(
-    ports: Mapping[str, Port], values: Mapping[str, Any], *, op: str, direction: str
+    ports: Mapping[str, Port],
+    values: Mapping[str, Any],
+    *,
+    op: str,
+    direction: str,
+    copy: bool = True,
 ) -> dict[str, Any]:
-    """Check values against ports; fill defaults. Raises SignatureError listing every problem."""
+    """Check values against ports; fill defaults. Raises SignatureError listing every problem.
+
+    The result is a new dict, unless ``copy=False`` and ``values`` (then a plain dict the
+    caller owns or will not mutate) passes as it is.
+    """
     if len(values) == len(ports):
         # the common case, checked in one pass: every port given, each value of exactly the
         # declared class (anything else falls through to the full check and its messages)
@@ -416,7 +432,7 @@ def check_opio(
             if name not in values or type(values[name]) is not port.type:
                 break
         else:
-            return dict(values)
+            return dict(values) if copy or type(values) is not dict else values
     problems: list[str] = []
     checked: dict[str, Any] = {}
     for name in values:

@@ -24,8 +24,8 @@ from typing import Any
 
 import anyio
 
+from dflow_async._capture import attempt_log
 from dflow_async._capture import capture_fds as fd_capture
-from dflow_async._capture import start_capture, stop_capture
 from dflow_async._op import (
     OP,
     OPIO,
@@ -93,28 +93,31 @@ def _run_slice(
 ) -> dict[str, Any]:
     op: OP = spec.op
     inputs = _check_inputs(plan, piece, spec.store, where)
-    token = _current.set(_context(spec, piece, where))
-    try:
-        if capture_fds:
+    if capture_fds:
+        token = _current.set(_context(spec, piece, where, None))
+        try:
             with fd_capture(piece.workdir, stage):
                 result = _execute(op, inputs)
-        else:
-            log = start_capture(piece.workdir)
-            try:
-                result = _execute(op, inputs)
-            finally:
-                stop_capture(log)
-    finally:
-        _current.reset(token)
-    return _check_outputs(plan, result, piece, where)
+        finally:
+            _current.reset(token)
+    else:
+        log = attempt_log(piece.workdir)
+        token = _current.set(_context(spec, piece, where, log))
+        try:
+            result = _execute(op, inputs)
+        finally:
+            _current.reset(token)
+            log.close()
+    return _check_outputs(plan, result, piece, where, type(op) is FunctionOP)
 
 
 def _execute(op: OP, inputs: dict[str, Any]) -> Any:
+    """The OP's outputs: a new plain dict for plain function OPs, else what execute() gave."""
     if type(op) is FunctionOP:  # exactly: adapters subclass it and override execute()
         value = op.fn(**inputs)  # no OPIO built only to be unpacked again
         if inspect.isawaitable(value):
             value = asyncio.run(_await(value))
-        return op._wrap(value)
+        return op._outputs_of(value)
     result = op.execute(OPIO(inputs))
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))
@@ -137,23 +140,28 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             elif plan.in_artifacts:  # no store: the paths as given
                 inputs = _check_inputs(plan, piece)
             else:
-                inputs = check_opio(plan.inputs, piece.inputs, op=plan.name, direction="input")
-            token = _current.set(_context(spec, piece))
-            log = start_capture(piece.workdir)
+                # no copy: the call below unpacks (or OPIO-wraps) the dict into a new one
+                inputs = check_opio(
+                    plan.inputs, piece.inputs, op=plan.name, direction="input", copy=False
+                )
+            log = attempt_log(piece.workdir)
+            token = _current.set(_context(spec, piece, piece.workdir, log))
             try:
                 if function_op is not None:  # skip execute()'s wrapper coroutine
                     value = function_op.fn(**inputs)
-                    if inspect.isawaitable(value):
+                    if function_op._is_async or inspect.isawaitable(value):
                         value = await value
-                    result = function_op._wrap(value)
+                    result = function_op._outputs_of(value)
+                    fresh = True
                 else:
+                    fresh = False
                     result = op.execute(OPIO(inputs))
                     if inspect.isawaitable(result):
                         result = await result
             finally:
-                stop_capture(log)
                 _current.reset(token)
-            values = _check_outputs(plan, result, piece)
+                log.close()
+            values = _check_outputs(plan, result, piece, None, fresh)
             if io:
                 values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
             outputs.append(values)
@@ -166,11 +174,9 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _context(spec: AttemptSpec, piece: SliceInput, where: str | None = None) -> StepContext:
+def _context(spec: AttemptSpec, piece: SliceInput, where: str, log: Any) -> StepContext:
     # positional: keywords cost more than the rest of this call
-    return StepContext(
-        where or piece.workdir, spec.step, spec.key, spec.attempt, piece.index, spec.run_id
-    )
+    return StepContext(where, spec.step, spec.key, spec.attempt, piece.index, spec.run_id, log)
 
 
 def _has_big(values: dict[str, Any]) -> bool:
@@ -187,7 +193,9 @@ def _check_inputs(
     given = piece.inputs
     if _has_big(given):
         given = load_big(given, store)
-    values = check_opio(plan.inputs, given, op=plan.name, direction="input")
+    # a copy only where artifact ports are about to be replaced in it
+    mutated = bool(plan.in_artifacts) and given is piece.inputs
+    values = check_opio(plan.inputs, given, op=plan.name, direction="input", copy=mutated)
     for name in plan.in_artifacts:
         if values.get(name) is not None:
             if store is None:
@@ -207,15 +215,16 @@ def _as_paths(value: Any) -> Any:
 
 
 def _check_outputs(
-    plan: PortPlan, result: Any, piece: SliceInput, where: str | None = None
+    plan: PortPlan, result: Any, piece: SliceInput, where: str | None = None, fresh: bool = False
 ) -> dict[str, Any]:
+    """Checked outputs; ``fresh``: ``result`` is a new dict nobody else holds (kept as is)."""
     if result is None:
         result = {}
     if not isinstance(result, dict):
         raise SignatureError(
             f"OP {plan.name!r} must return an OPIO (a dict of outputs), got {type(result).__name__}"
         )
-    values = check_opio(plan.outputs, result, op=plan.name, direction="output")
+    values = check_opio(plan.outputs, result, op=plan.name, direction="output", copy=not fresh)
     if plan.out_artifacts:
         workdir = Path(where or piece.workdir)
         inputs = _input_artifact_paths(plan, piece)
