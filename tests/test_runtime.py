@@ -304,6 +304,42 @@ def test_sync_ops_on_threads_each_get_their_own_cwd() -> None:
     assert Path.cwd() == Path(os.getcwd())  # the driver's cwd never moved
 
 
+@pytest.mark.parametrize("timeout", [None, 20.0])
+def test_a_finished_sync_step_is_reported_while_its_thread_runs_a_long_one(
+    timeout: float | None,
+) -> None:
+    """One worker thread runs ``quick`` and then picks up ``slow``; ``quick``'s outcome must
+    reach the scheduler meanwhile, so its dependant runs (and unblocks ``slow``) at once
+    instead of after ``slow`` ends (and ``quick`` is not charged ``slow``'s time against its
+    timeout)."""
+    import threading
+
+    released = threading.Event()
+
+    @op
+    def quick() -> int:
+        return 1
+
+    @op
+    def slow() -> bool:
+        return released.wait(timeout=30)  # False: nobody released it in time
+
+    @op
+    def release(x: int) -> int:
+        released.set()
+        return x
+
+    dag = DAG("stall")
+    q = Step("quick", quick, timeout=timeout)
+    dag.add(q)
+    dag.add(Step("slow", slow, timeout=timeout and 3 * timeout))
+    dag.add(Step("release", release, parameters={"x": q.outputs.parameters["result"]}))
+    result = Workflow("stall", dag=dag, executor="inline").run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    (rec,) = result.query_step(name="slow")
+    assert rec.outputs.parameters["result"] is True
+
+
 @pytest.mark.parametrize("executor", ["inline", "process"])
 def test_every_sync_attempt_starts_in_an_empty_directory(executor: str) -> None:
     """Attempts that leave nothing behind share a reused scratch directory; whatever an

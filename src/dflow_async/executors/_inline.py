@@ -2,9 +2,12 @@
 
 Plain OPs go to a small pool of worker threads through one queue, and their outcomes come
 back in batches: one loop wake-up carries every outcome that finished meanwhile. A per-step
-``to_thread`` hand-off would cost more than a tiny OP itself. Each worker thread owns its
-current directory (``unshare(CLONE_FS)`` on Linux), so OPs that write relative paths land in
-their own work directory, as they would in a process.
+``to_thread`` hand-off would cost more than a tiny OP itself. While attempts are out, the loop
+also collects finished outcomes every few milliseconds by itself, so an outcome never waits
+for the thread that produced it to finish its next (perhaps long) attempt.
+
+Each worker thread owns its current directory (``unshare(CLONE_FS)`` on Linux), so OPs that
+write relative paths land in their own work directory, as they would in a process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = ["InlineExecutor"]
 _STOP = object()
 _BATCH = 256  # outcomes delivered per loop wake-up while work keeps coming
 _GROW_AFTER = 0.1  # seconds every busy thread must be stuck before another one starts
+_COLLECT_EVERY = 0.005  # seconds between the loop's own collections of finished outcomes
 
 
 class InlineExecutor(Executor):
@@ -51,6 +55,8 @@ class InlineExecutor(Executor):
         self._grow_pending = False
         self._started: dict[int, float] = {}  # thread -> when its current attempt began
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._out = 0  # attempts queued or running whose outcome is not delivered yet
+        self._collect_pending = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -116,6 +122,10 @@ class InlineExecutor(Executor):
         if sink is None:
             sink = self._loop.create_future()
         self._queue.put((spec, sink))
+        self._out += 1
+        if not self._collect_pending:
+            self._collect_pending = True
+            self._loop.call_later(_COLLECT_EVERY, self._collect)
         if not self._threads:
             self._spawn()
         elif not self._grow_pending and self._queue.qsize() > self._idle:
@@ -178,6 +188,20 @@ class InlineExecutor(Executor):
             if full:
                 self._wake_loop()
 
+    def _collect(self) -> None:
+        """Deliver what finished, without waiting for a worker to wake the loop: a worker
+        wakes it only when it runs dry or a batch is full, and meanwhile it may be running
+        a long attempt while the outcome of the previous one waits."""
+        self._collect_pending = False
+        if self._state == "closed":
+            return
+        if self._done:  # unlocked peek: a miss is caught on the next round
+            self._deliver()
+        if self._out > 0:
+            self._collect_pending = True
+            assert self._loop is not None
+            self._loop.call_later(_COLLECT_EVERY, self._collect)
+
     def _wake_loop(self) -> None:
         with self._lock:
             if not self._done or self._wake_pending:
@@ -191,6 +215,7 @@ class InlineExecutor(Executor):
         with self._lock:
             done, self._done = self._done, []
             self._wake_pending = False
+        self._out -= len(done)
         if self._state == "closed":
             return  # the run is over (cancelled); nobody waits for these any more
         for sink, outcome in done:
