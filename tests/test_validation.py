@@ -105,6 +105,31 @@ def test_duplicate_names_and_same_group_reference() -> None:
     assert any("uses step 'a', which runs in the same or a later group" in p for p in found)
 
 
+def test_duplicate_literal_keys_across_templates_are_refused() -> None:
+    inner = DAG("inner")
+    inner.add(Step("c", needs, parameters={"x": 3, "label": "c"}, key="same"))
+    steps = Steps("outer", inputs={"i": 0})
+    steps.add(
+        [
+            Step("a", needs, parameters={"x": 1, "label": "a"}, key="same"),
+            Step("b", needs, parameters={"x": 2, "label": "b"}, key="other"),
+            Step("sub", inner),
+            # rendered per execution: distinct by construction, never flagged
+            Step(
+                "d",
+                needs,
+                parameters={"x": 4, "label": "d"},
+                key=f"k-{steps.inputs.parameters['i']}",
+            ),
+        ]
+    )
+    found = problems(Workflow("w", steps=steps))
+    dupes = [p for p in found if "key 'same'" in p]
+    assert len(dupes) == 1, found
+    assert "step inner.c" in dupes[0] and "outer.a" in dupes[0]
+    assert not any("'other'" in p or "k-" in p for p in found)
+
+
 def test_unknown_executor_lists_installed_and_what_to_install() -> None:
     wf = Workflow("w", executor="ray")
     wf.add(Step("a", needs, parameters={"x": 1, "label": "a"}))

@@ -146,6 +146,7 @@ class _Compiler:
         self.problems: list[str] = []
         self.done: dict[int, CompiledTemplate] = {}
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
+        self.literal_keys: dict[str, str] = {}  # key -> "step <template>.<name>" using it
         self._profiles: dict[Any, _OpProfile] = {}
 
     def problem(self, text: str) -> None:
@@ -262,6 +263,14 @@ class _Compiler:
         key: Any = step.key
         if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
+        elif key is not None and "{{" not in key:  # a literal: the same for every execution
+            first = self.literal_keys.setdefault(key, where)
+            if first != where:
+                self.problem(
+                    f"{where}: key {key!r} is also the key of {first[5:]}; keys name one "
+                    "execution each (for queries, resume and reuse): make them unique, e.g. "
+                    "by embedding an input in an f-string"
+                )
 
     def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
         step = node.step
