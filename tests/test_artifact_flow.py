@@ -294,11 +294,46 @@ def test_big_parameter_travels_by_reference(tmp_path: Path) -> None:
         assert result.query_step(name="sum")[0].outputs.parameters["result"] == sum(
             i * i for i in range(20_000)
         ), result.records[-1].errors
-        big = result.query_step(name="make")[0].outputs.parameters["table"]
+        made = result.query_step(name="make")[0].outputs
+        assert made.parameters["table"][3] == [3, 9]  # records give values...
+        big = made.raw_parameters["table"]  # ...and keep a reference to the store
         assert big.ref.producer == "make" and big.ref.size > 100_000
         assert big.value[3] == [3, 9]
         # the journal holds the reference, not 20,000 rows
         journal = tmp_path / ".dflow-async" / "runs" / result.run_id / "journal.sqlite"
         assert journal.stat().st_size < 200_000
         from_journal = Run.open(result.run_id).query_step(name="make")[0]
-        assert from_journal.outputs.parameters["table"].ref == big.ref
+        assert from_journal.outputs.raw_parameters["table"].ref == big.ref
+        assert from_journal.outputs.parameters["table"][19_999] == [19_999, 19_999**2]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_big_parameter_outputs_of_a_fan_out_read_as_values(executor: str) -> None:
+    from dflow_async import OP, OPIO, BigParameter, OPIOSign, Slices
+
+    class Rows(OP):
+        @classmethod
+        def get_input_sign(cls) -> OPIOSign:
+            return OPIOSign({"n": int})
+
+        @classmethod
+        def get_output_sign(cls) -> OPIOSign:
+            return OPIOSign({"rows": BigParameter(list), "n": int})
+
+        async def execute(self, op_in: OPIO) -> OPIO:
+            return OPIO({"rows": list(range(op_in["n"])), "n": op_in["n"]})
+
+    wf = Workflow("bigfan", executor=executor)
+    wf.add(
+        Step(
+            "rows",
+            Rows,
+            parameters={"n": [2, 3]},
+            slices=Slices(input_parameter=["n"], output_parameter=["rows", "n"]),
+        )
+    )
+    result = wf.run()
+    (rec,) = result.query_step(name="rows")
+    assert rec.phase == "Succeeded", rec.errors
+    assert rec.outputs.parameters == {"rows": [[0, 1], [0, 1, 2]], "n": [2, 3]}
+    assert all(type(v).__name__ == "BigValue" for v in rec.outputs.raw_parameters["rows"])

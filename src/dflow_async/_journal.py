@@ -365,7 +365,7 @@ def _step_row(rec: StepRecord, seq: int, blob: Path) -> tuple[Any, ...]:
     outputs = None
     if phase == "Succeeded":
         outputs = encode(
-            {"parameters": rec.outputs.parameters, "artifacts": rec.outputs.artifacts}, blob
+            {"parameters": rec.outputs.raw_parameters, "artifacts": rec.outputs.artifacts}, blob
         )
     return (
         rec.path,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from dflow_async._stored import BigValue
 
 __all__ = ["Phase", "StepOutputValues", "StepRecord"]
 
@@ -12,19 +14,62 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancell
 DONE_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 
 
-@dataclass(slots=True, init=False)
 class StepOutputValues:
-    """``record.outputs.parameters["x"]`` (values) and ``.artifacts["y"]`` (local paths)."""
+    """``record.outputs.parameters["x"]`` (values) and ``.artifacts["y"]`` (local paths).
 
-    parameters: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    A ``BigParameter`` output stays in the artifact store; the record keeps a reference to it
+    (``raw_parameters``: what steps pass on and the journal keeps), and ``parameters`` gives
+    its value, loaded from the store when read.
+    """
+
+    __slots__ = ("_parameters", "artifacts")
 
     def __init__(
         self, parameters: dict[str, Any] | None = None, artifacts: dict[str, Any] | None = None
     ) -> None:
-        # written out: one per step record, and default factories make the generated one slow
-        self.parameters = {} if parameters is None else parameters
+        # written out: one per step record, and default factories make a generated one slow
+        self._parameters = {} if parameters is None else parameters
         self.artifacts = {} if artifacts is None else artifacts
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        raw = self._parameters
+        for value in raw.values():
+            if _has_big(value):
+                return {n: _loaded(v) for n, v in raw.items()}
+        return raw
+
+    @parameters.setter
+    def parameters(self, values: dict[str, Any]) -> None:
+        self._parameters = values
+
+    @property
+    def raw_parameters(self) -> dict[str, Any]:
+        """The parameters as kept: ``BigParameter`` outputs as references to the store."""
+        return self._parameters
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepOutputValues):
+            return NotImplemented
+        return (self._parameters, self.artifacts) == (other._parameters, other.artifacts)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"StepOutputValues(parameters={self._parameters!r}, artifacts={self.artifacts!r})"
+
+
+def _has_big(value: Any) -> bool:
+    # a fan-out stacks its slices' values into a list
+    if type(value) is list:
+        return any(type(v) is BigValue for v in value)
+    return type(value) is BigValue
+
+
+def _loaded(value: Any) -> Any:
+    if type(value) is list:
+        return [v.value if type(v) is BigValue else v for v in value]
+    return value.value if type(value) is BigValue else value
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -92,7 +137,7 @@ class StepRecord:
 
     def modify_output_parameter(self, name: str, value: Any) -> StepRecord:
         """Change an output before reusing this record (``reuse_step=``), as in Dflow."""
-        self.outputs.parameters[name] = value
+        self.outputs.raw_parameters[name] = value
         return self
 
     def modify_output_artifact(self, name: str, artifact: Any) -> StepRecord:

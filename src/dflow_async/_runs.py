@@ -34,6 +34,7 @@ class Run:
         self.run_dir = snapshot.run_dir
         self.meta = snapshot.meta
         self.records = snapshot.records
+        _attach_store(self.records, self.meta.get("store"))
 
     @classmethod
     def open(cls, run_id: str, *, store: str | os.PathLike[str] | None = None) -> Run:
@@ -76,6 +77,22 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.status}: {len(self.records)} steps>"
+
+
+def _attach_store(records: list[StepRecord], url: str | None) -> None:
+    """The journal keeps BigParameter outputs as bare references: point them at the run's
+    store, so that ``record.outputs.parameters`` can load their values."""
+    from dflow_async._store import ArtifactStore
+    from dflow_async._stored import BigValue
+
+    store = None
+    for record in records:
+        for value in record.outputs.raw_parameters.values():
+            for v in value if type(value) is list else (value,):
+                if type(v) is BigValue and v.store is None and url:
+                    if store is None:
+                        store = ArtifactStore(url)
+                    v.store = store
 
 
 def list_runs(*, store: str | os.PathLike[str] | None = None) -> list[Run]:

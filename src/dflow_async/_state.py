@@ -377,7 +377,7 @@ class RunState:
             return
         reused = self.reuse.get(record.key) if self.reuse and record.key is not None else None
         if reused is not None:
-            record.outputs.parameters = dict(reused.outputs.parameters)
+            record.outputs.parameters = dict(reused.outputs.raw_parameters)
             record.outputs.artifacts = dict(reused.outputs.artifacts)
             record.phase = "Succeeded"
             record.start = record.end = time.time()
@@ -606,7 +606,7 @@ class RunState:
                             sr.record.phase = "Running"
                             sr.record.start = time.time()
                         outs = [
-                            {**r.outputs.parameters, **r.outputs.artifacts}
+                            {**r.outputs.raw_parameters, **r.outputs.artifacts}
                             for r in reused
                             if r is not None
                         ]
@@ -857,7 +857,7 @@ class RunState:
 
 
 def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
-    return {"parameters": record.outputs.parameters, "artifacts": record.outputs.artifacts}
+    return {"parameters": record.outputs.raw_parameters, "artifacts": record.outputs.artifacts}
 
 
 def _failed_units(sr: StepRun) -> int:

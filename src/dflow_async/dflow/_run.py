@@ -111,7 +111,7 @@ RUNS: dict[str, Run] = {}
 
 def _outputs(record: StepRecord) -> dict[str, dict[str, Any]]:
     return {
-        "parameters": dict(record.outputs.parameters),
+        "parameters": dict(record.outputs.raw_parameters),
         "artifacts": dict(record.outputs.artifacts),
     }
 
