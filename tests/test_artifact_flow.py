@@ -249,6 +249,35 @@ def test_upload_then_use_on_any_executor(tmp_path: Path) -> None:
         assert result.records[0].outputs.parameters["result"] == 6, result.records[0].errors
 
 
+def test_uploads_to_another_store_are_adopted_or_refused_before_the_run(tmp_path: Path) -> None:
+    """upload_artifact() without store= commits to the default store; a workflow with its own
+    store takes the upload's files into that store, or says why it cannot, before any step."""
+    data = tmp_path / "data.txt"
+    data.write_text("4 5")
+    uploaded = upload_artifact(data)
+
+    @op
+    def read_sum(f: Artifact(Path)) -> int:
+        return sum(int(x) for x in f.read_text().split())
+
+    def workflow(store: str) -> Workflow:
+        wf = Workflow("adopt", store=store)
+        wf.add(Step("read", read_sum, artifacts={"f": uploaded}))
+        return wf
+
+    result = workflow("memory://adopt-test").run()
+    assert result.status == "Succeeded", result.records[0].errors
+    assert result.records[0].outputs.parameters["result"] == 9
+
+    data.unlink()  # replaced, not edited: the stored object is this file's hard link
+    data.write_text("changed")
+    with pytest.raises(WorkflowValidationError, match=r"adopt.read: input artifact 'f'.*changed"):
+        workflow("memory://adopt-test-2").run()
+    data.unlink()
+    with pytest.raises(WorkflowValidationError, match=r"no longer exists here"):
+        workflow("memory://adopt-test-3").run()
+
+
 def test_memory_store_with_process_executor_is_refused() -> None:
     wf = Workflow("mem", store="memory://nowhere", executor="process")
     wf.add(Step("make", make_dataset, parameters={"n": 1}))

@@ -73,6 +73,56 @@ def commit(value: Any, store: ArtifactStore | None, producer: str) -> Any:
     return StoredPath(value, ref)
 
 
+def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
+    """Literal artifact inputs that were committed to another store (``upload_artifact``
+    without ``store=``, or another workflow's output) are put into ``store`` from their local
+    files before the run: content addressing makes their references resolve there as they
+    are. Returns a problem per input that cannot be adopted."""
+    from dflow_async._compile import walk_templates
+
+    problems: list[str] = []
+    seen: set[str] = set()
+    for ct in walk_templates(root):
+        for node in ct.nodes:
+            for port, value in node.const_inputs.items():
+                info = node.inputs.get(port)
+                if info is None or info.kind != "artifacts":
+                    continue
+                for leaf in _leaves(value):
+                    ref = getattr(leaf, "ref", None)
+                    if ref is None or ref.digest in seen or store.exists(ref):
+                        continue
+                    seen.add(ref.digest)
+                    where = f"step {ct.name}.{node.name}: input artifact {port!r}"
+                    if not os.path.lexists(leaf):
+                        problems.append(
+                            f"{where} ({ref.name!r} from {ref.producer}) is not in the store "
+                            f"{store.url!r}, and {str(leaf)!r} no longer exists here; upload it "
+                            "with upload_artifact(..., store=<this workflow's store>)"
+                        )
+                        continue
+                    try:
+                        again = store.put(leaf, producer=ref.producer)
+                    except ArtifactError as exc:
+                        problems.append(f"{where}: {exc}")
+                        continue
+                    if again.digest != ref.digest:
+                        problems.append(
+                            f"{where}: {str(leaf)!r} changed after it was uploaded, and the "
+                            f"store {store.url!r} does not hold the uploaded version; upload "
+                            "it again"
+                        )
+    return problems
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list | tuple):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
 def _safe(key: str) -> str:
     # dict keys become directory names: keep them to one plain component
     cleaned = key.replace("/", "_").replace("\0", "_")

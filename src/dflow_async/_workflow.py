@@ -21,6 +21,7 @@ from dflow_async._recorder import Recorder
 from dflow_async._records import StepRecord
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
+from dflow_async._stored import adopt_inputs
 from dflow_async.exceptions import (
     ArtifactError,
     ExecutorNotFoundError,
@@ -113,6 +114,8 @@ class Workflow:
         except ArtifactError as exc:
             problems.append(f"store: {exc}")
         else:
+            if not problems:  # uploads to another store: only for a workflow that can run
+                problems += adopt_inputs(compiled, store)
             remote = sorted(e.name for e in executors.values() if not e.in_process)
             if store.url.startswith("memory:") and remote:
                 problems.append(
