@@ -115,6 +115,26 @@ def test_dflow_style_string_condition_and_placeholder_keys() -> None:
     assert phases == {"a": "Succeeded", "hi": "Succeeded", "lo": "Skipped", "both": "Succeeded"}
 
 
+def test_expressions_formatted_into_keys_are_evaluated() -> None:
+    dag = DAG("exprkeys", inputs={"a": 5})
+    p = dag.inputs.parameters
+    s1 = Step("s1", ident, parameters={"x": p["a"]}, key=f"k-{p['a'] + 1}")
+    s2 = Step("s2", ident, parameters={"x": 2}, key="d-%s" % (s1.outputs.parameters["result"] * 2))
+    big = if_expression(s1.outputs.parameters["result"] > 3, "big", "small")
+    s3 = Step("s3", ident, parameters={"x": 3}, key=f"{big}-{p['a'] - 1}")
+    dag.add(s1)
+    dag.add(s2)
+    dag.add(s3)
+    result = Workflow("exprkeys", dag=dag).run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    assert {r.name: r.key for r in result.records} == {"s1": "k-6", "s2": "d-10", "s3": "big-4"}
+    # the keys' references are dependencies: s2 and s3 ran after s1
+    (first,) = result.query_step(name="s1")
+    assert all(r.start >= first.end for r in result.records if r.name != "s1")
+    # the same definition formats to the same key template (run digests depend on it)
+    assert f"{p['a'] + 1}" == f"{p['a'] + 1}" != f"{p['a'] + 2}"
+
+
 def test_with_param_items_and_per_slice_keys() -> None:
     @op
     def area(w: int, h: int) -> int:

@@ -158,6 +158,12 @@ class Expr(Ref):
         for a in self.args:
             yield from iter_refs(a)
 
+    def __str__(self) -> str:
+        return _formatted(self)
+
+    def __format__(self, spec: str) -> str:
+        return _formatted(self)
+
     def placeholder(self) -> str:
         if len(self.args) == 2 and self.symbol != "[]":
             return f"({_show(self.args[0])} {self.symbol} {_show(self.args[1])})"
@@ -194,8 +200,51 @@ class IfExpr(Ref):
         for a in (self.cond, self.then, self.else_):
             yield from iter_refs(a)
 
+    def __str__(self) -> str:
+        return _formatted(self)
+
+    def __format__(self, spec: str) -> str:
+        return _formatted(self)
+
     def placeholder(self) -> str:
         return f"({_show(self.then)} if {_show(self.cond)} else {_show(self.else_)})"
+
+
+#: Expressions formatted into strings (``key=f"iter-{p['i'] + 1}"``), by token. A string
+#: holds ``{{=expr:<token>}}``, and rendering it evaluates the expression. The token is a
+#: digest of the expression's text, so the same definition formats to the same string in every
+#: process (run digests and resume depend on that).
+_FORMATTED: dict[str, Ref] = {}
+
+
+def _formatted(ref: Ref) -> str:
+    import hashlib
+
+    text = f"{type(ref).__name__}:{ref.placeholder()}:{_functions(ref)}"
+    token = hashlib.sha256(text.encode()).hexdigest()[:20]
+    _FORMATTED[token] = ref
+    return "{{=expr:" + token + "}}"
+
+
+def _functions(ref: Any) -> str:
+    # what placeholder() does not show: which function an Expr applies
+    if isinstance(ref, Expr):
+        fn = ref.fn
+        inner = ",".join(_functions(a) for a in ref.args)
+        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}({inner})"
+    if isinstance(ref, IfExpr):
+        return ",".join(_functions(a) for a in (ref.cond, ref.then, ref.else_))
+    return ""
+
+
+def _formatted_ref(path: str) -> Ref:
+    found = _FORMATTED.get(path[len("=expr:") :])
+    if found is None:
+        raise ValueError(
+            f"the expression {{{{{path}}}}} was formatted into a string in another process; "
+            "build the workflow in the process that runs it"
+        )
+    return found
 
 
 def if_expression(_if: Any, _then: Any, _else: Any) -> IfExpr:
@@ -274,8 +323,19 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 
 
 def placeholders(text: str) -> list[str]:
-    """The placeholder paths in a template string: ``["inputs.parameters.iter", "item"]``."""
-    return _PLACEHOLDER.findall(text)
+    """The placeholder paths in a template string: ``["inputs.parameters.iter", "item"]``
+    (those of a formatted expression's references in its place)."""
+    found = _PLACEHOLDER.findall(text)
+    if not any(p.startswith("=expr:") for p in found):
+        return found
+    paths: list[str] = []
+    for path in found:
+        if path.startswith("=expr:"):
+            for leaf in _formatted_ref(path).refs():
+                paths += _PLACEHOLDER.findall(leaf.placeholder())
+        else:
+            paths.append(path)
+    return paths
 
 
 def placeholder_steps(text: str) -> list[str]:
@@ -289,6 +349,8 @@ def placeholder_steps(text: str) -> list[str]:
 
 
 def resolve_placeholder(path: str, scope: Scope) -> Any:
+    if path.startswith("=expr:"):
+        return _formatted_ref(path).evaluate(scope)
     parts = path.split(".")
     head = parts[0]
     if head == "item":
