@@ -470,6 +470,33 @@ def test_template_parallelism_limits_its_own_steps_and_slices() -> None:
     assert len([r for r in result.records if r.phase == "Succeeded"]) == 8 + 2 + 2 * 4
 
 
+def test_template_parallelism_holds_retries_too() -> None:
+    """A retry that falls due while its template's slots are taken waits for one."""
+    gauge = _Gauge()
+    tries: list[int] = []
+
+    @op
+    async def flaky() -> int:
+        tries.append(len(tries))
+        await gauge.visit("dag", 0.01)
+        if len(tries) == 1:
+            raise TransientError("first try fails")
+        return 1
+
+    @op
+    async def slow() -> int:
+        await gauge.visit("dag", 0.3)  # busy when flaky's retry falls due
+        return 2
+
+    dag = DAG("one-at-a-time", parallelism=1)
+    dag.add(Step("flaky", flaky, retries=RetryPolicy(max_retries=2, backoff=0.05, jitter=0)))
+    dag.add(Step("slow", slow))
+    result = Workflow("retry-limit", dag=dag).run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    assert len(tries) == 2
+    assert gauge.peak == {"dag": 1}
+
+
 def test_template_parallelism_survives_a_failing_step_while_others_wait() -> None:
     @op
     async def fails() -> int:

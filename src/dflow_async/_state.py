@@ -559,14 +559,8 @@ class RunState:
         ready = self.ready
         while True:
             self._drain(out)
-            while self.retries and (limit is None or self.running < limit):
-                unit = self.retries.popleft()
-                sr = unit.sr
-                if sr.stopped:
-                    sr.inflight -= 1
-                    self._maybe_finish_step(sr, out)
-                    continue
-                self._launch(unit, out)
+            if self.retries:
+                self._launch_retries(limit, out)
             while ready and (limit is None or self.running < limit):
                 sr = ready[0]
                 pool = sr.node.pool_size
@@ -623,6 +617,25 @@ class RunState:
                 self._launch(self._make_unit(sr, number, ids, 0), out)
             if not self._todo:
                 return
+
+    def _launch_retries(self, limit: int | None, out: list[Instruction]) -> None:
+        """Launch due retries while slots are free; a retry whose template's parallelism is
+        used up stays in line (an attempt of that template finishing calls this again)."""
+        retries = self.retries
+        waiting: list[Unit] = []
+        while retries and (limit is None or self.running < limit):
+            unit = retries.popleft()
+            sr = unit.sr
+            if sr.stopped:
+                sr.inflight -= 1
+                self._maybe_finish_step(sr, out)
+                continue
+            trun = sr.trun
+            if trun.held is not None and trun.running >= trun.limit:  # type: ignore[operator]
+                waiting.append(unit)
+                continue
+            self._launch(unit, out)
+        retries.extendleft(reversed(waiting))
 
     def _make_unit(self, sr: StepRun, number: int, ids: range, attempt: int) -> Unit:
         node = sr.node
