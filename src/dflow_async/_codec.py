@@ -21,10 +21,33 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 
 
+def _c_encoder() -> Any:
+    """The C encoder JSONEncoder.encode() builds afresh on every call (its set-up costs more
+    than encoding a step's outputs), built once. None where the C accelerator is missing."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    ascii_ = getattr(encoder, "c_encode_basestring_ascii", None)
+    if make is None or ascii_ is None:
+        return None
+    # the arguments JSONEncoder.iterencode passes for _ENCODER's settings; no circular check
+    # (markers=None): encode() only sees its own acyclic dicts and lists
+    return make(None, _ENCODER.default, ascii_, None, ":", ",", False, False, True)
+
+
+_C_ENCODE = _c_encoder()
+
+
+def _dumps(value: Any) -> str:
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
 def encode(value: Any, blob_dir: Path | None) -> str:
     if _flat(value):  # the common case, straight to the C encoder
-        return _ENCODER.encode(value)
-    return _ENCODER.encode(_to_json(value, blob_dir))
+        return _dumps(value)
+    return _dumps(_to_json(value, blob_dir))
 
 
 def _flat(value: Any) -> bool:
