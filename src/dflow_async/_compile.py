@@ -23,7 +23,7 @@ from dflow_async._graph import (
     Template,
     _InputRef,
 )
-from dflow_async._op import MISSING, OP, Artifact, as_op, op_name
+from dflow_async._op import MISSING, OP, Artifact, FunctionOP, as_op, op_name
 from dflow_async._refs import (
     ItemRef,
     Ref,
@@ -523,35 +523,48 @@ def definition_digest(root: CompiledTemplate) -> str:
     refuses a run whose definition changed, since its recorded outputs may no longer apply."""
     import hashlib
 
-    h = hashlib.sha256()
+    # One text, hashed at the end: the same digest as hashing each part in turn (which runs
+    # before must keep matching), for much less per step. OP names are worked out once per
+    # OP (or OP class: class templates get an instance per step).
+    parts: list[str] = []
+    names: dict[Any, str] = {}
     for ct in walk_templates(root):
         inputs = sorted((n, repr(i.default)) for n, i in ct.inputs.items())
         outputs = sorted((n, repr(_canon(src))) for n, (_, src) in ct.outputs.items())
-        h.update(repr((ct.name, inputs, outputs)).encode())
+        parts.append(repr((ct.name, inputs, outputs)))
         for node in ct.nodes[: ct.n_steps]:
             step = node.step
             assert step is not None
+            op = node.op
             if node.sub is not None:
                 what = f"template:{node.sub.name}"
+            elif op is None:
+                what = f"?@{getattr(op, 'version', '')}"
             else:
-                what = f"{op_name(node.op) if node.op else '?'}@{getattr(node.op, 'version', '')}"
-            bound = (*step.parameters.items(), *step.artifacts.items())
-            bindings = [(port, _canon(value)) for port, value in bound]
-            h.update(
+                which = op if isinstance(op, FunctionOP) else type(op)
+                name = names.get(which)
+                if name is None:
+                    name = names[which] = op_name(op)
+                what = f"{name}@{getattr(op, 'version', '')}"
+            bindings = [(port, _canon(value)) for port, value in step.parameters.items()]
+            if step.artifacts:
+                bindings += [(port, _canon(value)) for port, value in step.artifacts.items()]
+            when, key, with_param = step.when, step.key, step.with_param
+            parts.append(
                 repr(
                     (
                         node.name,
                         what,
                         bindings,
-                        _canon(step.when),
-                        _canon(step.key),
-                        _canon(step.with_param),
+                        when if when is None else _canon(when),
+                        key if key is None or type(key) is str else _canon(key),
+                        with_param if with_param is None else _canon(with_param),
                         repr(step.slices),
                         sorted(node.producers),
                     )
-                ).encode()
+                )
             )
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def _canon(value: Any) -> Any:
