@@ -356,6 +356,51 @@ def test_resume_refuses_a_changed_definition(tmp_path: Path, monkeypatch) -> Non
     changed.add(Step("extra", counted, parameters={"x": 3, "log": "x"}))
     with pytest.raises(JournalError, match="different workflow definition"):
         changed.run(resume=run_id)
+    assert Run.open(run_id).status == "Succeeded"  # a refused resume changes nothing
+
+
+def test_a_script_run_resumes_from_the_cli_and_logs_show_failed_attempts(tmp_path: Path) -> None:
+    """``python flow.py`` names its OPs ``__main__.*`` and ``dflow-async`` loads the file as
+    ``flow``: resume must see the same definition either way."""
+    (tmp_path / "flow.py").write_text(
+        textwrap.dedent("""
+        import os
+        from dflow_async import Workflow, Step, op
+
+        @op
+        def f(x: int) -> int:
+            print(f"f sees FAIL={os.environ.get('FAIL')}")
+            if os.environ.get("FAIL"):
+                raise RuntimeError("failing on purpose")
+            return x
+
+        wf = Workflow("flow")
+        wf.add(Step("f", f, parameters={"x": 1}))
+        if __name__ == "__main__":
+            print(wf.run(run_id="flow-1").status)
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"}
+    env.pop("FAIL", None)
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+        )
+
+    first = run("flow.py", FAIL="1")
+    assert first.stdout.strip() == "Failed", first.stderr
+    logs = run("-m", "dflow_async.cli", "logs", "flow-1", "f")
+    assert "f sees FAIL=1" in logs.stdout, logs.stdout + logs.stderr
+    resumed = run("-m", "dflow_async.cli", "resume", "flow-1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert Run.open("flow-1", store=tmp_path / ".dflow-async").status == "Succeeded"
+    logs = run("-m", "dflow_async.cli", "logs", "flow-1", "f").stdout
+    assert "f sees FAIL=1" in logs and "f sees FAIL=None" in logs
 
 
 def test_cli_list_get_logs(tmp_path: Path) -> None:

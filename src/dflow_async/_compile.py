@@ -7,6 +7,8 @@ scheduler does O(1) work per event and never rescans the graph.
 
 from __future__ import annotations
 
+import os
+import sys
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -544,7 +546,7 @@ def definition_digest(root: CompiledTemplate) -> str:
                 which = op if isinstance(op, FunctionOP) else type(op)
                 name = names.get(which)
                 if name is None:
-                    name = names[which] = op_name(op)
+                    name = names[which] = _stable_op_name(op)
                 what = f"{name}@{getattr(op, 'version', '')}"
             bindings = [(port, _canon(value)) for port, value in step.parameters.items()]
             if step.artifacts:
@@ -565,6 +567,18 @@ def definition_digest(root: CompiledTemplate) -> str:
                 )
             )
     return "sha256:" + hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def _stable_op_name(op: OP) -> str:
+    """The OP's name as the same file gives it however it is run: ``python flow.py`` names
+    its OPs ``__main__.f``, ``dflow-async run flow.py`` and ``import flow`` name them
+    ``flow.f``; a resume may come either way."""
+    name = op_name(op)
+    if name.startswith("__main__."):
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file:
+            name = os.path.splitext(os.path.basename(main_file))[0] + name[len("__main__") :]
+    return name
 
 
 def _canon(value: Any) -> Any:

@@ -17,7 +17,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,11 @@ class Journal:
         return cls(run_dir, conn, lock_fd, 1)
 
     @classmethod
-    def resume(cls, run_dir: Path) -> tuple[Journal, RunSnapshot]:
+    def resume(
+        cls, run_dir: Path, check: Callable[[RunSnapshot], None] | None = None
+    ) -> tuple[Journal, RunSnapshot]:
+        """Take the run over. ``check`` may refuse it (by raising) after reading its journal
+        and before anything is written to it: a refused resume leaves the run as it was."""
         path = run_dir / JOURNAL_NAME
         if not path.exists():
             raise JournalError(f"no run journal in {str(run_dir)!r}: nothing to resume")
@@ -176,6 +180,12 @@ class Journal:
         try:
             conn = _connect(path, create=False)
             snapshot = _snapshot(conn, run_dir)
+            if check is not None:
+                try:
+                    check(snapshot)
+                except BaseException:
+                    conn.close()
+                    raise
             epoch = int(snapshot.meta.get("epoch", "0")) + 1
             with _tx(conn):
                 conn.executemany(

@@ -223,6 +223,8 @@ class RunState:
         self.store = store
         # resume: what an earlier driver of this run finished, by path
         self.restored = {r.path: r for r in restored if r.phase == "Succeeded"}
+        # ...and where its unfinished steps' attempts ran (their logs stay listed)
+        self.earlier_workdirs = {r.path: r.workdirs for r in restored if r.phase != "Succeeded"}
         self.restored_slices: dict[str, list[StepRecord]] = {}
         for r in restored:
             parent, sep, rest = r.path.rpartition("[")
@@ -311,9 +313,9 @@ class RunState:
         base = ids.start
         for offset, values in enumerate(outputs):
             sr.slice_outputs[base + offset] = values
-        if sr.items is None:
+        if sr.slice_records is None:  # (else each slice's record keeps its own)
             sr.record.workdirs.extend(workdirs)
-        else:
+        if sr.items is not None:
             if sr.slice_records is not None:
                 self._slices_done(sr, ids, attempt, workdirs, "Succeeded", outputs)
             if self.on_unit is not None:
@@ -359,6 +361,8 @@ class RunState:
                 self._node_done(trun, idx, _outputs_of(done), out)
                 return
         record = StepRecord(node.name, path, node.template_name)
+        if self.earlier_workdirs:
+            record.workdirs.extend(self.earlier_workdirs.get(path, ()))
         self.records.append(record)
         sr = StepRun(trun, node, record)
         trun.runs[idx] = sr
@@ -714,6 +718,8 @@ class RunState:
         record = sr.record
         where = "" if unit.spec.slices[0].index is None else f" (slices {unit.slice_ids.start}..)"
         record.errors.append(f"attempt {unit.attempt}{where}: [{outcome.kind}] {outcome.error}")
+        if sr.slice_records is None:  # where its log is, for `dflow-async logs`
+            record.workdirs.extend(p.workdir for p in unit.spec.slices)
         retry = node.retry
         if not sr.stopped and retry is not None and retry.should_retry(outcome.kind, unit.attempt):
             delay = retry.delay(unit.attempt)

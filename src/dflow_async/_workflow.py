@@ -203,15 +203,17 @@ class Workflow:
         if journal:
             digest = definition_digest(compiled)
             if resume is not None:
-                jr, snapshot = Journal.resume(run_dir)
-                recorded = snapshot.meta.get("definition_digest")
-                if recorded != digest:
-                    jr.close()
-                    raise JournalError(
-                        f"run {run_id} was started from a different workflow definition "
-                        f"({recorded} != {digest}); resume needs the same workflow. To build on "
-                        "its results, start a new run with reuse_step="
-                    )
+
+                def same_definition(snapshot: Any) -> None:
+                    recorded = snapshot.meta.get("definition_digest")
+                    if recorded != digest:
+                        raise JournalError(
+                            f"run {run_id} was started from a different workflow definition "
+                            f"({recorded} != {digest}); resume needs the same workflow. To "
+                            "build on its results, start a new run with reuse_step="
+                        )
+
+                jr, snapshot = Journal.resume(run_dir, check=same_definition)
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
