@@ -213,6 +213,40 @@ def test_corrupted_object_fails_the_consumer_before_its_body_runs(s3: Any, tmp_p
     assert not marker.exists()  # the OP body never ran
 
 
+def test_verify_artifacts_catches_a_same_size_rewrite_of_a_local_object(tmp_path: Path) -> None:
+    """The local fast path trusts a read-only object of the right size; a store others can
+    write to asks for verify_artifacts=True, which re-hashes what it links."""
+    store = str(tmp_path / "store")
+    marker = tmp_path / "marker"
+    first = Workflow("produce", store=store)
+    first.add(Step("make", make_dataset, parameters={"n": 3}))
+    produced = first.run().query_step(name="make")[0]
+    objects = [p for p in Path(store, "artifacts", "objects").rglob("*") if p.is_file()]
+    assert objects
+    for stored in objects:  # same length, other bytes: the cheap check passes
+        size = stored.stat().st_size
+        os.chmod(stored, 0o644)
+        stored.write_bytes(b"x" * size)
+        os.chmod(stored, 0o444)
+
+    second = Workflow("consume", store=store, verify_artifacts=True)
+    src = Step("make", make_dataset, parameters={"n": 3}, key="dataset")
+    produced.key = "dataset"
+    second.add(src)
+    second.add(
+        Step(
+            "count",
+            count_lines,
+            parameters={"marker": str(marker)},
+            artifacts={"data": src.outputs.artifacts["data"]},
+        )
+    )
+    (count,) = second.run(reuse_step=[produced]).query_step(name="count")
+    assert count.phase == "Failed" and "[infra]" in count.errors[0], count.errors
+    assert "corrupt" in count.error and "make" in count.error
+    assert not marker.exists()  # the OP body never ran
+
+
 def test_output_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("not yours")

@@ -89,6 +89,7 @@ class ArtifactStore:
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         hash_threads: int | None = None,
+        verify: bool = False,
     ) -> None:
         import fsspec.core
 
@@ -104,6 +105,9 @@ class ArtifactStore:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.hash_threads = hash_threads or default_threads()
+        #: re-hash every object :meth:`get` materialises, even local ones that pass the cheap
+        #: check (see ``is_trusted``): for stores someone else can write to
+        self.verify = verify
         self._backend_obj: Backend | None = None
 
     def __repr__(self) -> str:
@@ -116,6 +120,7 @@ class ArtifactStore:
             "storage_options": self.storage_options,
             "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
             "hash_threads": self.hash_threads,
+            "verify": self.verify,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -168,11 +173,14 @@ class ArtifactStore:
         ref: ArtifactRef,
         dest_dir: str | os.PathLike[str],
         *,
-        verify: bool = False,
+        verify: bool | None = None,
         link: bool = True,
     ) -> Path:
         """Materialise ``ref`` as ``dest_dir/ref.name`` (replacing anything there) and return
-        that path. ``link=False`` gives private writable copies instead of read-only links."""
+        that path. ``link=False`` gives private writable copies instead of read-only links.
+        ``verify`` (default: the store's) re-hashes what the cheap checks would trust."""
+        if verify is None:
+            verify = self.verify
         dest = Path(dest_dir)
         target = dest / ref.name
         staging = dest / f".{ref.name}.partial-{uuid.uuid4().hex}"

@@ -56,6 +56,7 @@ class Workflow:
         executor: str | Executor = "inline",
         store: str | os.PathLike[str] | None = None,
         storage_options: dict[str, Any] | None = None,
+        verify_artifacts: bool = False,
     ) -> None:
         if steps is not None and dag is not None:
             raise ValueError(f"Workflow {name!r}: pass steps= or dag=, not both")
@@ -67,6 +68,9 @@ class Workflow:
         self.executor = executor
         self.store = store
         self.storage_options = dict(storage_options or {})
+        #: re-hash every input artifact a step fetches, even local hard links that pass the
+        #: store's cheap check (read-only, right size): for stores others can write to
+        self.verify_artifacts = verify_artifacts
         #: "FILE.py:OBJECT" the workflow came from; recorded so `dflow-async resume` finds it
         self.source: str | None = None
 
@@ -270,8 +274,8 @@ class Workflow:
         itself (``s3://bucket/prefix``, ``memory://...``) otherwise."""
         if self.store is None or _is_local_url(str(self.store)):
             root = self.store_path().absolute() / "artifacts"
-            return ArtifactStore(str(root), self.storage_options)
-        return ArtifactStore(str(self.store), self.storage_options)
+            return ArtifactStore(str(root), self.storage_options, verify=self.verify_artifacts)
+        return ArtifactStore(str(self.store), self.storage_options, verify=self.verify_artifacts)
 
     def _meta(self, run_id: str, digest: str, parameters: dict[str, Any] | None) -> dict[str, str]:
         import json
