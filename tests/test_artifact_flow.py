@@ -161,6 +161,21 @@ def test_pipeline_on_every_store(
     assert sorted(p.read_text() for p in copies) == sorted(Path(o).read_text() for o in outs)
 
 
+@pytest.mark.parametrize("kind", ["path", "memory"])
+def test_download_finds_the_store_a_record_came_from(kind: str, tmp_path: Path) -> None:
+    import shutil
+
+    store = str(tmp_path / "elsewhere") if kind == "path" else f"memory://dl-{os.getpid()}"
+    wf = Workflow("dl", store=store)
+    wf.add(Step("make", make_dataset, parameters={"n": 2}))
+    result = wf.run()
+    data = result.query_step(name="make")[0].outputs.artifacts["data"]
+    shutil.rmtree(result.run_dir / "steps")  # the producer's copy is gone: only the store has it
+    (copy,) = download_artifact(data, tmp_path / "dl")  # no store=: the ref says where
+    assert sorted(p.name for p in copy.iterdir()) == ["part0.txt", "part1.txt"]
+    assert (copy / "part1.txt").read_text() == "1\n1\n"
+
+
 def test_local_inputs_are_read_only_hard_links(tmp_path: Path) -> None:
     @op
     def inspect_input(data: Artifact(Path)) -> {"mode": int, "links": int}:
