@@ -176,6 +176,40 @@ def test_download_finds_the_store_a_record_came_from(kind: str, tmp_path: Path) 
     assert (copy / "part1.txt").read_text() == "1\n1\n"
 
 
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_everything_a_run_creates_is_owner_only(executor: str, tmp_path: Path) -> None:
+    """Store, journal, logs, work dirs, scratch, step cache: nothing readable by others,
+    whatever the umask (0o022 here, the common default)."""
+    old = os.umask(0o022)
+    try:
+
+        @op
+        def chatty(data: Artifact(Path)) -> {"out": Artifact(Path), "n": int}:  # type: ignore[valid-type]
+            print("reading", data)
+            Path("out.txt").write_text("x")
+            return {"out": Path("out.txt"), "n": len(list(data.iterdir()))}
+
+        wf = Workflow("private", executor=executor)
+        mk = Step("make", make_dataset, parameters={"n": 2})
+        wf.add(mk)
+        wf.add(Step("chat", chatty, artifacts={"data": mk.outputs.artifacts["data"]}))
+        assert wf.run().status == "Succeeded"
+    finally:
+        os.umask(old)
+    home = tmp_path / ".dflow-async"
+    seen = [home, *home.rglob("*")]
+    assert len(seen) > 20
+    leaky = [
+        f"{oct(p.lstat().st_mode & 0o777)} {p.relative_to(tmp_path)}"
+        for p in seen
+        if not p.is_symlink()
+        and p.lstat().st_mode & 0o077
+        # what OPs write themselves follows the umask, until it is committed to the store
+        and p.parent.name not in ("a0",)
+    ]
+    assert not leaky, leaky
+
+
 def test_local_inputs_are_read_only_hard_links(tmp_path: Path) -> None:
     @op
     def inspect_input(data: Artifact(Path)) -> {"mode": int, "links": int}:

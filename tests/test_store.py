@@ -559,7 +559,7 @@ def test_local_store_files_are_private(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     obj = store.local_path(store.put(tmp_path / "f"))
     assert obj is not None
-    assert stat.S_IMODE(obj.stat().st_mode) == 0o444
+    assert stat.S_IMODE(obj.stat().st_mode) == 0o400
     for d in ("objects", "manifests", "values", "tmp", obj.parent.relative_to(tmp_path / "store")):
         assert stat.S_IMODE((tmp_path / "store" / d).stat().st_mode) == 0o700
 
@@ -707,7 +707,7 @@ def test_source_on_another_filesystem_is_copied(tmp_path: Path) -> None:
         ref = store.put(src / "x.txt")
         obj = store.local_path(ref)
         assert obj is not None and obj.stat().st_ino != (src / "x.txt").stat().st_ino
-        assert stat.S_IMODE(obj.stat().st_mode) == 0o444
+        assert stat.S_IMODE(obj.stat().st_mode) == 0o400
         assert (src / "x.txt").stat().st_mode & 0o200  # the producer's file was left alone
         out = store.get(ref, src / "out")  # and back across: a copy, read-only like a link
         assert out.read_text() == "across devices" and not out.stat().st_mode & 0o222

@@ -19,6 +19,7 @@ from typing import Any
 from dflow_async._codec import decode, encode
 from dflow_async._op import OP, FunctionOP, op_name, port_plan
 from dflow_async._spec import AttemptSpec
+from dflow_async._store_local import ensure_dir
 
 __all__ = ["StepCache"]
 
@@ -79,9 +80,11 @@ class StepCache:
         return list(outputs)
 
     def put(self, key: str, outputs: Any) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_dir(self.root)
         tmp = self.root / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(encode(list(outputs), self.values))
+        text = encode(list(outputs), self.values)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(text)
         os.replace(tmp, self.root / f"{key}.json")
 
     def clear(self) -> int:

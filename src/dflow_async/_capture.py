@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from dflow_async._op import _current
+from dflow_async._store_local import ensure_dir
 
 __all__ = ["attempt_log", "capture_fds", "log_path"]
 
@@ -46,7 +47,7 @@ class _LazyLog:
             with _open_lock:  # threads the OP started may print at the same moment
                 fh = self._fh
                 if fh is None:
-                    os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                    ensure_dir(os.path.dirname(self.path))
                     fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                     # kept open across writes until close(): a with-block cannot span them
                     fh = self._fh = open(fd, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
@@ -125,7 +126,7 @@ def _current_log() -> _LazyLog | None:
 def _capture_fds(path: str, stage: str) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.makedirs(os.path.dirname(stage), mode=0o700, exist_ok=True)
+    ensure_dir(os.path.dirname(stage))
     fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     saved = [os.dup(1), os.dup(2)]
     try:
@@ -142,5 +143,5 @@ def _capture_fds(path: str, stage: str) -> Iterator[None]:
         for f in (*saved, fd):
             os.close(f)
         if stage != path and written:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            ensure_dir(os.path.dirname(path))
             os.replace(stage, path)

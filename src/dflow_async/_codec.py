@@ -134,9 +134,11 @@ def _write_blob(value: Any, blob_dir: Path | None) -> str:
     name = hashlib.sha256(data).hexdigest()
     target = blob_dir / name
     if not target.exists():
-        blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from dflow_async._store_local import ensure_dir
+
+        ensure_dir(blob_dir)
         tmp = target.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

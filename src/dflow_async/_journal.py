@@ -24,6 +24,7 @@ from typing import Any
 
 from dflow_async._codec import decode, encode
 from dflow_async._records import StepOutputValues, StepRecord
+from dflow_async._store_local import ensure_dir
 from dflow_async.exceptions import DflowAsyncError
 
 __all__ = ["Journal", "JournalError", "RunBusyError", "RunSnapshot", "read_run"]
@@ -134,7 +135,7 @@ class Journal:
 
     @classmethod
     def create(cls, run_dir: Path, *, meta: dict[str, str]) -> Journal:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_dir(run_dir)
         path = run_dir / JOURNAL_NAME
         if path.exists():
             raise JournalError(
@@ -146,6 +147,8 @@ class Journal:
         staging = run_dir / f".{JOURNAL_NAME}.{os.getpid()}"
         for leftover in run_dir.glob(f".{JOURNAL_NAME}.*"):
             leftover.unlink()
+        # owner-only, like every file of a run (SQLite gives its -wal/-shm files this mode)
+        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(staging, isolation_level=None)
         # nobody reads the staging file: no rollback journal, one fsync before the rename
         conn.execute("PRAGMA journal_mode=OFF")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import os
 import sys
 import typing
 from collections.abc import Callable, Mapping
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dflow_async._store_local import ensure_dir
 from dflow_async._types import describe, matches
 from dflow_async.exceptions import SignatureError
 
@@ -153,7 +153,7 @@ class StepContext:
 
     @property
     def workdir(self) -> Path:
-        os.makedirs(self.workdir_path, mode=0o700, exist_ok=True)
+        ensure_dir(self.workdir_path)
         return Path(self.workdir_path)
 
 

@@ -61,7 +61,7 @@ from dflow_async._store_hash import (
     stat_key,
     triage_map,
 )
-from dflow_async._store_local import StrPath, materialise_file, replace_path
+from dflow_async._store_local import StrPath, ensure_dir, materialise_file, replace_path
 from dflow_async._store_ref import ArtifactRef, check_name
 from dflow_async._store_tree import (
     Manifest,
@@ -185,7 +185,7 @@ class ArtifactStore:
         target = dest / ref.name
         staging = dest / f".{ref.name}.partial-{uuid.uuid4().hex}"
         try:
-            dest.mkdir(parents=True, exist_ok=True)
+            ensure_dir(dest)
             if ref.kind == "dir":
                 self._get_dir(ref, staging, verify=verify, link=link)
             else:
@@ -361,9 +361,9 @@ class ArtifactStore:
             for f in manifest.files.values()
         }
         paths = self._fetch(ref, list(wants.values()), verify=verify, manifest=manifest)
-        staging.mkdir()
+        staging.mkdir(mode=0o700)
         for d in manifest.dirs:  # sorted: parents first
-            (staging / d).mkdir(parents=True, exist_ok=True)
+            ensure_dir(staging / d)
         base = f"{staging}{os.sep}"
         jobs = [(base + rel, paths[wants[f.hexdigest].key], f) for rel, f in manifest.files.items()]
 
@@ -372,7 +372,7 @@ class ArtifactStore:
             try:
                 linked = materialise_file(obj, dest, mode=f.mode, link=link)
             except FileNotFoundError:  # a manifest need not list every parent directory
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                ensure_dir(os.path.dirname(dest))
                 linked = materialise_file(obj, dest, mode=f.mode, link=link)
             if not linked:  # a link shares the object's inode, whose digest lookup recorded
                 DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)

@@ -27,6 +27,7 @@ from dflow_async._store_hash import (
     stat_key,
 )
 from dflow_async._store_local import (
+    READ_ONLY,
     StrPath,
     atomic_copy,
     atomic_write,
@@ -401,7 +402,7 @@ class FsspecBackend(Backend):
             out = {}
             for w, tmp in zip(wants, tmps, strict=True):
                 final = self.cache.path(w.key)
-                os.chmod(tmp, 0o444)
+                os.chmod(tmp, READ_ONLY)
                 DIGESTS.put(stat_key(os.stat(tmp)), w.hexdigest)  # as lookup does (see there)
                 rename_into(tmp, final)
                 out[w.key] = str(final)

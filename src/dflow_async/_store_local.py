@@ -41,8 +41,8 @@ __all__ = [
 
 StrPath = str | os.PathLike[str]
 
-READ_ONLY = 0o444
-READ_ONLY_EXEC = 0o555
+READ_ONLY = 0o400  # owner-only, as every file the library creates
+READ_ONLY_EXEC = 0o500
 
 # A hard link can fail for reasons that just mean "copy instead": another filesystem, a link-count
 # limit, a filesystem without links, or protected_hardlinks refusing a file we do not own.
@@ -51,8 +51,22 @@ LINK_FALLBACK_ERRNOS = frozenset(
 )
 
 
-def ensure_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def ensure_dir(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p`` that makes every directory it creates owner-only (``os.makedirs`` gives
+    its mode to the last one only; the others get the umask's 0o755)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+    except FileNotFoundError:
+        text = os.fspath(path).rstrip("/")
+        parent = os.path.dirname(text)
+        if not parent or parent == text:
+            raise
+        ensure_dir(parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
 
 
 def rename_into(src: Path, final: Path) -> None:
@@ -193,7 +207,7 @@ def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> b
     """Put the object's bytes at ``dest`` (which must not exist); True if it is a hard link.
 
     ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
-    a file with execute bits is copied instead when the shared object has none (0o444).
+    a file with execute bits is copied instead when the shared object has none (0o400).
     ``link=False``: a private writable copy with ``mode``.
     """
     if link and (not mode & 0o111 or os.stat(obj).st_mode & 0o111):

@@ -38,6 +38,7 @@ from dflow_async._op import (
     port_plan,
 )
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
+from dflow_async._store_local import ensure_dir
 from dflow_async._stored import (
     BigValue,
     InputFetchError,
@@ -294,7 +295,7 @@ def _in_dir(workdir: str, chdir: bool) -> Iterator[None]:
     if not chdir:
         yield  # the OP finds its directory through current_context().workdir (made lazily)
         return
-    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    ensure_dir(workdir)
     previous = os.getcwd()
     os.chdir(workdir)
     try:
@@ -310,7 +311,7 @@ class _Scratch:
     __slots__ = ("fd", "path")
 
     def __init__(self, path: str) -> None:
-        os.makedirs(path, mode=0o700)
+        ensure_dir(path)
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         self.mark_empty()
@@ -374,7 +375,7 @@ def _adopt(scratch: _Scratch, run_dir: str, workdir: str) -> bool:
         if next(entries, None) is None:  # touched, but left empty
             scratch.mark_empty()
             return False
-    os.makedirs(os.path.dirname(workdir), mode=0o700, exist_ok=True)
+    ensure_dir(os.path.dirname(workdir))
     if os.path.exists(workdir):  # a rerun of the same attempt name: keep the newest
         shutil.rmtree(workdir)
     os.rename(scratch.path, workdir)

@@ -21,6 +21,7 @@ from dflow_async._recorder import Recorder
 from dflow_async._records import StepRecord
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
+from dflow_async._store_local import ensure_dir
 from dflow_async._stored import adopt_inputs
 from dflow_async.exceptions import (
     ArtifactError,
@@ -226,7 +227,7 @@ class Workflow:
         elif resume is not None:
             raise ValueError("resume= needs the run's journal; do not pass journal=False")
         else:
-            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_dir(run_dir)
         state = RunState(
             compiled,
             run_id=run_id,
