@@ -796,6 +796,8 @@ def test_structured_events_are_quiet_by_default_and_logged_when_asked() -> None:
     assert "event='step_started'" in text and "event='step_succeeded'" in text
     assert f"run_id='{result.run_id}'" in text and "step='a'" in text and "key='the-a'" in text
     assert "duration=" in text
+    # one attempt: the same attempt index in every event about it
+    assert text.count("attempt=0") == 2 and "attempt=1" not in text, text
 
 
 def test_optional_artifact_input_defaults_to_none() -> None:

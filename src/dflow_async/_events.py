@@ -46,7 +46,8 @@ def logging_hook(run_id: str) -> EventHook | None:
     def hook(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         method = log.warning if kind in ("failed", "retrying") else log.info
         extra = {k: v for k, v in fields.items() if v is not None}
-        extra.setdefault("attempt", record.attempts)
+        # the 0-based index of the step's latest attempt, as started/retrying events give it
+        extra.setdefault("attempt", max(record.attempts - 1, 0))
         if record.duration is not None and kind in ("succeeded", "failed"):
             extra["duration"] = round(record.duration, 6)
         method(f"step_{kind}", step=record.path, key=record.key, **extra)
