@@ -25,6 +25,7 @@ _PHASE_STYLE = {
     "Succeeded": "green",
     "Failed": "red",
     "Running": "cyan",
+    "Interrupted": "yellow",
     "Skipped": "dim",
     "Cancelled": "yellow",
     "Pending": "dim",

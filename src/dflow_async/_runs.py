@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dflow_async._journal import JOURNAL_NAME, JournalError, RunSnapshot, read_run
+from dflow_async._journal import JOURNAL_NAME, LOCK_NAME, JournalError, RunSnapshot, read_run
 from dflow_async._records import StepRecord
 
 __all__ = ["Run", "list_runs"]
@@ -43,13 +43,19 @@ class Run:
             known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
             raise JournalError(
                 f"no run {run_id!r} under {str(run_dir.parent)!r} (recent runs: {known}); "
-                "run the command from the directory the run was started in, or pass store="
+                "run from the directory the run was started in, or point at its store "
+                "(store= in Python, $DFLOW_ASYNC_HOME for the CLI)"
             )
         return cls(read_run(run_dir))
 
     @property
     def status(self) -> str:
-        return self._snapshot.status
+        """As the journal says; ``"Interrupted"`` for a run it calls Running whose driver is
+        gone (killed: nothing holds the run's lock any more). Resume it to go on."""
+        status = self._snapshot.status
+        if status == "Running" and driver_alive(self.run_dir) is False:
+            return "Interrupted"
+        return status
 
     @property
     def workflow(self) -> str:
@@ -77,6 +83,22 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.status}: {len(self.records)} steps>"
+
+
+def driver_alive(run_dir: Path) -> bool | None:
+    """Whether a driver holds the run's lock, read from ``/proc/locks`` (Linux): taking the
+    lock to find out could make a driver starting at that moment fail. None: cannot tell."""
+    try:
+        st = os.stat(Path(run_dir) / LOCK_NAME)
+        with open("/proc/locks") as fh:
+            table = fh.read()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(
+        len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted
+        for fields in (line.split() for line in table.splitlines())
+    )
 
 
 def _attach_store(records: list[StepRecord], url: str | None) -> None:
