@@ -228,6 +228,24 @@ def test_local_inputs_are_read_only_hard_links(tmp_path: Path) -> None:
     assert out["links"] >= 2  # the store object and its links: no byte copy
 
 
+def _consume_reused(wf: Workflow, produced: Any, marker: Path) -> Any:
+    """Run ``count_lines`` in ``wf`` on the dataset of ``produced`` (an earlier run's "make"
+    record, reused); returns the count step's record."""
+    src = Step("make", make_dataset, parameters={"n": 3}, key="dataset")
+    produced.key = "dataset"
+    wf.add(src)
+    wf.add(
+        Step(
+            "count",
+            count_lines,
+            parameters={"marker": str(marker)},
+            artifacts={"data": src.outputs.artifacts["data"]},
+        )
+    )
+    (count,) = wf.run(reuse_step=[produced]).query_step(name="count")
+    return count
+
+
 def test_corrupted_object_fails_the_consumer_before_its_body_runs(s3: Any, tmp_path: Path) -> None:
     import s3fs
 
@@ -243,19 +261,7 @@ def test_corrupted_object_fails_the_consumer_before_its_body_runs(s3: Any, tmp_p
     for key in objects:
         fs.pipe(key, b"tampered bytes")
     second = Workflow("consume", store=store, storage_options=s3)
-    src = Step("make", make_dataset, parameters={"n": 3}, key="dataset")
-    produced.key = "dataset"
-    second.add(src)
-    second.add(
-        Step(
-            "count",
-            count_lines,
-            parameters={"marker": str(marker)},
-            artifacts={"data": src.outputs.artifacts["data"]},
-        )
-    )
-    result = second.run(reuse_step=[produced])
-    (count,) = result.query_step(name="count")
+    count = _consume_reused(second, produced, marker)
     assert count.phase == "Failed"
     assert "[infra]" in count.errors[0]
     assert "data" in count.error and "make" in count.error and "s3://" in count.error
@@ -279,18 +285,7 @@ def test_verify_artifacts_catches_a_same_size_rewrite_of_a_local_object(tmp_path
         os.chmod(stored, 0o444)
 
     second = Workflow("consume", store=store, verify_artifacts=True)
-    src = Step("make", make_dataset, parameters={"n": 3}, key="dataset")
-    produced.key = "dataset"
-    second.add(src)
-    second.add(
-        Step(
-            "count",
-            count_lines,
-            parameters={"marker": str(marker)},
-            artifacts={"data": src.outputs.artifacts["data"]},
-        )
-    )
-    (count,) = second.run(reuse_step=[produced]).query_step(name="count")
+    count = _consume_reused(second, produced, marker)
     assert count.phase == "Failed" and "[infra]" in count.errors[0], count.errors
     assert "corrupt" in count.error and "make" in count.error
     assert not marker.exists()  # the OP body never ran
