@@ -84,11 +84,16 @@ class Workflow:
     def validate(
         self, *, executor: str | Executor | None = None, parameters: dict[str, Any] | None = None
     ) -> CompiledTemplate:
-        """Compile and check everything; raises WorkflowValidationError listing every problem."""
-        return self._prepare(executor, parameters)[0]
+        """Compile and check everything; raises WorkflowValidationError listing every problem.
+        Writes nothing (a run also takes uploads from other stores into its own)."""
+        return self._prepare(executor, parameters, adopt=False)[0]
 
     def _prepare(
-        self, executor: str | Executor | None, parameters: dict[str, Any] | None
+        self,
+        executor: str | Executor | None,
+        parameters: dict[str, Any] | None,
+        *,
+        adopt: bool = True,
     ) -> tuple[CompiledTemplate, dict[Any, Executor]]:
         default = executor if executor is not None else self.executor
         executors: dict[Any, Executor] = {}
@@ -119,7 +124,7 @@ class Workflow:
         except ArtifactError as exc:
             problems.append(f"store: {exc}")
         else:
-            if not problems:  # uploads to another store: only for a workflow that can run
+            if adopt and not problems:  # uploads to another store: for a run that can start
                 problems += adopt_inputs(compiled, store)
             remote = sorted(e.name for e in executors.values() if not e.in_process)
             if store.url.startswith("memory:") and remote:
