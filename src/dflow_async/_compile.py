@@ -540,8 +540,8 @@ def definition_digest(root: CompiledTemplate) -> str:
             op = node.op
             if node.sub is not None:
                 what = f"template:{node.sub.name}"
-            elif op is None:
-                what = f"?@{getattr(op, 'version', '')}"
+            elif op is None:  # an OP that failed to load (validation reports it)
+                what = "?@"
             else:
                 which = op if isinstance(op, FunctionOP) else type(op)
                 name = names.get(which)

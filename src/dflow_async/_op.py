@@ -471,8 +471,14 @@ def artifact_paths(value: Any) -> list[Path]:
     """Every path inside an artifact value (a path, or a list/dict of paths)."""
     if value is None:
         return []
+    return [Path(leaf) for leaf in artifact_leaves(value)]
+
+
+def artifact_leaves(value: Any) -> list[Any]:
+    """The leaves of an artifact value (a path, or a list/dict of them), in order and as they
+    are: a StoredPath keeps its ``.ref``."""
     if isinstance(value, dict):
-        return [p for v in value.values() for p in artifact_paths(v)]
+        return [leaf for v in value.values() for leaf in artifact_leaves(v)]
     if isinstance(value, list | tuple):
-        return [p for v in value for p in artifact_paths(v)]
-    return [Path(value)]
+        return [leaf for v in value for leaf in artifact_leaves(v)]
+    return [value]

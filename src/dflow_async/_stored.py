@@ -7,6 +7,7 @@ import os
 from pathlib import Path, PosixPath
 from typing import Any
 
+from dflow_async._op import artifact_leaves
 from dflow_async._store import ArtifactStore
 from dflow_async._store_ref import ArtifactRef
 from dflow_async.exceptions import ArtifactError
@@ -88,7 +89,7 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
                 info = node.inputs.get(port)
                 if info is None or info.kind != "artifacts":
                     continue
-                for leaf in _leaves(value):
+                for leaf in artifact_leaves(value):
                     ref = getattr(leaf, "ref", None)
                     if ref is None or ref.digest in seen or store.exists(ref):
                         continue
@@ -113,14 +114,6 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
                             "it again"
                         )
     return problems
-
-
-def _leaves(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _leaves(v)]
-    if isinstance(value, list | tuple):
-        return [leaf for v in value for leaf in _leaves(v)]
-    return [value]
 
 
 def _safe(key: str) -> str:

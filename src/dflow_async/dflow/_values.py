@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from dflow_async._op import artifact_leaves
 from dflow_async.dflow._paths import import_tree, relative_name
 from dflow_async.dflow._unsupported import refuse
 from dflow_async.exceptions import ArtifactError
@@ -64,7 +65,7 @@ def to_dflow(value: Any, shape: str, port: str, workdir: Path, origin: Any = Non
         value = _relink(value, iter(names), root)  # Dflow's directories, not .inputs/<i>/
     conv = str if shape.endswith("str") else Path
     if shape.startswith(("list", "set")):
-        items = _flat(value) if several else [value]
+        items = artifact_leaves(value) if several else [value]
         items = [None if v is None else conv(v) for v in items]
         return set(items) if shape.startswith("set") else items
     if shape.startswith("dict"):
@@ -78,8 +79,8 @@ def to_dflow(value: Any, shape: str, port: str, workdir: Path, origin: Any = Non
 
 def _names(value: Any, origin: Any) -> list[str] | None:
     """Each leaf's relative name, from the origin when it has the same shape."""
-    leaves = _flat(value)
-    sources = _flat(origin) if origin is not None else []
+    leaves = artifact_leaves(value)
+    sources = artifact_leaves(origin) if origin is not None else []
     if len(sources) != len(leaves) or not _same_shape(value, origin):
         sources = leaves
     return [relative_name(s) or Path(str(s)).name if s is not None else "" for s in sources]
@@ -96,14 +97,14 @@ def _same_shape(a: Any, b: Any) -> bool:
 def _materialised(value: Any, origin: Any) -> bool:
     if origin is None:
         return False
-    pairs = zip(_flat(value), _flat(origin), strict=False)
+    pairs = zip(artifact_leaves(value), artifact_leaves(origin), strict=False)
     return any(os.fspath(v) != os.fspath(o) for v, o in pairs if v is not None and o is not None)
 
 
 def _gather(value: Any, names: list[str] | None, root: Path) -> Path:
     """Several files for one path input: a directory holding them at their relative names."""
     root.mkdir(parents=True, exist_ok=True)
-    for src, name in zip(_flat(value), names or [], strict=False):
+    for src, name in zip(artifact_leaves(value), names or [], strict=False):
         if src is not None:
             _symlink(src, root / (name or Path(src).name))
     return root
@@ -129,14 +130,6 @@ def _symlink(src: Any, target: Path) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(source, target)
     return True
-
-
-def _flat(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flat(v)]
-    if isinstance(value, list | tuple):
-        return [x for v in value for x in _flat(v)]
-    return [value]
 
 
 def _map_leaves(value: Any, fn: Any) -> Any:
