@@ -343,8 +343,14 @@ def test_uploads_to_another_store_are_adopted_or_refused_before_the_run(tmp_path
         wf.add(Step("read", read_sum, artifacts={"f": uploaded}))
         return wf
 
+    from dflow_async import ArtifactStore
+
+    target = ArtifactStore("memory://adopt-test")
+    workflow("memory://adopt-test").validate()
+    assert not target.exists(uploaded.ref)  # validating writes nothing
     result = workflow("memory://adopt-test").run()
     assert result.status == "Succeeded", result.records[0].errors
+    assert target.exists(uploaded.ref)
     assert result.records[0].outputs.parameters["result"] == 9
 
     data.unlink()  # replaced, not edited: the stored object is this file's hard link

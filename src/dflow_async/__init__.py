@@ -34,6 +34,7 @@ from dflow_async._op import (
 from dflow_async._records import StepRecord
 from dflow_async._refs import if_expression, item
 from dflow_async._runs import Run, list_runs
+from dflow_async._store import ArtifactStore
 from dflow_async._workflow import Result, Workflow
 from dflow_async.exceptions import (
     ArtifactError,
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Artifact",
     "ArtifactError",
+    "ArtifactStore",
     "BigParameter",
     "DAG",
     "DflowAsyncError",
