@@ -83,8 +83,17 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
 
     problems: list[str] = []
     seen: set[str] = set()
+    # steps of one OP share their ports' dict: ask once per OP whether it takes artifacts
+    takes_artifacts: dict[int, bool] = {}
     for ct in walk_templates(root):
         for node in ct.nodes:
+            ports = node.inputs
+            takes = takes_artifacts.get(id(ports))
+            if takes is None:
+                takes = any(i.kind == "artifacts" for i in ports.values())
+                takes_artifacts[id(ports)] = takes
+            if not takes:
+                continue
             for port, value in node.const_inputs.items():
                 info = node.inputs.get(port)
                 if info is None or info.kind != "artifacts":
