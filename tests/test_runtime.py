@@ -399,6 +399,32 @@ def test_every_sync_attempt_starts_in_an_empty_directory(executor: str) -> None:
             assert kept == ""
 
 
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_a_failed_attempt_keeps_what_it_wrote_and_the_next_starts_empty(executor: str) -> None:
+    """A failing OP's files are its own (kept in its work dir for debugging), never found in
+    the work dir of whatever runs next in the same thread or process."""
+
+    @op
+    def writes_then_fails() -> int:
+        Path("partial.dat").write_text("half done")
+        raise ValueError("boom")
+
+    @op
+    def look() -> list:
+        return sorted(os.listdir("."))
+
+    wf = Workflow("failed-cwd", executor=executor, parallelism=1)
+    bad = Step("bad", writes_then_fails, continue_on_failed=True)
+    wf.add(bad)
+    wf.add(Step("look", look, dependencies=[bad]))
+    result = wf.run()
+    (failed,) = result.query_step(name="bad")
+    (looked,) = result.query_step(name="look")
+    assert failed.phase == "Failed" and looked.phase == "Succeeded"
+    assert looked.outputs.parameters["result"] == []
+    assert (Path(failed.workdirs[0]) / "partial.dat").read_text() == "half done"
+
+
 def test_runs_do_not_leak_file_descriptors() -> None:
     @op
     def plain(x: int) -> int:

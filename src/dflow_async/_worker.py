@@ -72,8 +72,13 @@ def run_attempt(
                 found = _scratch_dir(spec.run_dir)
                 where = found.path
                 os.fchdir(found.fd)  # the thread owns its cwd: nothing to restore
-                values = _run_slice(spec, piece, plan, where, capture_fds, f"{where}.log")
-                if _adopt(found, spec.run_dir, piece.workdir):
+                try:
+                    values = _run_slice(spec, piece, plan, where, capture_fds, f"{where}.log")
+                except BaseException:
+                    # what a failed attempt wrote is its own, never the next attempt's
+                    _settle(found, spec.run_dir, piece.workdir, quiet=True)
+                    raise
+                if _settle(found, spec.run_dir, piece.workdir):
                     values = _relocate(values, where, piece.workdir, plan)
             else:
                 with _in_dir(piece.workdir, chdir):
@@ -364,6 +369,20 @@ def _forget_scratch_dirs() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_scratch_dirs)
+
+
+def _settle(scratch: _Scratch, run_dir: str, workdir: str, *, quiet: bool = False) -> bool:
+    """:func:`_adopt`; a scratch directory that could not be emptied is never reused.
+    ``quiet``: the attempt already failed, and its own error is the one to report."""
+    try:
+        return _adopt(scratch, run_dir, workdir)
+    except OSError:
+        scratch.close()
+        if _scratch.dirs.get(run_dir) is scratch:
+            del _scratch.dirs[run_dir]
+        if quiet:
+            return False
+        raise
 
 
 def _adopt(scratch: _Scratch, run_dir: str, workdir: str) -> bool:
