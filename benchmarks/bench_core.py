@@ -149,7 +149,8 @@ def check_result(shape: shapes.Shape, result: Any) -> None:
 def runners_for(shape: shapes.Shape) -> list[str]:
     if shape.kind == "sleep":  # sync runners would serialise 0.1 s sleeps: meaningless
         return ["floor-async", "dflow-async"]
-    return ["floor-sync", "floor-async", "dask-threads", "dflow-async", "dflow-sync"]
+    floors = ["floor-sync", "floor-async", "floor-thread"]
+    return [*floors, "dask-threads", "dflow-async", "dflow-sync"]
 
 
 def run_once(runner: str, shape: shapes.Shape, tag: str) -> tuple[float, float]:
@@ -162,6 +163,8 @@ def run_once(runner: str, shape: shapes.Shape, tag: str) -> tuple[float, float]:
     t0 = time.perf_counter()
     if runner == "floor-sync":
         floor.run_sync(shape.graph, noop)
+    elif runner == "floor-thread":
+        floor.run_threaded(shape.graph, noop)
     else:
         floor.run_async(shape.graph, asleep if shape.kind == "sleep" else anoop)
     return 0.0, time.perf_counter() - t0
