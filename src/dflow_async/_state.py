@@ -390,6 +390,10 @@ class RunState:
             return
         if node.sub is not None:
             self._start_children(sr, out)
+        elif sr.n_units == 0:  # a fan-out over nothing: done, with empty stacked outputs
+            record.phase = "Running"
+            record.start = time.time()
+            self._finish_step(sr, out)
         else:
             sr.queued = True
             self.ready.append(sr)
