@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dflow_async import Artifact, Slices, Step, Workflow, item, op
+from dflow_async import Artifact, OutputParameter, Slices, Step, Steps, Workflow, item, op
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +59,36 @@ def test_a_fan_out_over_an_empty_list_succeeds_with_empty_outputs(executor: str)
     assert rec.outputs.artifacts["out"] == []
     assert result.query_step(name="wp")[0].outputs.parameters["result"] == []
     assert result.query_step(name="total")[0].outputs.parameters["result"] == 0
+
+
+@op
+def sq_or_fail(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return x * x
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_per_slice_keys_of_a_sub_workflow_fan_out_get_each_slice_outcome(executor: str) -> None:
+    sub = Steps("sub", inputs={"x": 0})
+    a = Step("a", sq_or_fail, parameters={"x": sub.inputs.parameters["x"]})
+    sub.add(a)
+    sub.outputs.parameters["r"] = OutputParameter(
+        value_from_parameter=a.outputs.parameters["result"]
+    )
+    wf = Workflow("sub-keys", executor=executor)
+    wf.add(
+        Step(
+            "g",
+            sub,
+            parameters={"x": item},
+            with_param=[1, 2, 3],
+            key=f"g-{item}",
+            continue_on_failed=True,
+        )
+    )
+    result = wf.run()
+    phases = {k: result.query_step(key=k)[0].phase for k in ("g-1", "g-2", "g-3")}
+    assert phases == {"g-1": "Succeeded", "g-2": "Failed", "g-3": "Succeeded"}
+    assert result.query_step(key="g-3")[0].outputs.parameters["r"] == 9
+    assert result.query_step(key="g-2")[0].errors

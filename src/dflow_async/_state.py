@@ -540,14 +540,21 @@ class RunState:
             out.append(Finish(self.status))
             return
         parent.inflight -= 1
+        index = trun.unit_index
         if trun.failing:
             parent.record.failed_slices += 1
             if not parent.node.step or not parent.node.step.tolerates_failure:
                 parent.failed = True
-            parent.record.errors.append(f"sub-workflow {trun.path!r} failed")
+            error = f"sub-workflow {trun.path!r} failed"
+            parent.record.errors.append(error)
+            if parent.slice_records is not None:  # per-slice keys: each slice's own record
+                self._slices_done(parent, range(index, index + 1), 0, [], "Failed", None, error)
         else:
             parent.done_units += 1
-            parent.slice_outputs[trun.unit_index] = {**values["parameters"], **values["artifacts"]}
+            done = {**values["parameters"], **values["artifacts"]}
+            parent.slice_outputs[index] = done
+            if parent.slice_records is not None:
+                self._slices_done(parent, range(index, index + 1), 0, [], "Succeeded", [done])
         self._maybe_finish_step(parent, out)
 
     # ------------------------------------------------------------------ attempts
