@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from compat_ops import Echo, FailIf, Plus1, Square, Sum
@@ -209,7 +210,8 @@ def test_retry_on_transient_error_and_failure_reporting(tmp_path: object) -> Non
     ok = Step(
         "flaky",
         PythonOPTemplate(FailIf, retry_on_transient_error=2),
-        parameters={"x": 1, "marker": "m1", "tries": 2},
+        # outside the work dir: every attempt starts in a fresh one, as a retried pod does
+        parameters={"x": 1, "marker": str(Path(str(tmp_path)) / "m1"), "tries": 2},
     )
     wf = run_single(ok)
     (step,) = wf.query_step(name="flaky")
