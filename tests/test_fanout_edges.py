@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from dflow_async import Artifact, OutputParameter, Slices, Step, Steps, Workflow, item, op
+from dflow_async import (
+    Artifact,
+    OutputParameter,
+    Slices,
+    Step,
+    Steps,
+    Workflow,
+    WorkflowValidationError,
+    item,
+    op,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +103,49 @@ def test_per_slice_keys_of_a_sub_workflow_fan_out_get_each_slice_outcome(executo
     assert phases == {"g-1": "Succeeded", "g-2": "Failed", "g-3": "Succeeded"}
     assert result.query_step(key="g-3")[0].outputs.parameters["r"] == 9
     assert result.query_step(key="g-2")[0].errors
+
+
+@op
+def span(t: float) -> {"s": float, "e": float}:  # type: ignore[valid-type]
+    start = time.monotonic()
+    time.sleep(t)
+    return {"s": start, "e": time.monotonic()}
+
+
+def _span_template() -> Steps:
+    sub = Steps("spans", inputs={"t": 0.0})
+    a = Step("a", span, parameters={"t": sub.inputs.parameters["t"]})
+    sub.add(a)
+    for name in ("s", "e"):
+        sub.outputs.parameters[name] = OutputParameter(
+            value_from_parameter=a.outputs.parameters[name]
+        )
+    return sub
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_pool_size_bounds_the_slices_of_a_sub_workflow_fan_out(executor: str) -> None:
+    wf = Workflow("sub-pool", executor=executor)
+    fan = Slices(input_parameter=["t"], output_parameter=["s", "e"], pool_size=2)
+    wf.add(Step("fan", _span_template(), parameters={"t": [0.2] * 6}, slices=fan))
+    result = wf.run()
+    assert result.status == "Succeeded"
+    out = result.query_step(name="fan")[0].outputs.parameters
+    edges = sorted([(s, 1) for s in out["s"]] + [(e, -1) for e in out["e"]])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert most == 2
+
+
+def test_attempt_options_on_a_sub_workflow_step_are_refused() -> None:
+    wf = Workflow("sub-options")
+    wf.add(Step("t", _span_template(), parameters={"t": 0.0}, timeout=5))
+    wf.add(Step("r", _span_template(), parameters={"t": 0.0}, retries=2))
+    wf.add(Step("x", _span_template(), parameters={"t": 0.0}, executor="process"))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.validate()
+    text = str(info.value)
+    for step, option in (("t", "timeout"), ("r", "retries"), ("x", "executor")):
+        assert f"step sub-options.{step}: {option}= applies to OP steps" in text

@@ -223,6 +223,7 @@ class _Compiler:
         where = f"step {ct.name}.{step.name}"
         tpl = step.template
         if isinstance(tpl, Template):
+            self.template_step_options(step, tpl, where)
             node.sub = self.template(tpl)
             node.inputs = dict(node.sub.inputs)
             node.outputs = {n: info for n, (info, _) in node.sub.outputs.items()}
@@ -272,6 +273,20 @@ class _Compiler:
                     f"{where}: key {key!r} is also the key of {first[5:]}; keys name one "
                     "execution each (for queries, resume and reuse): make them unique, e.g. "
                     "by embedding an input in an f-string"
+                )
+
+    def template_step_options(self, step: Step, tpl: Template, where: str) -> None:
+        """Options that act on one OP attempt mean nothing on a Steps/DAG step: refused,
+        never silently ignored."""
+        for option, given in (
+            ("timeout", step.timeout is not None),
+            ("retries", step.retry.max_retries > 0),
+            ("executor", step.executor is not None),
+        ):
+            if given:
+                self.problem(
+                    f"{where}: {option}= applies to OP steps; its template {tpl.name!r} is a "
+                    f"{type(tpl).__name__}: set {option}= on the steps inside it"
                 )
 
     def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:

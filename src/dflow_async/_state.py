@@ -510,17 +510,25 @@ class RunState:
         self._emit("started", sr.record, {})
         n = sr.n_slices
         sr.n_units = n
-        sr.inflight = n
         if n == 0:
             self._finish_step(sr, out)
             return
-        for i in range(n):
-            inputs = {name: info.default for name, info in sub.inputs.items()}
-            inputs.update(self._slice_inputs(sr, i))
-            path = sr.record.path if sr.items is None else f"{sr.record.path}[{i}]"
-            child = TemplateRun(sub, inputs, sr, path, i)
-            sr.children.append(child)
-            self._start_template(child, out)
+        pool = sr.node.pool_size  # Slices(pool_size=): sub-workflow slices running at once
+        for _ in range(n if pool is None else min(pool, n)):
+            self._start_child(sr, out)
+
+    def _start_child(self, sr: StepRun, out: list[Instruction]) -> None:
+        sub = sr.node.sub
+        assert sub is not None
+        i = sr.next_unit
+        sr.next_unit += 1
+        sr.inflight += 1
+        inputs = {name: info.default for name, info in sub.inputs.items()}
+        inputs.update(self._slice_inputs(sr, i))
+        path = sr.record.path if sr.items is None else f"{sr.record.path}[{i}]"
+        child = TemplateRun(sub, inputs, sr, path, i)
+        sr.children.append(child)
+        self._start_template(child, out)
 
     def _template_done(self, trun: TemplateRun, out: list[Instruction]) -> None:
         values: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
@@ -555,6 +563,8 @@ class RunState:
             parent.slice_outputs[index] = done
             if parent.slice_records is not None:
                 self._slices_done(parent, range(index, index + 1), 0, [], "Succeeded", [done])
+        if parent.next_unit < parent.n_units and not parent.stopped:  # a pool slot is free
+            self._start_child(parent, out)
         self._maybe_finish_step(parent, out)
 
     # ------------------------------------------------------------------ attempts
