@@ -149,3 +149,25 @@ def test_attempt_options_on_a_sub_workflow_step_are_refused() -> None:
     text = str(info.value)
     for step, option in (("t", "timeout"), ("r", "retries"), ("x", "executor")):
         assert f"step sub-options.{step}: {option}= applies to OP steps" in text
+
+
+@op
+def plus1(x: int) -> int:
+    return x + 1
+
+
+def test_format_specs_in_keys_apply_to_the_rendered_values() -> None:
+    loop = Steps("loop", inputs={"i": 0})
+    p = loop.inputs.parameters
+    body = Step("body", plus1, parameters={"x": p["i"]}, key=f"iter-{p['i']:03d}")
+    nxt = Step("next", loop, parameters={"i": body.outputs.parameters["result"]}, when=p["i"] < 2)
+    loop.add(body)
+    loop.add(nxt)
+    result = Workflow("key-format", steps=loop).run()
+    assert result.status == "Succeeded"
+    assert [r.key for r in result.query_step(name="body")] == ["iter-000", "iter-001", "iter-002"]
+
+    wf = Workflow("item-key-format")
+    wf.add(Step("fan", plus1, parameters={"x": item}, with_param=[7, 8], key=f"f-{item:>3}"))
+    (rec,) = wf.run().query_step(key="f-  8")
+    assert rec.outputs.parameters["result"] == 9

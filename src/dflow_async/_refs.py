@@ -60,7 +60,8 @@ class Ref:
         return self.placeholder()
 
     def __format__(self, spec: str) -> str:
-        return self.placeholder()
+        # f"iter-{ref:03d}": the spec applies to the value, when the string is rendered
+        return _formatted(Expr(format, "format", self, spec)) if spec else self.placeholder()
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -162,7 +163,7 @@ class Expr(Ref):
         return _formatted(self)
 
     def __format__(self, spec: str) -> str:
-        return _formatted(self)
+        return _formatted(Expr(format, "format", self, spec) if spec else self)
 
     def placeholder(self) -> str:
         if len(self.args) == 2 and self.symbol != "[]":
@@ -204,7 +205,7 @@ class IfExpr(Ref):
         return _formatted(self)
 
     def __format__(self, spec: str) -> str:
-        return _formatted(self)
+        return _formatted(Expr(format, "format", self, spec) if spec else self)
 
     def placeholder(self) -> str:
         return f"({_show(self.then)} if {_show(self.cond)} else {_show(self.else_)})"
