@@ -171,3 +171,25 @@ def test_format_specs_in_keys_apply_to_the_rendered_values() -> None:
     wf.add(Step("fan", plus1, parameters={"x": item}, with_param=[7, 8], key=f"f-{item:>3}"))
     (rec,) = wf.run().query_step(key="f-  8")
     assert rec.outputs.parameters["result"] == 9
+
+
+@op
+def nap(t: float) -> float:
+    time.sleep(t)
+    return t
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_timeout_counts_from_the_start_not_from_the_queue(executor: str) -> None:
+    """One worker, four 0.4 s slices, timeout=1: the last waits 1.2 s for the worker, which
+    must not count against its timeout."""
+    from dflow_async.executors import InlineExecutor, ProcessExecutor
+
+    pool = InlineExecutor(max_workers=1) if executor == "inline" else ProcessExecutor(1)
+    wf = Workflow("queued-timeout", executor=pool)
+    fan = Slices(input_parameter=["t"], output_parameter=["result"])
+    wf.add(Step("naps", nap, parameters={"t": [0.4] * 4}, slices=fan, timeout=1))
+    result = wf.run()
+    (rec,) = result.query_step(name="naps")
+    assert result.status == "Succeeded", rec.errors
+    assert rec.outputs.parameters["result"] == [0.4] * 4

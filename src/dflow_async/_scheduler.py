@@ -17,7 +17,7 @@ from dflow_async._cache import StepCache
 from dflow_async._compile import walk_templates
 from dflow_async._journal import JournalError
 from dflow_async._recorder import Recorder
-from dflow_async._spec import AttemptOutcome, Failed, Succeeded
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
 from dflow_async._worker import arun_attempt
 from dflow_async.executors._base import Executor
@@ -151,16 +151,7 @@ class _Shell:
             if spec.timeout is None:
                 outcome: AttemptOutcome = await executor.run(spec)
             else:
-                with anyio.move_on_after(spec.timeout) as scope:
-                    outcome = await executor.run(spec)
-                if scope.cancelled_caught:
-                    outcome = Failed(
-                        kind="timeout",
-                        error=f"step {spec.step!r} timed out after {spec.timeout:g} s and was "
-                        "stopped; raise timeout= if it needs longer",
-                        retryable=True,
-                        duration=spec.timeout,
-                    )
+                outcome = await _run_timed(executor, spec, spec.timeout)
         except Exception as exc:  # a broken executor must not take the run down silently
             outcome = Failed(
                 kind="infra",
@@ -175,6 +166,31 @@ class _Shell:
 
 
 _LAUNCH_BATCH = 256
+
+
+async def _run_timed(executor: Executor, spec: AttemptSpec, timeout: float) -> AttemptOutcome:
+    """``executor.run`` with a timeout that counts from the attempt's start, not from the
+    time it waited in the executor's queue for a free worker."""
+    handle = await executor.submit(spec)
+    try:
+        await executor.started(handle)
+        with anyio.move_on_after(timeout) as scope:
+            outcome = await executor.wait(handle)
+        if not scope.cancelled_caught:
+            return outcome
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await executor.cancel(handle)
+        raise
+    with anyio.CancelScope(shield=True):
+        await executor.cancel(handle)
+    return Failed(
+        kind="timeout",
+        error=f"step {spec.step!r} timed out after {timeout:g} s and was stopped; raise "
+        "timeout= if it needs longer",
+        retryable=True,
+        duration=timeout,
+    )
 
 
 @types.coroutine

@@ -92,6 +92,12 @@ class Executor(ABC):
     async def cancel(self, handle: AttemptHandle) -> None:
         """Stop the attempt (kill its process where there is one). Idempotent."""
 
+    async def started(self, handle: AttemptHandle) -> None:
+        """Return once the attempt has begun to run (or has ended). A step's ``timeout``
+        counts from here, so time spent queued for a free worker is not held against it.
+        The default, for executors that start what they are given at once: at once."""
+        return
+
     async def reattach(self, handle: AttemptHandle) -> AttemptHandle | None:
         """Find an attempt started by an earlier driver; ``None`` when it cannot be found."""
         return None

@@ -57,6 +57,8 @@ class InlineExecutor(Executor):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._out = 0  # attempts queued or running whose outcome is not delivered yet
         self._collect_pending = False
+        # submitted futures -> set once a thread picks the attempt up (see started())
+        self._begun: dict[asyncio.Future[AttemptOutcome], asyncio.Event] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -98,7 +100,16 @@ class InlineExecutor(Executor):
         if _is_async(spec.op):
             task = asyncio.ensure_future(arun_attempt(spec))
             return AttemptHandle(spec, task)
-        return AttemptHandle(spec, self._enqueue(spec))
+        future = self._loop_future()
+        self._begun[future] = asyncio.Event()
+        return AttemptHandle(spec, self._enqueue(spec, future))
+
+    async def started(self, handle: AttemptHandle) -> None:
+        begun = self._begun.get(handle.token)
+        if begun is not None:  # a plain OP, maybe still queued for a free thread
+            future: asyncio.Future[AttemptOutcome] = handle.token
+            future.add_done_callback(lambda _: begun.set())
+            await begun.wait()
 
     async def wait(self, handle: AttemptHandle) -> AttemptOutcome:
         future: asyncio.Future[AttemptOutcome] = handle.token
@@ -132,6 +143,10 @@ class InlineExecutor(Executor):
             self._grow_pending = True
             self._loop.call_later(_GROW_AFTER, self._maybe_grow)
         return sink
+
+    def _loop_future(self) -> asyncio.Future[AttemptOutcome]:
+        assert self._loop is not None
+        return self._loop.create_future()
 
     def _maybe_grow(self) -> None:
         """Add a thread only when every thread is stuck in a long attempt: for tiny OPs one
@@ -173,6 +188,10 @@ class InlineExecutor(Executor):
                 self._idle -= 1
             self._started[ident] = time.monotonic()
             spec, sink = item
+            if self._begun:  # someone waits for this attempt to start (a timeout clock)
+                begun = self._begun.pop(sink, None)
+                if begun is not None:
+                    self._call_soon(begun.set)
             if self._state == "closed" or (isinstance(sink, asyncio.Future) and sink.cancelled()):
                 outcome: AttemptOutcome = Failed(kind="cancelled", error="cancelled before start")
             else:
@@ -210,6 +229,11 @@ class InlineExecutor(Executor):
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop closed while a hung OP finished
             self._loop.call_soon_threadsafe(self._deliver)
+
+    def _call_soon(self, fn: Callable[[], Any]) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed while a hung OP finished
+            self._loop.call_soon_threadsafe(fn)
 
     def _deliver(self) -> None:
         with self._lock:

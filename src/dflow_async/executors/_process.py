@@ -67,6 +67,7 @@ class _Job:
         self.killed: _Worker | None = None  # the worker cancel() killed
         self.outcome: AttemptOutcome | None = None
         self.done = asyncio.Event()
+        self.running = asyncio.Event()  # sent to a worker, or ended before that
 
 
 class ProcessExecutor(Executor):
@@ -164,6 +165,10 @@ class ProcessExecutor(Executor):
         assert job.outcome is not None
         return job.outcome
 
+    async def started(self, handle: AttemptHandle) -> None:
+        job: _Job = handle.token
+        await job.running.wait()
+
     async def cancel(self, handle: AttemptHandle) -> None:
         job: _Job = handle.token
         if job.outcome is None:
@@ -208,6 +213,7 @@ class ProcessExecutor(Executor):
             job.payload = None
             job.worker = worker
             worker.job = job
+            job.running.set()
         wanted = len(self._queue) - self._spawning
         room = self.max_workers - len(self._workers) - self._spawning
         for _ in range(min(wanted, room)):
@@ -363,6 +369,7 @@ class ProcessExecutor(Executor):
             job.outcome = outcome
             job.payload = None
             job.done.set()
+            job.running.set()
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "the executor was not started"
