@@ -455,6 +455,43 @@ def test_corrupt_directory_file_is_named(case: Case, store: ArtifactStore, tmp_p
         store.get(ref, tmp_path / "out", verify=True)
 
 
+def test_a_detected_corruption_is_repaired_by_the_next_put(
+    case: Case, store: ArtifactStore, tmp_path: Path
+) -> None:
+    """The error says "re-run the producer": that must work, although a commit trusts what
+    is stored under a digest (the damaged object and its directory's manifest are dropped)."""
+    for src in (tmp_path / "x.dat", _tree(tmp_path / "res") / "top.txt"):
+        if src.name == "x.dat":
+            src.write_bytes(os.urandom(4096))
+        data = src.read_bytes()
+        ref = store.put(src.parent if src.name == "top.txt" else src, producer="wf/p")
+        digest = _hash_path(src)
+        case.overwrite(f"{case.url}/objects/{digest[:2]}/{digest}", bytes(b ^ 1 for b in data))
+        with pytest.raises(ArtifactError, match="corrupt"):
+            store.get(ref, tmp_path / "bad", verify=True)
+        src.unlink()  # the producer runs again and writes its file afresh (on a local store
+        src.write_bytes(data)  # its old file *was* the object: the same inode)
+        again = store.put(src.parent if src.name == "top.txt" else src, producer="wf/p")
+        assert again == ref
+        got = store.get(again, tmp_path / f"good-{src.name}", verify=True)
+        fetched = got / "top.txt" if src.name == "top.txt" else got
+        assert fetched.read_bytes() == data
+
+
+def test_a_local_object_of_the_wrong_size_is_replaced_on_commit(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    (tmp_path / "a").write_bytes(b"payload")
+    ref = store.put(tmp_path / "a")
+    obj = store.local_path(ref)
+    assert obj is not None
+    os.chmod(obj, 0o600)
+    obj.write_bytes(b"payload, damaged")
+    os.chmod(obj, 0o400)
+    (tmp_path / "b").write_bytes(b"payload")  # a producer re-run writes the same bytes
+    assert store.put(tmp_path / "b").hexdigest == ref.hexdigest
+    assert store.get(ref, tmp_path / "out").read_bytes() == b"payload"
+
+
 def test_verified_get_keeps_execute_bits(tmp_path: Path) -> None:
     store = ArtifactStore(str(tmp_path / "store"))
     src = _tree(tmp_path / "res")

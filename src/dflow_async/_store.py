@@ -419,9 +419,19 @@ class ArtifactStore:
         except ObjectProblem as problem:
             what = _describe(problem, manifest)
             hint = "re-run the producer (the store was damaged or cleaned)"
+            if problem.corrupt:  # so that re-running the producer does repair the store
+                self._discard(ref, problem.corrupt)
             self._fail(ref, what, hint)
         except OSError as exc:
             self._fail(ref, f"could not be fetched ({type(exc).__name__}: {exc})")
+
+    def _discard(self, ref: ArtifactRef, keys: Sequence[str]) -> None:
+        """Remove damaged objects, and the manifest of a directory holding them: a commit
+        trusts what is stored under a digest, and a stored manifest vouches for its objects."""
+        if ref.kind == "dir":
+            keys = [*keys, key("manifests", ref.hexdigest)]
+        with contextlib.suppress(Exception):  # best effort: the failure is reported anyway
+            self._backend.discard(keys)
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from dflow_async._store_local import (
     StrPath,
     atomic_copy,
     atomic_write,
+    discard_if_damaged,
     ensure_dir,
     is_trusted,
     link_in,
@@ -174,6 +175,11 @@ class Backend:
         """Local, verified paths for ``wants``; raises ObjectProblem."""
         raise NotImplementedError
 
+    def discard(self, keys: Sequence[str]) -> None:
+        """Remove damaged entries, so the next commit of the same content writes them afresh
+        (a commit trusts what is stored under a digest). Best effort."""
+        raise NotImplementedError
+
 
 class LocalBackend(Backend):
     """A store on a local filesystem: objects are files under the root, commits are links."""
@@ -239,7 +245,7 @@ class LocalBackend(Backend):
             hexdigest = hash_fd(fd, st.st_size)  # always afresh before naming an object
             final = self.dir.spath(key("objects", hexdigest))
             linked = st.st_dev == self._device and link_in(src, fd, final, st)
-            if not linked and os.path.exists(final):  # stored already: no copy needed
+            if not linked and not discard_if_damaged(final, st.st_size):  # stored already
                 if stat_key(os.fstat(fd)) != stat_key(st):
                     raise ChangedError(0, f"{src} changed while it was being hashed")
                 linked = True
@@ -279,6 +285,11 @@ class LocalBackend(Backend):
         if absent or bad:
             raise ObjectProblem([w.key for w in absent], [w.key for w in bad])
         return good
+
+    def discard(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir.spath(k))
 
     def sweep_tmp(self, older_than: float) -> int:
         removed = 0
@@ -335,6 +346,13 @@ class FsspecBackend(Backend):
 
     def exists(self, k: str) -> bool:
         return bool(self.fs.exists(self.full(k)))
+
+    def discard(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            with contextlib.suppress(FileNotFoundError):
+                self.cache.path(k).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.full(k))
 
     def missing(self, keys: Sequence[str]) -> set[str]:
         if not keys:

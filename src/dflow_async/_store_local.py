@@ -28,6 +28,7 @@ __all__ = [
     "StrPath",
     "atomic_copy",
     "atomic_write",
+    "discard_if_damaged",
     "ensure_dir",
     "is_trusted",
     "link_in",
@@ -184,12 +185,27 @@ def link_in(src: str, fd: int, final: str, expect: os.stat_result) -> bool:
             make_fanout_dir(os.path.dirname(final))
             os.link(src, final)
     except FileExistsError:
-        return True  # stored already (or concurrently) under the same digest: the same bytes
+        # stored already (or concurrently) under the same digest: the same bytes, unless the
+        # store was damaged; one of another size is replaced, so re-running a producer repairs
+        if discard_if_damaged(final, expect.st_size):
+            os.link(src, final)
+        return True
     except OSError as exc:
         if exc.errno not in LINK_FALLBACK_ERRNOS:
             raise
         os.fchmod(fd, expect.st_mode & 0o7777)  # leave the producer's file as it was
         return False
+    return True
+
+
+def discard_if_damaged(final: str, size: int) -> bool:
+    """Remove the object ``final`` if its size is not ``size``. True: no object is there now."""
+    try:
+        if os.stat(final).st_size == size:
+            return False
+        os.unlink(final)
+    except FileNotFoundError:
+        pass
     return True
 
 
