@@ -327,6 +327,25 @@ def test_upload_then_use_on_any_executor(tmp_path: Path) -> None:
         assert result.records[0].outputs.parameters["result"] == 6, result.records[0].errors
 
 
+def test_an_upload_is_a_snapshot_that_leaves_the_users_files_alone(tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("version-1\n")
+    os.chmod(src, 0o644)
+    uploaded = upload_artifact(src, store=str(tmp_path / "store"))
+    assert src.stat().st_mode & 0o777 == 0o644  # still the user's, still writable
+    src.write_text("version-2, longer\n")  # editing it later changes nothing stored
+
+    @op
+    def read(f: Artifact(Path)) -> str:  # type: ignore[valid-type]
+        return f.read_text()
+
+    wf = Workflow("snapshot", store=str(tmp_path / "store"))
+    wf.add(Step("read", read, artifacts={"f": uploaded}))
+    (rec,) = wf.run().records
+    assert rec.phase == "Succeeded", rec.errors
+    assert rec.outputs.parameters["result"] == "version-1\n"
+
+
 def test_uploads_to_another_store_are_adopted_or_refused_before_the_run(tmp_path: Path) -> None:
     """upload_artifact() without store= commits to the default store; a workflow with its own
     store takes the upload's files into that store, or says why it cannot, before any step."""

@@ -43,7 +43,8 @@ def upload_artifact(
     src = Path(path).absolute()
     if not src.exists():
         raise ArtifactError(f"upload_artifact: {str(src)!r} does not exist")
-    return StoredPath(src, target.put(src, producer="upload_artifact"))
+    # copied, not linked: the user's files stay theirs (writable, not aliased to objects)
+    return StoredPath(src, target.put(src, producer="upload_artifact", link=False))
 
 
 def download_artifact(

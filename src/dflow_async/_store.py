@@ -146,8 +146,11 @@ class ArtifactStore:
         *,
         name: str | None = None,
         producer: str | None = None,
+        link: bool = True,
     ) -> ArtifactRef:
-        """Commit a local file or directory; returns its reference."""
+        """Commit a local file or directory; returns its reference. On a local store the
+        files become the objects (hard links, made read-only); ``link=False`` copies them
+        instead and leaves them as they were (files that are not the library's own)."""
         src = Path(os.path.abspath(path))
         label = check_name(name if name is not None else src.name)
         with self._committing(label, producer):
@@ -156,13 +159,13 @@ class ArtifactStore:
             except FileNotFoundError:
                 raise TreeError(f"{str(src)!r} does not exist") from None
             if stat.S_ISDIR(st.st_mode):
-                return self._put_dir(src, label, producer)
+                return self._put_dir(src, label, producer, link)
             if not stat.S_ISREG(st.st_mode):
                 raise TreeError(f"{str(src)!r} is not a regular file or directory")
             if isinstance(self._backend, LocalBackend):
                 hexdigest = DIGESTS.get(stat_key(st))
                 if hexdigest is None or not self._backend.exists(key("objects", hexdigest)):
-                    hexdigest = self._backend.commit(str(src), st)
+                    hexdigest = self._backend.commit(str(src), st, link=link)
             else:
                 (hexdigest,) = self._store_objects([(src, st)], self._hash_all([(src, st)]))
             k = key("objects", hexdigest)
@@ -248,7 +251,7 @@ class ArtifactStore:
 
     # -- committing ---------------------------------------------------------------------------
 
-    def _put_dir(self, src: Path, label: str, producer: str | None) -> ArtifactRef:
+    def _put_dir(self, src: Path, label: str, producer: str | None, link: bool) -> ArtifactRef:
         tree = scan_tree(src)
         paths = [f.path for f in tree.files]
         backend = self._backend
@@ -261,7 +264,7 @@ class ArtifactStore:
             return manifest_bytes(entries, tree.dirs, tree.links)
 
         if isinstance(backend, LocalBackend):  # hash and link file by file, on all threads
-            done, data = self._commit_local(backend, paths, manifest)
+            done, data = self._commit_local(backend, paths, manifest, link)
         else:  # a request per object is dear: first ask whether the whole tree is there
             stats = [os.stat(p) for p in paths]  # serial: threads only add GIL hand-offs
             files = list(zip(paths, stats, strict=True))
@@ -282,6 +285,7 @@ class ArtifactStore:
         backend: LocalBackend,
         paths: Sequence[str],
         manifest: Callable[[Sequence[Committed]], bytes],
+        link: bool,
     ) -> tuple[list[Committed], bytes]:
         """Each file's digest and stat, and the manifest; the files the digest cache does not
         know are hashed and linked on all threads while this one stats the rest.
@@ -299,7 +303,7 @@ class ArtifactStore:
             return (hexdigest, st), st
 
         def commit(i: int, st: os.stat_result) -> Committed:
-            return backend.commit(paths[i], st), st
+            return backend.commit(paths[i], st, link=link), st
 
         done = triage_map(cached, commit, range(len(paths)), self.hash_threads)
         data = manifest(done)

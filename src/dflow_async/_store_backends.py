@@ -231,7 +231,7 @@ class LocalBackend(Backend):
         st = os.stat(src)
         return DIGESTS.get(stat_key(st)), st
 
-    def commit(self, src: str, st: os.stat_result) -> str:
+    def commit(self, src: str, st: os.stat_result, *, link: bool = True) -> str:
         """Hash ``src`` (whose stat before hashing is ``st``) and store it if new, all in one
         go: called from many threads at once, so linking overlaps hashing. Returns its digest.
 
@@ -244,7 +244,8 @@ class LocalBackend(Backend):
         try:
             hexdigest = hash_fd(fd, st.st_size)  # always afresh before naming an object
             final = self.dir.spath(key("objects", hexdigest))
-            linked = st.st_dev == self._device and link_in(src, fd, final, st)
+            # link=False: the file is not ours (a user's upload), so it is copied
+            linked = link and st.st_dev == self._device and link_in(src, fd, final, st)
             if not linked and not discard_if_damaged(final, st.st_size):  # stored already
                 if stat_key(os.fstat(fd)) != stat_key(st):
                     raise ChangedError(0, f"{src} changed while it was being hashed")

@@ -112,7 +112,7 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
                         )
                         continue
                     try:
-                        again = store.put(leaf, producer=ref.producer)
+                        again = store.put(leaf, producer=ref.producer, link=False)
                     except ArtifactError as exc:
                         problems.append(f"{where}: {exc}")
                         continue
