@@ -469,3 +469,40 @@ def test_big_parameter_outputs_of_a_fan_out_read_as_values(executor: str) -> Non
     assert rec.phase == "Succeeded", rec.errors
     assert rec.outputs.parameters == {"rows": [[0, 1], [0, 1, 2]], "n": [2, 3]}
     assert all(type(v).__name__ == "BigValue" for v in rec.outputs.raw_parameters["rows"])
+
+
+@op
+def maybe_write(i: int) -> {"o": Artifact(Path)}:  # type: ignore[valid-type]
+    if i == 2:
+        raise ValueError("slice 2 fails")
+    Path("o.txt").write_text(f"file{i}")
+    return {"o": Path("o.txt")}
+
+
+@op
+def read_holes(fs: Artifact(list[Path | None])) -> list:  # type: ignore[valid-type]
+    return [None if f is None else f.read_text() for f in fs]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_failed_slices_leave_none_holes_that_consumers_and_downloads_accept(
+    executor: str, tmp_path: Path
+) -> None:
+    wf = Workflow("holes", executor=executor)
+    make = Step(
+        "make",
+        maybe_write,
+        parameters={"i": [0, 1, 2, 3]},
+        slices=Slices(input_parameter=["i"], output_artifact=["o"]),
+        continue_on_failed=True,
+    )
+    wf.add(make)
+    wf.add(Step("read", read_holes, artifacts={"fs": make.outputs.artifacts["o"]}))
+    result = wf.run()
+    (read,) = result.query_step(name="read")
+    assert read.phase == "Succeeded", read.errors
+    assert read.outputs.parameters["result"] == ["file0", "file1", None, "file3"]
+    stacked = result.query_step(name="make")[0].outputs.artifacts["o"]
+    assert stacked[2] is None
+    got = download_artifact(stacked, tmp_path / "dl")
+    assert sorted(p.read_text() for p in got) == ["file0", "file1", "file3"]

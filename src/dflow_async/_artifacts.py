@@ -99,11 +99,14 @@ def _home_of(ref: Any) -> ArtifactStore:
 
 def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path]]:
     """(directory to copy into, source) pairs. Elements of a list or dict whose names clash
-    (slices all writing ``out.txt``) go to ``dest/<index>/`` or ``dest/<key>/``."""
+    (slices all writing ``out.txt``) go to ``dest/<index>/`` or ``dest/<key>/``. ``None``
+    (a failed slice's hole) has nothing to copy."""
+    if value is None:
+        return []
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _leaves(v, dest / str(k))]
     if isinstance(value, list | tuple):
-        names = [Path(v).name for v in value if not isinstance(v, list | tuple | dict)]
+        names = [Path(v).name for v in value if not isinstance(v, list | tuple | dict | None)]
         clash = len(set(names)) < len(names)
         return [
             p for i, v in enumerate(value) for p in _leaves(v, dest / str(i) if clash else dest)

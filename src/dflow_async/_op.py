@@ -476,7 +476,9 @@ def artifact_paths(value: Any) -> list[Path]:
 
 def artifact_leaves(value: Any) -> list[Any]:
     """The leaves of an artifact value (a path, or a list/dict of them), in order and as they
-    are: a StoredPath keeps its ``.ref``."""
+    are: a StoredPath keeps its ``.ref``. ``None`` (a failed slice's hole) has none."""
+    if value is None:
+        return []
     if isinstance(value, dict):
         return [leaf for v in value.values() for leaf in artifact_leaves(v)]
     if isinstance(value, list | tuple):

@@ -45,8 +45,11 @@ def materialise(value: Any, store: ArtifactStore | None, dest: Path) -> Any:
     """Input artifact values as local paths, fetched from the store into ``dest``.
 
     Each leaf gets its own directory (``dest/<i>`` or ``dest/<key>``) so the same file name in
-    two elements of a list cannot collide. Plain paths (not from the store) pass through.
+    two elements of a list cannot collide. Plain paths (not from the store) pass through,
+    and so does ``None`` (a failed slice's hole in a stacked list).
     """
+    if value is None:
+        return None
     if isinstance(value, dict):
         return {k: materialise(v, store, dest / _safe(str(k))) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -62,7 +65,7 @@ def materialise(value: Any, store: ArtifactStore | None, dest: Path) -> Any:
 
 def commit(value: Any, store: ArtifactStore | None, producer: str) -> Any:
     """Output artifact paths committed to the store; returns StoredPaths in the same shape."""
-    if store is None:
+    if store is None or value is None:
         return value
     if isinstance(value, dict):
         return {k: commit(v, store, producer) for k, v in value.items()}

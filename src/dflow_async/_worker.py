@@ -213,6 +213,8 @@ def _check_inputs(
 
 
 def _as_paths(value: Any) -> Any:
+    if value is None:  # a failed slice's hole in a stacked list
+        return None
     if isinstance(value, dict):
         return {k: _as_paths(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
