@@ -673,7 +673,8 @@ def test_values(case: Case, store: ArtifactStore, tmp_path: Path) -> None:
     assert json.loads(case.fs.cat_file(case.raw(ref.uri))) == as_json  # readable as is
     assert store.put_value(dict(as_json)) == ArtifactRef(**{**ref.to_json(), "producer": None})
 
-    for not_json in [(1, 2), {1: "int key"}, {"s": {1, 2}}, float("nan"), b"bytes"]:
+    surrogate = os.fsdecode(b"caf\xe9.txt")  # what os.listdir gives for a non-UTF-8 name
+    for not_json in [(1, 2), {1: "int key"}, {"s": {1, 2}}, float("nan"), b"bytes", surrogate]:
         r = store.put_value(not_json)
         assert r.name == "value.pickle"
         back = store.get_value(r)

@@ -18,7 +18,7 @@ def encode_value(value: object) -> tuple[bytes, str]:
         if _json_exact(value):
             text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             return text.encode(), "value.json"
-    except RecursionError:
+    except (RecursionError, UnicodeEncodeError):  # deep nesting; lone surrogates (file names)
         pass
     import cloudpickle  # pickles by value what lives in __main__, as workers need
 
