@@ -506,3 +506,23 @@ def test_failed_slices_leave_none_holes_that_consumers_and_downloads_accept(
     assert stacked[2] is None
     got = download_artifact(stacked, tmp_path / "dl")
     assert sorted(p.read_text() for p in got) == ["file0", "file1", "file3"]
+
+
+@op
+def produce_file() -> {"f": Artifact(Path)}:  # type: ignore[valid-type]
+    Path("f.txt").write_text("f")
+    return {"f": Path("f.txt")}
+
+
+@pytest.mark.parametrize("form", ["{}", "file://{}", "file:{}", "local://{}"])
+def test_every_spelling_of_a_local_store_url_names_the_same_directory(
+    form: str, tmp_path: Path
+) -> None:
+    wanted = tmp_path / "wanted"
+    wf = Workflow("local-urls", store=form.format(wanted))
+    wf.add(Step("p", produce_file))
+    result = wf.run()
+    assert result.status == "Succeeded"
+    ref = result.records[0].outputs.artifacts["f"].ref
+    assert Path(ref.uri).is_relative_to(wanted / "artifacts")
+    assert (wanted / "runs" / result.run_id).is_dir()

@@ -13,12 +13,9 @@ __all__ = ["Run", "list_runs"]
 
 
 def _store_root(store: str | os.PathLike[str] | None) -> Path:
-    from dflow_async._workflow import default_store
+    from dflow_async._workflow import default_store, local_store_path
 
-    root = Path(store) if store is not None else default_store()
-    if str(root).startswith("file://"):
-        root = Path(str(root)[len("file://") :])
-    return root
+    return local_store_path(store) if store is not None else default_store()
 
 
 class Run:

@@ -272,8 +272,7 @@ class Workflow:
         store itself when it is local, else ``$DFLOW_ASYNC_HOME`` (``./.dflow-async``)."""
         if self.store is None or not _is_local_url(str(self.store)):
             return default_store()
-        text = str(self.store)
-        return Path(text[len("file://") :] if text.startswith("file://") else text)
+        return local_store_path(self.store)
 
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts are committed: ``<store>/artifacts`` for a local store, the URL
@@ -304,6 +303,14 @@ class Workflow:
             "store": self.artifact_store().url,
             "parameters": json.dumps(parameters or {}, default=repr),
         }
+
+
+def local_store_path(url: str | os.PathLike[str]) -> Path:
+    """The directory a local store names: a path, ``file:///dir``, ``file:/dir``, ``local://``
+    (fsspec's own parsing; relative paths are taken from the current directory)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return Path(LocalFileSystem._strip_protocol(os.fspath(url)))
 
 
 def _is_local_url(url: str) -> bool:
