@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dflow_async._store import ArtifactStore
+from dflow_async._store_local import copy_writable
 from dflow_async._stored import StoredPath
 from dflow_async.exceptions import ArtifactError
 
@@ -77,10 +78,12 @@ def download_artifact(
             source = _store(store, storage_options) if store is not None else _home_of(ref)
             copies.append(source.get(ref, dest, verify=True, link=False))
             continue
-        if src.is_dir():
-            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+        if src.is_dir():  # its files may be read-only links of stored objects: not copy2
+            shutil.copytree(
+                src, target, symlinks=True, dirs_exist_ok=True, copy_function=copy_writable
+            )
         else:
-            shutil.copyfile(src, target)  # not copy2: stored objects are read-only
+            copy_writable(src, target)
         copies.append(target)
     return copies
 

@@ -28,6 +28,7 @@ __all__ = [
     "StrPath",
     "atomic_copy",
     "atomic_write",
+    "copy_writable",
     "discard_if_damaged",
     "ensure_dir",
     "is_trusted",
@@ -236,6 +237,18 @@ def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> b
     _copy_file(obj, dest)
     os.chmod(dest, read_only(mode) if link else (mode | 0o200))
     return False
+
+
+def copy_writable(src: StrPath, dest: StrPath) -> StrPath:
+    """A private writable copy of ``src`` (0o644, 0o755 if it is executable), whatever the
+    source's mode: ``shutil.copytree``'s ``copy_function`` for copies handed to users
+    (``copy2`` would keep a stored object's read-only mode)."""
+    mode = 0o755 if os.stat(src).st_mode & 0o111 else 0o644
+    if os.path.lexists(dest):  # copytree(dirs_exist_ok=True) copies over what is there
+        os.unlink(dest)
+    _copy_file(src, dest)
+    os.chmod(dest, mode)
+    return dest
 
 
 def _copy_file(src: StrPath, dest: StrPath) -> None:
