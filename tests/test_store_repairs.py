@@ -38,3 +38,41 @@ def test_downloads_are_writable_copies(tmp_path: Path, monkeypatch: pytest.Monke
     assert modes == {"a.txt": 0o644, "run.sh": 0o755, "f.txt": 0o644}
     (d / "a.txt").write_text("mine")  # and not the stored object's inode
     assert (Path(arts["d"]) / "a.txt").read_text() == "a"
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_execute_bits_follow_the_file_not_the_object(tmp_path: Path, where: str) -> None:
+    """One object serves an executable and a plain file of the same bytes: locally a plain
+    file was materialised as a link of the executable object (so executable), and on
+    memory:// (or S3) a single executable file lost its execute bit."""
+    from dflow_async import ArtifactStore
+
+    url = str(tmp_path / "s") if where == "local" else f"memory://exec-{tmp_path.name}"
+    store = ArtifactStore(url, cache_dir=tmp_path / "cache")
+    body = b"#!/bin/sh\necho hi\n"
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "data").mkdir()
+    for d, mode in (("tools", 0o755), ("data", 0o644)):
+        (tmp_path / d / "x").write_bytes(body)
+        os.chmod(tmp_path / d / "x", mode)
+    (tmp_path / "script").write_bytes(body)
+    os.chmod(tmp_path / "script", 0o755)
+    (tmp_path / "plain").write_bytes(body)
+    refs = {n: store.put(tmp_path / n) for n in ("script", "tools", "data", "plain")}
+    assert refs["script"].executable and not refs["plain"].executable
+    assert refs["script"].to_json()["executable"] is True
+    assert "executable" not in refs["plain"].to_json()  # plain refs read as they always did
+    assert type(refs["script"]).from_json(refs["script"].to_json()) == refs["script"]
+    for link in (True, False):
+        out = tmp_path / f"out-{link}"
+        got = {n: store.get(r, out / n, link=link) for n, r in refs.items()}
+        x = {
+            n: os.access(p, os.X_OK)
+            for n, p in {
+                "script": got["script"],
+                "tools": got["tools"] / "x",
+                "data": got["data"] / "x",
+                "plain": got["plain"],
+            }.items()
+        }
+        assert x == {"script": True, "tools": True, "data": False, "plain": False}, link

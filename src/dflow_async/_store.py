@@ -42,6 +42,7 @@ from typing import Any, Literal, NoReturn
 
 from dflow_async._store_backends import (
     Backend,
+    Fetched,
     FsspecBackend,
     LocalBackend,
     ObjectProblem,
@@ -169,7 +170,8 @@ class ArtifactStore:
             else:
                 (hexdigest,) = self._store_objects([(src, st)], self._hash_all([(src, st)]))
             k = key("objects", hexdigest)
-            return self._ref(k, hexdigest, st.st_size, "file", label, producer)
+            executable = bool(st.st_mode & 0o111)
+            return self._ref(k, hexdigest, st.st_size, "file", label, producer, executable)
 
     def get(
         self,
@@ -192,9 +194,12 @@ class ArtifactStore:
             if ref.kind == "dir":
                 self._get_dir(ref, staging, verify=verify, link=link)
             else:
-                path = self._fetch_one(ref, self._section(ref), verify=verify)
-                if not materialise_file(path, staging, mode=0o644, link=link):  # a copy
-                    DIGESTS.put(stat_key(os.stat(staging)), ref.hexdigest)
+                k = key(self._section(ref), ref.hexdigest)
+                got = self._fetch(ref, [Want(k, ref.hexdigest, ref.size)], verify=verify)
+                mode = 0o755 if ref.executable else 0o644
+                exe = k in got.executable
+                if not materialise_file(got[k], staging, mode=mode, link=link, obj_exec=exe):
+                    DIGESTS.put(stat_key(os.stat(staging)), ref.hexdigest)  # a copy
             replace_path(staging, target)
         except ArtifactError:
             raise
@@ -369,15 +374,17 @@ class ArtifactStore:
         for d in manifest.dirs:  # sorted: parents first
             ensure_dir(staging / d)
         base = f"{staging}{os.sep}"
-        jobs = [(base + rel, paths[wants[f.hexdigest].key], f) for rel, f in manifest.files.items()]
+        execs = paths.executable
+        jobs = [(base + rel, wants[f.hexdigest].key, f) for rel, f in manifest.files.items()]
 
         def put_one(job: tuple[str, str, ManifestFile]) -> None:
-            dest, obj, f = job
+            dest, k, f = job
+            obj, exe = paths[k], k in execs
             try:
-                linked = materialise_file(obj, dest, mode=f.mode, link=link)
+                linked = materialise_file(obj, dest, mode=f.mode, link=link, obj_exec=exe)
             except FileNotFoundError:  # a manifest need not list every parent directory
                 ensure_dir(os.path.dirname(dest))
-                linked = materialise_file(obj, dest, mode=f.mode, link=link)
+                linked = materialise_file(obj, dest, mode=f.mode, link=link, obj_exec=exe)
             if not linked:  # a link shares the object's inode, whose digest lookup recorded
                 DIGESTS.put(stat_key(os.stat(dest)), f.hexdigest)
 
@@ -417,7 +424,7 @@ class ArtifactStore:
         *,
         verify: bool,
         manifest: Manifest | None = None,
-    ) -> dict[str, str]:
+    ) -> Fetched:
         try:
             return self._backend.fetch(wants, verify=verify)
         except ObjectProblem as problem:
@@ -471,6 +478,7 @@ class ArtifactStore:
         kind: Literal["file", "dir"],
         name: str,
         producer: str | None,
+        executable: bool = False,
     ) -> ArtifactRef:
         return ArtifactRef(
             uri=f"{self.url.rstrip('/')}/{k}",
@@ -479,6 +487,7 @@ class ArtifactStore:
             kind=kind,
             name=name,
             producer=producer,
+            executable=executable,
         )
 
     def _fail(self, ref: ArtifactRef, problem: str, hint: str = "") -> NoReturn:

@@ -43,6 +43,7 @@ from dflow_async._store_local import (
 __all__ = [
     "ATOMIC_PUT_PROTOCOLS",
     "Backend",
+    "Fetched",
     "FsspecBackend",
     "LocalBackend",
     "ObjectDir",
@@ -82,6 +83,15 @@ class Want(NamedTuple):  # a tuple: one per file of a directory, made on every g
     size: int
 
 
+class Fetched(dict[str, str]):
+    """Local paths of fetched objects by key; ``executable`` holds the keys whose file has
+    execute bits (a local object keeps those of the file first committed with its bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executable: set[str] = set()
+
+
 class ObjectProblem(Exception):
     """Some wanted objects are missing or do not match their digest (keys listed)."""
 
@@ -110,13 +120,13 @@ class ObjectDir:
 
     def lookup(
         self, wants: Sequence[Want], *, verify: bool, threads: int
-    ) -> tuple[dict[str, str], list[Want], list[Want]]:
+    ) -> tuple[Fetched, list[Want], list[Want]]:
         """Split ``wants`` into (usable paths, absent, present-but-wrong).
 
         A read-only file of the right size is trusted by name (see ``is_trusted``); anything
         else, or everything when ``verify``, is re-hashed (in parallel threads).
         """
-        good: dict[str, str] = {}
+        good = Fetched()
         absent: list[Want] = []
         to_hash: list[tuple[Want, os.stat_result]] = []
         for w in wants:
@@ -130,6 +140,8 @@ class ObjectDir:
                 to_hash.append((w, st))
             else:
                 good[w.key] = path
+                if st.st_mode & 0o111:
+                    good.executable.add(w.key)
                 # What get materialises from it is a hard link to this very inode: one key
                 # serves all of them, and a pass-through of them is then not re-hashed.
                 DIGESTS.put(stat_key(st), w.hexdigest)
@@ -141,6 +153,8 @@ class ObjectDir:
                 bad.append(w)
                 continue
             good[w.key] = path
+            if st.st_mode & 0o111:
+                good.executable.add(w.key)
             with contextlib.suppress(OSError):
                 if st.st_mode & 0o222:  # was chmod'ed writable: restore the guard, exec bits too
                     os.chmod(path, read_only(st.st_mode))
@@ -171,7 +185,7 @@ class Backend:
         """Commit each ``(source, stat before hashing, hex digest)`` as ``objects/<hex>``."""
         raise NotImplementedError
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> Fetched:
         """Local, verified paths for ``wants``; raises ObjectProblem."""
         raise NotImplementedError
 
@@ -281,7 +295,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> Fetched:
         good, absent, bad = self.dir.lookup(wants, verify=verify, threads=self.threads)
         if absent or bad:
             raise ObjectProblem([w.key for w in absent], [w.key for w in bad])
@@ -395,7 +409,7 @@ class FsspecBackend(Backend):
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, final)
 
-    def fetch(self, wants: Sequence[Want], *, verify: bool) -> dict[str, str]:
+    def fetch(self, wants: Sequence[Want], *, verify: bool) -> Fetched:
         """Serve from the local cache, downloading (and verifying) only what is not there."""
         self.cache.prepare()
         good, absent, bad = self.cache.lookup(wants, verify=verify, threads=self.threads)

@@ -220,14 +220,20 @@ def make_fanout_dir(path: str) -> None:
         ensure_dir(Path(path))
 
 
-def materialise_file(obj: StrPath, dest: StrPath, *, mode: int, link: bool) -> bool:
+def materialise_file(
+    obj: StrPath, dest: StrPath, *, mode: int, link: bool, obj_exec: bool | None = None
+) -> bool:
     """Put the object's bytes at ``dest`` (which must not exist); True if it is a hard link.
 
-    ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object;
-    a file with execute bits is copied instead when the shared object has none (0o400).
+    ``link=True``: a hard link (no bytes copied), read-only because it *is* the stored object,
+    when the object's execute bits agree with ``mode`` (one object serves executable and plain
+    files of the same bytes); otherwise a read-only copy with ``mode``'s execute bits.
+    ``obj_exec``: whether the object is executable, if known (else it is stat'ed).
     ``link=False``: a private writable copy with ``mode``.
     """
-    if link and (not mode & 0o111 or os.stat(obj).st_mode & 0o111):
+    if link and obj_exec is None:
+        obj_exec = bool(os.stat(obj).st_mode & 0o111)
+    if link and obj_exec == bool(mode & 0o111):
         try:
             os.link(obj, dest)
             return True

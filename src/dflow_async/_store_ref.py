@@ -31,6 +31,9 @@ class ArtifactRef:
     kind: Literal["file", "dir"]
     name: str  # basename to materialise under
     producer: str | None = None  # step path that produced it, for error messages
+    # a file with execute bits (a directory's manifest records each file's): content
+    # addressing keeps one object for executable and plain files of the same bytes
+    executable: bool = False
 
     def __post_init__(self) -> None:
         # Refs come back from journals and other processes: check them once, here, so that no
@@ -45,6 +48,8 @@ class ArtifactRef:
             raise ArtifactError(f"artifact uri {self.uri!r} is not a string")
         if self.producer is not None and not isinstance(self.producer, str):
             raise ArtifactError(f"artifact producer {self.producer!r} is not a string")
+        if type(self.executable) is not bool:
+            raise ArtifactError(f"artifact executable {self.executable!r} is not a bool")
         check_name(self.name)
 
     @property
@@ -52,7 +57,7 @@ class ArtifactRef:
         return self.digest[len("sha256:") :]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "uri": self.uri,
             "digest": self.digest,
             "size": self.size,
@@ -60,6 +65,9 @@ class ArtifactRef:
             "name": self.name,
             "producer": self.producer,
         }
+        if self.executable:  # only when set: refs of plain files read as they always did
+            doc["executable"] = True
+        return doc
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArtifactRef:
@@ -71,6 +79,7 @@ class ArtifactRef:
                 kind=d["kind"],
                 name=d["name"],
                 producer=d.get("producer"),
+                executable=d.get("executable", False),
             )
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"not an artifact reference: {d!r} ({exc})") from None
