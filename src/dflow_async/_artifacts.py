@@ -10,7 +10,7 @@ from typing import Any
 
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import copy_writable
-from dflow_async._stored import StoredPath
+from dflow_async._stored import StoredPath, home_store
 from dflow_async.exceptions import ArtifactError
 
 __all__ = ["download_artifact", "upload_artifact"]
@@ -89,15 +89,9 @@ def download_artifact(
 
 
 def _home_of(ref: Any) -> ArtifactStore:
-    """The store a reference was committed to, read off its URL (``<store>/objects/..``,
-    ``<store>/manifests/..``): a record's artifacts download without naming their store.
-    Remote credentials come from the environment, as fsspec reads them."""
-    h = ref.hexdigest
-    for section, suffix in (("objects", ""), ("manifests", ".json"), ("values", "")):
-        tail = f"/{section}/{h[:2]}/{h}{suffix}"
-        if ref.uri.endswith(tail):
-            return ArtifactStore(ref.uri[: -len(tail)])
-    return _store(None, None)
+    """The store a reference was committed to: a record's artifacts download without naming
+    their store."""
+    return home_store(ref) or _store(None, None)
 
 
 def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path]]:

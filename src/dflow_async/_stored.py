@@ -4,6 +4,8 @@ the consumer's worker, and seen by users as paths that also carry their store re
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -60,7 +62,57 @@ def materialise(value: Any, store: ArtifactStore | None, dest: Path) -> Any:
     try:
         return store.get(ref, dest)
     except ArtifactError as exc:
+        if _adopt_from_home(ref, store, dest, exc):
+            return store.get(ref, dest)
         raise InputFetchError(str(exc)) from None
+
+
+def home_store(ref: ArtifactRef) -> ArtifactStore | None:
+    """The store a reference was committed to, read off its URL (``<store>/objects/..``,
+    ``<store>/manifests/..``, ``<store>/values/..``); None if the URL does not say. Remote
+    credentials come from the environment, as fsspec reads them."""
+    h = ref.hexdigest
+    for section, suffix in (("objects", ""), ("manifests", ".json"), ("values", "")):
+        tail = f"/{section}/{h[:2]}/{h}{suffix}"
+        if ref.uri.endswith(tail):
+            return ArtifactStore(ref.uri[: -len(tail)])
+    return None
+
+
+def _other_home(ref: ArtifactRef, store: ArtifactStore) -> ArtifactStore | None:
+    """The store ``ref`` was committed to when that is not ``store`` and ``store`` lacks it
+    (a record of a run on another store, given to ``reuse_step=``): else None."""
+    home = home_store(ref)
+    if home is None or home.url == store.url or store.exists(ref):
+        return None
+    return home
+
+
+def _adopt_from_home(ref: ArtifactRef, store: ArtifactStore, dest: Path, exc: Exception) -> bool:
+    """After ``store.get(ref)`` failed: when the artifact was committed to another store,
+    put it into ``store`` from there (content addressing keeps ``ref`` valid) and say True.
+    Raises InputFetchError naming both stores if that store cannot give it."""
+    try:
+        home = _other_home(ref, store)
+    except Exception:  # a store we cannot even ask: keep the first error
+        return False
+    if home is None:
+        return False
+    staging = dest.parent / f".{dest.name}.adopt-{uuid.uuid4().hex}"
+    try:
+        got = home.get(ref, staging, verify=True, link=False)
+        again = store.put(got, name=ref.name, producer=ref.producer, link=False)
+        if again.digest != ref.digest:
+            raise ArtifactError(f"its bytes in {home.url!r} do not match the digest")
+    except Exception as err:  # network errors come in many types
+        raise InputFetchError(
+            f"artifact {ref.name!r} (from step {ref.producer!r}) was committed to the store "
+            f"{home.url!r}, not to this workflow's store {store.url!r} (a reuse_step record "
+            f"of a run on another store?), and could not be taken from there: {err}"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
 def commit(value: Any, store: ArtifactStore | None, producer: str) -> Any:
@@ -188,5 +240,25 @@ def load_big(inputs: dict[str, Any], store: ArtifactStore | None) -> dict[str, A
             try:
                 loaded[name] = value.value
             except ArtifactError as exc:
-                raise InputFetchError(str(exc)) from None
+                loaded[name] = _value_from_home(value, exc)
     return loaded
+
+
+def _value_from_home(big: BigValue, exc: ArtifactError) -> Any:
+    """A BigParameter missing from the workflow's store, read from the store it was put in
+    (a reused record of a run on another store); else InputFetchError with the first error."""
+    store = big.store
+    try:
+        home = None if store is None else _other_home(big.ref, store)
+    except Exception:  # a store we cannot even ask: keep the first error
+        home = None
+    if home is None:
+        raise InputFetchError(str(exc)) from None
+    try:
+        return home.get_value(big.ref)
+    except Exception as err:  # network errors come in many types
+        raise InputFetchError(
+            f"BigParameter {big.ref.name!r} (from step {big.ref.producer!r}) was stored in "
+            f"{home.url!r}, not in this workflow's store {store.url if store else None!r}, "
+            f"and could not be read from there: {err}"
+        ) from None
