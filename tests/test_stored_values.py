@@ -65,3 +65,43 @@ def test_a_reused_record_whose_store_is_gone_fails_naming_both_stores(tmp_path: 
     assert "[infra]" in rec.error
     assert str(tmp_path / "A") in rec.error and str(tmp_path / "B") in rec.error
     assert "reuse_step" in rec.error
+
+
+@op
+def maybe(i: int) -> {"o": Artifact(Path, optional=True)}:  # type: ignore[valid-type]
+    if i % 2:
+        Path(f"o{i}.txt").write_text(str(i))
+        return {"o": Path(f"o{i}.txt")}
+    return {"o": None}
+
+
+def test_downloads_of_a_fan_out_with_holes_keep_them_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from dflow_async import Slices, download_artifact
+    from dflow_async.cli import app
+
+    monkeypatch.setenv("DFLOW_ASYNC_HOME", str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("holes")
+    slices = Slices(input_parameter=["i"], output_artifact=["o"])
+    wf.add(Step("ms", maybe, parameters={"i": [0, 1, 2, 3]}, slices=slices))
+    result = wf.run()
+    art = result.records[0].outputs.artifacts["o"]
+    assert [a is None for a in art] == [True, False, True, False]
+
+    got = download_artifact(art, tmp_path / "api")
+    assert got == [None, tmp_path / "api" / "o1.txt", None, tmp_path / "api" / "o3.txt"]
+    assert got[3] is not None and got[3].read_text() == "3"
+
+    cli = CliRunner().invoke(
+        app, ["artifacts", "download", result.run_id, "ms", "o", str(tmp_path / "cli")]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert cli.stdout.split() == [
+        str(tmp_path / "cli" / "o1.txt"),
+        str(tmp_path / "cli" / "o3.txt"),
+    ]
+    assert "skipped 2 of 4 entries that are None" in cli.stderr

@@ -55,16 +55,21 @@ def download_artifact(
     store: str | os.PathLike[str] | ArtifactStore | None = None,
     storage_options: dict[str, Any] | None = None,
     skip_exists: bool = False,
-) -> list[Path]:
+) -> list[Path | None]:
     """Copy an artifact — a step record's ``outputs.artifacts["y"]``: a path, or a list/dict
-    of them — into the directory ``path``; returns the local copies (writable, yours).
+    of them — into the directory ``path``; returns the local copies (writable, yours), one
+    per path in the artifact, in order: ``None`` where the artifact has ``None`` (a fan-out's
+    slice that failed or produced nothing).
 
     A path that exists here is copied; otherwise its bytes are fetched from the store (pass
     ``store=`` for a remote one) and verified."""
     if artifact is None:
         raise ArtifactError("download_artifact: the artifact is None (its step produced nothing)")
-    copies = []
+    copies: list[Path | None] = []
     for sub, src in _leaves(artifact, Path(path)):
+        if src is None:
+            copies.append(None)
+            continue
         dest = sub
         dest.mkdir(parents=True, exist_ok=True)
         target = dest / src.name
@@ -94,12 +99,12 @@ def _home_of(ref: Any) -> ArtifactStore:
     return home_store(ref) or _store(None, None)
 
 
-def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path]]:
+def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path | None]]:
     """(directory to copy into, source) pairs. Elements of a list or dict whose names clash
     (slices all writing ``out.txt``) go to ``dest/<index>/`` or ``dest/<key>/``. ``None``
-    (a failed slice's hole) has nothing to copy."""
+    (a failed slice's hole) has nothing to copy: its source is None."""
     if value is None:
-        return []
+        return [(dest, None)]
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _leaves(v, dest / str(k))]
     if isinstance(value, list | tuple):

@@ -162,7 +162,15 @@ def artifacts_download(
     except ArtifactError as exc:
         raise _fail(str(exc)) from None
     for p in paths:
-        typer.echo(str(p))
+        if p is not None:
+            typer.echo(str(p))
+    holes = [i for i, p in enumerate(paths) if p is None]
+    if holes:  # a fan-out's slices that failed or produced nothing
+        typer.echo(
+            f"skipped {len(holes)} of {len(paths)} entries that are None (slices that failed "
+            f"or produced nothing): {holes}",
+            err=True,
+        )
 
 
 def cache_clear() -> None:
