@@ -105,3 +105,23 @@ def test_downloads_of_a_fan_out_with_holes_keep_them_as_none(
         str(tmp_path / "cli" / "o3.txt"),
     ]
     assert "skipped 2 of 4 entries that are None" in cli.stderr
+
+
+@op
+def read_all(fs: Artifact(list[Path])) -> int:  # type: ignore[valid-type]
+    return len(fs)
+
+
+def test_a_consumer_that_takes_no_holes_is_told_which_entries_are_none(tmp_path: Path) -> None:
+    from dflow_async import Slices
+
+    wf = Workflow("holes", store=str(tmp_path / "s"))
+    slices = Slices(input_parameter=["i"], output_artifact=["o"])
+    ms = Step("ms", maybe, parameters={"i": [0, 1, 2, 3]}, slices=slices)
+    wf.add(ms)
+    wf.add(Step("read", read_all, artifacts={"fs": ms.outputs.artifacts["o"]}))
+    (rec,) = wf.run().query_step(name="read")
+    assert rec.phase == "Failed"
+    assert "SignatureError" in rec.error
+    assert "entries [0, 2] are None" in rec.error
+    assert "Artifact(list[Path | None])" in rec.error

@@ -450,7 +450,7 @@ def check_opio(
                 kind = "artifact" if isinstance(port, Artifact) else "parameter"
                 problems.append(
                     f"{direction} {kind} {name!r} expects {describe(port.type)}, "
-                    f"got {type(value).__name__} ({_short(value)})"
+                    f"got {type(value).__name__} ({_short(value)}){_holes(port, value)}"
                 )
             checked[name] = value
         elif port.required:
@@ -460,6 +460,21 @@ def check_opio(
     if problems:
         raise SignatureError(f"OP {op!r}: " + "; ".join(problems))
     return checked
+
+
+def _holes(port: Port, value: Any) -> str:
+    """For an artifact list/dict with None entries (a fan-out's slices that failed or produced
+    nothing): which they are, and how to accept them."""
+    if not isinstance(port, Artifact) or not isinstance(value, dict | list | tuple):
+        return ""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    holes = [k for k, v in items if v is None]
+    if not holes:
+        return ""
+    return (
+        f": entries {holes} are None (slices that failed or produced nothing); to take them, "
+        "declare the port with Optional items, e.g. Artifact(list[Path | None])"
+    )
 
 
 def _short(value: Any) -> str:
