@@ -81,9 +81,13 @@ def home_store(ref: ArtifactRef) -> ArtifactStore | None:
 
 def _other_home(ref: ArtifactRef, store: ArtifactStore) -> ArtifactStore | None:
     """The store ``ref`` was committed to when that is not ``store`` and ``store`` lacks it
-    (a record of a run on another store, given to ``reuse_step=``): else None."""
-    home = home_store(ref)
-    if home is None or home.url == store.url or store.exists(ref):
+    (a record of a run on another store, given to ``reuse_step=``): else None, also when a
+    store cannot even be asked (the caller then reports its first error)."""
+    try:
+        home = home_store(ref)
+        if home is None or home.url == store.url or store.exists(ref):
+            return None
+    except Exception:  # network errors come in many types
         return None
     return home
 
@@ -92,10 +96,7 @@ def _adopt_from_home(ref: ArtifactRef, store: ArtifactStore, dest: Path, exc: Ex
     """After ``store.get(ref)`` failed: when the artifact was committed to another store,
     put it into ``store`` from there (content addressing keeps ``ref`` valid) and say True.
     Raises InputFetchError naming both stores if that store cannot give it."""
-    try:
-        home = _other_home(ref, store)
-    except Exception:  # a store we cannot even ask: keep the first error
-        return False
+    home = _other_home(ref, store)
     if home is None:
         return False
     staging = dest.parent / f".{dest.name}.adopt-{uuid.uuid4().hex}"
@@ -248,10 +249,7 @@ def _value_from_home(big: BigValue, exc: ArtifactError) -> Any:
     """A BigParameter missing from the workflow's store, read from the store it was put in
     (a reused record of a run on another store); else InputFetchError with the first error."""
     store = big.store
-    try:
-        home = None if store is None else _other_home(big.ref, store)
-    except Exception:  # a store we cannot even ask: keep the first error
-        home = None
+    home = None if store is None else _other_home(big.ref, store)
     if home is None:
         raise InputFetchError(str(exc)) from None
     try:

@@ -100,7 +100,8 @@ class InlineExecutor(Executor):
         if _is_async(spec.op):
             task = asyncio.ensure_future(arun_attempt(spec))
             return AttemptHandle(spec, task)
-        future = self._loop_future()
+        assert self._loop is not None
+        future: asyncio.Future[AttemptOutcome] = self._loop.create_future()
         self._begun[future] = asyncio.Event()
         return AttemptHandle(spec, self._enqueue(spec, future))
 
@@ -143,10 +144,6 @@ class InlineExecutor(Executor):
             self._grow_pending = True
             self._loop.call_later(_GROW_AFTER, self._maybe_grow)
         return sink
-
-    def _loop_future(self) -> asyncio.Future[AttemptOutcome]:
-        assert self._loop is not None
-        return self._loop.create_future()
 
     def _maybe_grow(self) -> None:
         """Add a thread only when every thread is stuck in a long attempt: for tiny OPs one
