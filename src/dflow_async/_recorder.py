@@ -5,6 +5,8 @@ after its record is durable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,21 +30,41 @@ class Recorder:
         self._pending: list[tuple[str, StepRecord, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._closing = False
+        # The state machine calls on_event/on_unit holding this lock, from the loop or from
+        # a worker thread (plain OPs advance the run where they ran); taking a burst holds it
+        # too, so a burst never catches a half-recorded change.
+        self._lock: threading.Lock | contextlib.nullcontext[None] = contextlib.nullcontext()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake_sent = False  # a worker thread has asked the loop to wake the flusher
 
-    # called by the state machine, on the event loop
+    def attach(self, lock: threading.Lock) -> None:
+        """Share the lock under which the run's state machine calls this recorder."""
+        self._lock = lock
+
+    # called by the state machine, holding its lock
     def on_event(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         detail = fields.get("error") if fields else None
         self.journal.step_changed(kind, record, record.attempts, detail)
         if self.hook is not None:
             self._pending.append((kind, record, fields))
-        self._wake.set()
+        self._poke()
 
     def on_unit(self, path: str, unit: int, outputs: Sequence[Any]) -> None:
         self.journal.unit_done(path, unit, outputs)
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        elif not self._wake_sent:  # one loop wake-up per burst, not one per event
+            self._wake_sent = True
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to flush
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def finish(self, status: str) -> None:
-        self.journal.set_meta(status=status, ended=repr(time.time()))
+        with self._lock:
+            self.journal.set_meta(status=status, ended=repr(time.time()))
         self._closing = True
         self._wake.set()
 
@@ -54,14 +76,18 @@ class Recorder:
             if not self._closing:
                 await asyncio.sleep(self.interval)
             await self._flush()
-            if self._closing and not self.journal.pending:
-                return
+            if self._closing:
+                with self._lock:
+                    if not self.journal.pending:
+                        return
 
     async def _flush(self) -> None:
-        if not self.journal.pending:
-            return
-        burst = self.journal.take()
-        events, self._pending = self._pending, []
+        with self._lock:
+            self._wake_sent = False  # what is recorded from here on wakes the flusher again
+            if not self.journal.pending:
+                return
+            burst = self.journal.take()
+            events, self._pending = self._pending, []
         await anyio.to_thread.run_sync(self.journal.write, burst)
         if self.hook is not None:
             for kind, record, fields in events:

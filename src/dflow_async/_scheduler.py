@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import threading
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import anyio
@@ -43,6 +44,17 @@ class _Shell:
         self.error: BaseException | None = None
         self.eager: deque[Unit] = deque()  # async OPs waiting for a launcher
         self.launcher_active = False
+        # The state machine is advanced from the loop and, for plain OPs on the inline
+        # executor, from the worker thread that ran the attempt (see finished_in_thread).
+        self.lock = threading.Lock()
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+
+    def advance(self, event: Callable[..., list[Instruction]], *args: Any) -> None:
+        """Feed the state machine an event, on the loop, and carry out what it answers."""
+        with self.lock:
+            instructions = event(*args)
+        self.apply(instructions)
 
     def apply(self, instructions: list[Instruction]) -> None:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
@@ -68,25 +80,67 @@ class _Shell:
                     self.recorder.finish(ins.status)
 
     def fast_lane(self, unit: Unit) -> bool:
-        """Hand a plain attempt straight to an executor that takes callbacks (inline threads):
-        no task and no future per attempt, which is most of the cost of a tiny step."""
-        if unit.spec.timeout is not None or unit.sr.node.cache:
-            return False
+        """Hand a plain attempt straight to an executor that runs it on a thread of its own
+        and reports back there (inline): no task and no future per attempt, and no hand-off
+        back to the loop, which together are most of the cost of a tiny step."""
         executor = self.executors[unit.sr.node.executor]
-        start = getattr(executor, "start_nowait", None)
-        if start is None:
+        if not self.threadable(unit, executor):
             return False
+        return bool(executor.start_nowait(unit.spec, self.continuation(unit, executor)))  # type: ignore[attr-defined]
 
-        def done(outcome: AttemptOutcome) -> None:
-            if self.error is not None:
-                return
-            try:
-                self.apply(self.state.unit_finished(unit, outcome))
-            except BaseException as exc:  # surface it in the run, not in the loop's log
-                self.error = exc
-                self.finished.set()
+    def threadable(self, unit: Unit, executor: Executor) -> bool:
+        return (
+            unit.spec.timeout is None
+            and not unit.sr.node.cache
+            and getattr(executor, "start_nowait", None) is not None
+        )
 
-        return bool(start(unit.spec, done))
+    def continuation(self, unit: Unit, executor: Executor) -> Callable[[AttemptOutcome], Any]:
+        return lambda outcome: self.finished_in_thread(unit, outcome, executor)
+
+    def finished_in_thread(
+        self, unit: Unit, outcome: AttemptOutcome, executor: Executor
+    ) -> list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]]:
+        """Called by the worker thread that ran ``unit``: advances the run right there and
+        returns the plain attempts it made ready, for the same thread to run next. A chain
+        of plain steps thus never waits for the event loop to wake up and hand over the
+        next step (a loop -> thread -> loop round trip costs more than a tiny step).
+        Everything else (async OPs, other executors, retries, the end) goes to the loop."""
+        if self.error is not None:
+            return []
+        try:
+            with self.lock:
+                if self.closed:  # checked under the lock: a cancelled run stays still
+                    return []
+                instructions = self.state.unit_finished(unit, outcome)
+            follow: list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]] = []
+            rest: list[Instruction] = []
+            executors = self.executors
+            for ins in instructions:
+                if (
+                    type(ins) is Unit
+                    and executors[ins.sr.node.executor] is executor
+                    and not ins.sr.node.inline_async
+                    and self.threadable(ins, executor)
+                ):
+                    follow.append((ins.spec, self.continuation(ins, executor)))
+                else:
+                    rest.append(ins)
+            if rest:
+                self.to_loop(self.apply, rest)
+            return follow
+        except BaseException as exc:  # surface it in the run, not in a worker's log
+            self.to_loop(self.fail, exc)
+            return []
+
+    def to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed (a cancelled run)
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.finished.set()
 
     async def wait_finished(self) -> None:
         """Keeps the task group open while attempts run outside it (the fast lane)."""
@@ -113,7 +167,7 @@ class _Shell:
             try:
                 yielded = ctx.run(coro.send, None)
             except StopIteration as stop:
-                self.apply(self.state.unit_finished(unit, stop.value))
+                self.advance(self.state.unit_finished, unit, stop.value)
                 started += 1
                 if started % _LAUNCH_BATCH == 0:
                     await asyncio.sleep(0)  # let timers, I/O and threads' results in
@@ -123,7 +177,7 @@ class _Shell:
             else:
                 self.launcher_active = False
             outcome = await _carry_on(coro, ctx, yielded)
-            self.apply(self.state.unit_finished(unit, outcome))
+            self.advance(self.state.unit_finished, unit, outcome)
             return
         self.launcher_active = False
 
@@ -137,12 +191,12 @@ class _Shell:
             hit = await anyio.to_thread.run_sync(cache.get, key)
             if hit is not None:
                 unit.sr.record.cached = True
-                self.apply(self.state.unit_finished(unit, Succeeded(outputs=tuple(hit))))
+                self.advance(self.state.unit_finished, unit, Succeeded(outputs=tuple(hit)))
                 return
         outcome = await self.attempt(unit)
         if key is not None and cache is not None and isinstance(outcome, Succeeded):
             await anyio.to_thread.run_sync(cache.put, key, outcome.outputs)
-        self.apply(self.state.unit_finished(unit, outcome))
+        self.advance(self.state.unit_finished, unit, outcome)
 
     async def attempt(self, unit: Unit) -> AttemptOutcome:
         spec = unit.spec
@@ -162,10 +216,37 @@ class _Shell:
 
     async def retry_later(self, unit: Unit, delay: float) -> None:
         await anyio.sleep(delay)
-        self.apply(self.state.retry_due(unit))
+        self.advance(self.state.retry_due, unit)
 
 
 _LAUNCH_BATCH = 256
+
+
+class _OnLoop:
+    """An event hook called on the event loop, in the order of the events, whichever thread
+    advanced the run: user hooks (progress bars, asyncio code) expect the loop."""
+
+    def __init__(self, hook: Callable[[str, Any, dict[str, Any]], None], lock: threading.Lock):
+        self.hook = hook
+        self.lock = lock  # the state machine's: events are reported while it is held
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.queue: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, record: Any, fields: dict[str, Any]) -> None:
+        if not self.queue and threading.get_ident() == self.thread:
+            self.hook(kind, record, fields)
+            return
+        self.queue.append((kind, record, fields))
+        if len(self.queue) == 1:  # the first since the last drain schedules the next
+            with contextlib.suppress(RuntimeError):  # the loop closed (a cancelled run)
+                self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        with self.lock:
+            events, self.queue = self.queue, []
+        for kind, record, fields in events:
+            self.hook(kind, record, fields)
 
 
 async def _run_timed(executor: Executor, spec: AttemptSpec, timeout: float) -> AttemptOutcome:
@@ -235,21 +316,33 @@ async def execute(
 ) -> str:
     """Run to completion; returns the final status. Cancelling this coroutine cancels every
     running attempt (executors kill their processes) before it returns."""
+    shell: _Shell | None = None
     async with contextlib.AsyncExitStack() as stack:
         for executor in executors.values():
             await stack.enter_async_context(executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                if recorder is not None:
-                    tg.create_task(recorder.run())
                 _mark_inline_async(state.root_ct, executors)
                 shell = _Shell(state, executors, tg, recorder, cache)
+                if recorder is not None:
+                    recorder.attach(shell.lock)
+                    tg.create_task(recorder.run())
+                elif state.on_event is not None:
+                    state.on_event = _OnLoop(state.on_event, shell.lock)
                 tg.create_task(shell.wait_finished())
-                shell.apply(state.start())
+                shell.advance(state.start)
         except BaseException:
-            state.cancel()
+            if shell is None:
+                state.cancel()
+            else:
+                with shell.lock:  # worker threads may be advancing the run right now
+                    shell.closed = True
+                    state.cancel()
             if recorder is not None:
                 with anyio.CancelScope(shield=True), contextlib.suppress(JournalError):
                     await anyio.to_thread.run_sync(recorder.flush_now, "Cancelled")
             raise
+        finally:
+            if shell is not None:
+                shell.closed = True
     return state.status

@@ -1,10 +1,13 @@
 """The in-process executor: ``async def`` OPs run in the event loop, plain OPs on threads.
 
-Plain OPs go to a small pool of worker threads through one queue, and their outcomes come
-back in batches: one loop wake-up carries every outcome that finished meanwhile. A per-step
-``to_thread`` hand-off would cost more than a tiny OP itself. While attempts are out, the loop
-also collects finished outcomes every few milliseconds by itself, so an outcome never waits
-for the thread that produced it to finish its next (perhaps long) attempt.
+Plain OPs go to a small pool of worker threads through one queue. A per-step ``to_thread``
+hand-off would cost more than a tiny OP itself, so the scheduler's fast lane
+(:meth:`InlineExecutor.start_nowait`) gets each outcome *in the worker thread*: the thread
+advances the run there and goes straight on to the steps that became ready. Outcomes awaited
+through futures (``run``/``submit``: timeouts, caching) come back in batches instead: one loop
+wake-up carries every outcome that finished meanwhile, and while such attempts are out the
+loop also collects finished outcomes every few milliseconds by itself, so an outcome never
+waits for the thread that produced it to finish its next (perhaps long) attempt.
 
 Each worker thread owns its current directory (``unshare(CLONE_FS)`` on Linux), so OPs that
 write relative paths land in their own work directory, as they would in a process.
@@ -26,6 +29,9 @@ from dflow_async._worker import arun_attempt, run_attempt, thread_owns_cwd
 from dflow_async.executors._base import AttemptHandle, Executor
 
 __all__ = ["InlineExecutor"]
+
+#: the scheduler's callback for a fast-lane attempt: outcome in, attempts to run next out
+Continuation = Callable[[AttemptOutcome], "list[tuple[AttemptSpec, Any]]"]
 
 _STOP = object()
 _BATCH = 256  # outcomes delivered per loop wake-up while work keeps coming
@@ -84,9 +90,12 @@ class InlineExecutor(Executor):
             future.cancel()
             raise
 
-    def start_nowait(self, spec: AttemptSpec, done: Callable[[AttemptOutcome], None]) -> bool:
-        """The scheduler's fast lane for plain OPs: queue the attempt and call ``done`` on the
-        event loop with its outcome; no task or future per attempt. False for async OPs."""
+    def start_nowait(self, spec: AttemptSpec, done: Continuation) -> bool:
+        """The scheduler's fast lane for plain OPs: no task and no future per attempt.
+        ``done`` is called with the outcome *in the worker thread* that ran the attempt and
+        returns the attempts to run next as ``(spec, done)`` pairs, which this thread (or
+        another idle one) takes next without a trip through the event loop. False (nothing
+        queued) for async OPs."""
         if _is_async(spec.op):
             return False
         self._ensure_open()
@@ -129,21 +138,27 @@ class InlineExecutor(Executor):
     # --------------------------------------------------------------- threads
 
     def _enqueue(self, spec: AttemptSpec, sink: Any = None) -> Any:
-        """Queue an attempt; its outcome goes to ``sink`` (a callable), or to a new future."""
+        """Queue an attempt; its outcome goes to ``sink``: a future (delivered on the loop;
+        a new one if None) or a continuation (called in the worker thread)."""
         assert self._loop is not None
         if sink is None:
             sink = self._loop.create_future()
         self._queue.put((spec, sink))
-        self._out += 1
-        if not self._collect_pending:
-            self._collect_pending = True
-            self._loop.call_later(_COLLECT_EVERY, self._collect)
+        if isinstance(sink, asyncio.Future):
+            self._out += 1
+            if not self._collect_pending:
+                self._collect_pending = True
+                self._loop.call_later(_COLLECT_EVERY, self._collect)
         if not self._threads:
             self._spawn()
         elif not self._grow_pending and self._queue.qsize() > self._idle:
             self._grow_pending = True
             self._loop.call_later(_GROW_AFTER, self._maybe_grow)
         return sink
+
+    def _watch_growth(self) -> None:
+        assert self._loop is not None
+        self._loop.call_later(_GROW_AFTER, self._maybe_grow)
 
     def _maybe_grow(self) -> None:
         """Add a thread only when every thread is stuck in a long attempt: for tiny OPs one
@@ -194,6 +209,20 @@ class InlineExecutor(Executor):
             else:
                 outcome = run_attempt(spec, chdir=owns_cwd)
             del self._started[ident]
+            if not isinstance(sink, asyncio.Future):  # a continuation: the scheduler's lane
+                follow = sink(outcome)  # it never raises: errors go to the scheduler
+                put = self._queue.put
+                for item in follow:
+                    put(item)  # picked up by this thread next (get_nowait above)
+                with self._lock:
+                    self._idle += 1
+                    # more queued than idle threads to take it: watch for stuck threads
+                    grow = not self._grow_pending and self._queue.qsize() > self._idle
+                    if grow:
+                        self._grow_pending = True
+                if grow:  # long OPs queued here must not wait in line behind each other
+                    self._call_soon(self._watch_growth)
+                continue
             with self._lock:
                 self._idle += 1
                 self._done.append((sink, outcome))
@@ -239,12 +268,9 @@ class InlineExecutor(Executor):
         self._out -= len(done)
         if self._state == "closed":
             return  # the run is over (cancelled); nobody waits for these any more
-        for sink, outcome in done:
-            if isinstance(sink, asyncio.Future):
-                if not sink.done():
-                    sink.set_result(outcome)
-            else:
-                sink(outcome)
+        for future, outcome in done:
+            if not future.done():
+                future.set_result(outcome)
 
 
 _ASYNC_CACHE: dict[Any, bool] = {}
