@@ -83,6 +83,7 @@ class CompiledStep:
     cache: bool
     has_artifact_outputs: bool
     inline_async: bool  # set by the scheduler: awaited in the loop, no executor call
+    thread_lane: Any  # set by the scheduler: the executor whose threads advance the run
     template_name: str
     group_size: int  # slices per attempt
     pool_size: int | None  # concurrent attempts of this step
@@ -110,6 +111,7 @@ class CompiledStep:
         self.cache = False
         self.has_artifact_outputs = False
         self.inline_async = False
+        self.thread_lane = None
         self.template_name = ""
         self.group_size = 1
         self.pool_size = None

@@ -10,6 +10,7 @@ import threading
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -64,12 +65,16 @@ class _Shell:
             if type(ins) is Unit:  # launch it
                 unit = ins
                 node = unit.sr.node
-                if node.inline_async and unit.spec.timeout is None and not node.cache:
+                lane = node.thread_lane
+                if lane is not None and unit.spec.timeout is None:
+                    # a plain OP on inline threads: no task, no future, no trip back here
+                    lane.start_nowait(unit.spec, partial(self.finished_in_thread, unit))
+                elif node.inline_async and unit.spec.timeout is None and not node.cache:
                     self.eager.append(unit)
                     if not self.launcher_active:
                         self.launcher_active = True
                         spawn(self.launcher())
-                elif not self.fast_lane(unit):
+                else:
                     spawn(self.run_unit(unit))
             elif isinstance(ins, Retry):
                 spawn(self.retry_later(ins.unit, ins.delay))
@@ -79,33 +84,15 @@ class _Shell:
                 if self.recorder is not None:
                     self.recorder.finish(ins.status)
 
-    def fast_lane(self, unit: Unit) -> bool:
-        """Hand a plain attempt straight to an executor that runs it on a thread of its own
-        and reports back there (inline): no task and no future per attempt, and no hand-off
-        back to the loop, which together are most of the cost of a tiny step."""
-        executor = self.executors[unit.sr.node.executor]
-        if not self.threadable(unit, executor):
-            return False
-        return bool(executor.start_nowait(unit.spec, self.continuation(unit, executor)))  # type: ignore[attr-defined]
-
-    def threadable(self, unit: Unit, executor: Executor) -> bool:
-        return (
-            unit.spec.timeout is None
-            and not unit.sr.node.cache
-            and getattr(executor, "start_nowait", None) is not None
-        )
-
-    def continuation(self, unit: Unit, executor: Executor) -> Callable[[AttemptOutcome], Any]:
-        return lambda outcome: self.finished_in_thread(unit, outcome, executor)
-
     def finished_in_thread(
-        self, unit: Unit, outcome: AttemptOutcome, executor: Executor
+        self, unit: Unit, outcome: AttemptOutcome
     ) -> list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]]:
-        """Called by the worker thread that ran ``unit``: advances the run right there and
-        returns the plain attempts it made ready, for the same thread to run next. A chain
-        of plain steps thus never waits for the event loop to wake up and hand over the
-        next step (a loop -> thread -> loop round trip costs more than a tiny step).
-        Everything else (async OPs, other executors, retries, the end) goes to the loop."""
+        """Called by the worker thread that ran ``unit`` (a plain OP on the inline
+        executor): advances the run right there and returns the plain attempts it made
+        ready, for the same thread to run next. A chain of plain steps thus never waits for
+        the event loop to wake up and hand over the next step (a loop -> thread -> loop
+        round trip costs more than a tiny step). Everything else (async OPs, other
+        executors, retries, the end) goes to the loop."""
         if self.error is not None:
             return []
         try:
@@ -113,17 +100,16 @@ class _Shell:
                 if self.closed:  # checked under the lock: a cancelled run stays still
                     return []
                 instructions = self.state.unit_finished(unit, outcome)
+            lane = unit.sr.node.thread_lane
             follow: list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]] = []
             rest: list[Instruction] = []
-            executors = self.executors
             for ins in instructions:
                 if (
                     type(ins) is Unit
-                    and executors[ins.sr.node.executor] is executor
-                    and not ins.sr.node.inline_async
-                    and self.threadable(ins, executor)
+                    and ins.sr.node.thread_lane is lane
+                    and ins.spec.timeout is None
                 ):
-                    follow.append((ins.spec, self.continuation(ins, executor)))
+                    follow.append((ins.spec, partial(self.finished_in_thread, ins)))
                 else:
                     rest.append(ins)
             if rest:
@@ -298,14 +284,23 @@ def _carry_on(
                 return stop.value  # type: ignore[no-any-return]
 
 
-def _mark_inline_async(root: Any, executors: dict[Any, Executor]) -> None:
+def _mark_lanes(root: Any, executors: dict[Any, Executor]) -> None:
+    """Which steps skip the executor interface: ``async def`` OPs on the inline executor are
+    awaited in the loop; plain OPs on an executor that takes continuations (the inline
+    executor's threads, ``start_nowait``) go there directly, unless the step is cached."""
     from dflow_async.executors._inline import InlineExecutor, _is_async
 
     for ct in walk_templates(root):
         for node in ct.nodes:
             if node.op is not None:
                 executor = executors.get(node.executor)
-                node.inline_async = isinstance(executor, InlineExecutor) and _is_async(node.op)
+                inline = isinstance(executor, InlineExecutor)
+                node.inline_async = inline and _is_async(node.op)
+                takes_continuations = getattr(executor, "start_nowait", None) is not None
+                plain = not node.inline_async and not _is_async(node.op)
+                node.thread_lane = (
+                    executor if takes_continuations and plain and not node.cache else None
+                )
 
 
 async def execute(
@@ -322,7 +317,7 @@ async def execute(
             await stack.enter_async_context(executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                _mark_inline_async(state.root_ct, executors)
+                _mark_lanes(state.root_ct, executors)
                 shell = _Shell(state, executors, tg, recorder, cache)
                 if recorder is not None:
                     recorder.attach(shell.lock)
