@@ -186,20 +186,23 @@ class InlineExecutor(Executor):
     def _work(self) -> None:
         owns_cwd = thread_owns_cwd()
         ident = threading.get_ident()
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get, get_nowait, put = self._queue.get, self._queue.get_nowait, self._queue.put
+        item: Any = None  # the next attempt, when the last one handed this thread its follow-up
         while True:
-            try:
-                item = get_nowait()
-            except queue.Empty:
-                self._wake_loop()  # never wait for work while outcomes are undelivered
-                item = get()
-            if item is _STOP:
-                self._wake_loop()
-                return
-            with self._lock:
-                self._idle -= 1
+            if item is None:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    self._wake_loop()  # never wait for work while outcomes are undelivered
+                    item = get()
+                if item is _STOP:
+                    self._wake_loop()
+                    return
+                with self._lock:
+                    self._idle -= 1
             self._started[ident] = time.monotonic()
             spec, sink = item
+            item = None
             if self._begun:  # someone waits for this attempt to start (a timeout clock)
                 begun = self._begun.pop(sink, None)
                 if begun is not None:
@@ -211,17 +214,17 @@ class InlineExecutor(Executor):
             del self._started[ident]
             if not isinstance(sink, asyncio.Future):  # a continuation: the scheduler's lane
                 follow = sink(outcome)  # it never raises: errors go to the scheduler
-                put = self._queue.put
-                for item in follow:
-                    put(item)  # picked up by this thread next (get_nowait above)
+                if follow:
+                    # This thread goes straight on with the first (it stays busy: no queue,
+                    # no idle count); the others wait in the queue for any thread.
+                    item = follow[0]
+                    if len(follow) > 1:
+                        for extra in follow[1:]:
+                            put(extra)
+                        self._watch_queue()
+                    continue
                 with self._lock:
                     self._idle += 1
-                    # more queued than idle threads to take it: watch for stuck threads
-                    grow = not self._grow_pending and self._queue.qsize() > self._idle
-                    if grow:
-                        self._grow_pending = True
-                if grow:  # long OPs queued here must not wait in line behind each other
-                    self._call_soon(self._watch_growth)
                 continue
             with self._lock:
                 self._idle += 1
@@ -232,6 +235,16 @@ class InlineExecutor(Executor):
             # hand-offs, which cost more than a tiny OP.
             if full:
                 self._wake_loop()
+
+    def _watch_queue(self) -> None:
+        """A worker queued attempts: if more wait than threads are idle to take them, have
+        the loop watch for threads stuck in long attempts (and add one), as it does for
+        attempts it queues itself — long OPs must not wait in line behind each other."""
+        with self._lock:
+            if self._grow_pending or self._queue.qsize() <= self._idle:
+                return
+            self._grow_pending = True
+        self._call_soon(self._watch_growth)
 
     def _collect(self) -> None:
         """Deliver what finished, without waiting for a worker to wake the loop: a worker
