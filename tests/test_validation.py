@@ -195,3 +195,83 @@ def test_references_have_no_truth_value() -> None:
 def test_step_names_that_would_break_paths_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="Step name"):
         Step(name, needs, parameters={"x": 1, "label": "l"})
+
+
+def test_a_cached_type_mismatch_is_reported_for_every_consumer() -> None:
+    # is_compatible answers each (produced, consumed) pair once; every edge still reports
+    dag = DAG("d")
+    t = Step("t", give_text)
+    dag.add(t)
+    for name in ("n1", "n2"):
+        dag.add(Step(name, needs, parameters={"x": t.outputs.parameters["result"], "label": "l"}))
+    found = problems(Workflow("w", dag=dag))
+    assert len(found) == 2, found
+    assert all("expects int but step 't' output 'result' is str" in p for p in found)
+
+
+def test_references_are_found_in_every_shape_of_bound_value() -> None:
+    # validation walks each bound value once (fast paths for a literal and a lone reference):
+    # references inside lists, dicts, expressions, placeholders and when/key are all checked
+    from dflow_async import if_expression, item
+
+    ghost = Step("ghost", needs, parameters={"x": 1, "label": "g"})
+    dag = DAG("d")
+    a = Step("a", needs, parameters={"x": 1, "label": "a"})
+    y = a.outputs.parameters["y"]
+    dag.add(a)
+    dag.add(
+        Step("in_list", needs, parameters={"x": 1, "label": [y, ghost.outputs.parameters["y"]]})
+    )
+    dag.add(Step("in_dict", needs, parameters={"x": y, "label": {"k": a.outputs.parameters["q"]}}))
+    dag.add(Step("in_expr", needs, parameters={"x": if_expression(y > 1, y, 0) + 1, "label": "l"}))
+    dag.add(
+        Step("in_text", needs, parameters={"x": 1, "label": "{{steps.nope.outputs.parameters.y}}"})
+    )
+    dag.add(
+        Step(
+            "in_when",
+            needs,
+            parameters={"x": 1, "label": "l"},
+            when=ghost.outputs.parameters["y"] > 0,
+        )
+    )
+    dag.add(Step("item_text", needs, parameters={"x": 1, "label": "-{{item}}-"}))
+    dag.add(Step("item_expr", needs, parameters={"x": item + 1, "label": "l"}))
+    dag.add(Step("item_key", needs, parameters={"x": 1, "label": "l"}, key=f"k-{item}"))
+    found = problems(Workflow("w", dag=dag))
+    expected = [
+        "step d.in_list: refers to step 'ghost', which is not a step of 'd'",
+        "step d.in_dict: step 'a' has no output parameter 'q' (it has: ['y'])",
+        "step d.in_text: placeholder refers to unknown step 'nope'",
+        "step d.in_when: refers to step 'ghost', which is not a step of 'd'",
+        "step d.item_text: uses item but has neither with_param nor slices",
+        "step d.item_expr: uses item but has neither with_param nor slices",
+        "step d.item_key: uses item but has neither with_param nor slices",
+    ]
+    assert [p.split(" (add it")[0] for p in found] == expected, found
+
+
+def test_bindings_are_sorted_by_whether_they_use_the_item() -> None:
+    from dflow_async import item
+
+    dag = DAG("d")
+    a = Step("a", needs, parameters={"x": 1, "label": "a"})
+    y = a.outputs.parameters["y"]
+    fan = Step(
+        "fan",
+        needs,
+        parameters={"x": [y, item], "label": f"{y}"},
+        with_param=[1, 2],
+        key="k-{{item}}",
+    )
+    plain = Step("plain", needs, parameters={"x": y, "label": "{{steps.a.outputs.parameters.y}}"})
+    dag.add([a, fan, plain])
+    compiled = Workflow("w", dag=dag).validate()
+    fan_node = compiled.nodes[compiled.by_name["fan"]]
+    assert [b.port for b in fan_node.item_bindings] == ["x"]
+    assert [b.port for b in fan_node.run_bindings] == ["label"]
+    assert fan_node.key_per_item and fan_node.producers == {"a"}
+    plain_node = compiled.nodes[compiled.by_name["plain"]]
+    assert [b.port for b in plain_node.run_bindings] == ["x", "label"]
+    assert not plain_node.item_bindings and plain_node.producers == {"a"}
+    assert plain_node.const_inputs == {}
