@@ -83,12 +83,34 @@ def matches(tp: Any, value: Any) -> bool:
     return True
 
 
+#: is_compatible's answers by (produced, consumed): validation asks it once per data edge,
+#: nearly always about the same few pairs. Emptied when it grows past _COMPATIBLE_MAX, so
+#: classes made on the fly (tests, notebooks) are not kept alive for ever.
+_COMPATIBLE: dict[tuple[Any, Any], bool] = {}
+_COMPATIBLE_MAX = 1024
+
+
 def is_compatible(produced: Any, consumed: Any) -> bool:
     """Whether a producer's declared output type can feed a consumer's input type.
 
     Only flags sure mismatches between plain classes (``str`` into ``int``); anything generic
     or unknown is left to the run-time check on the actual value.
     """
+    pair = (produced, consumed)
+    try:
+        return _COMPATIBLE[pair]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable annotation: not cached
+        return _is_compatible(produced, consumed)
+    answer = _is_compatible(produced, consumed)  # an error (issubclass) is raised, not cached
+    if len(_COMPATIBLE) >= _COMPATIBLE_MAX:
+        _COMPATIBLE.clear()
+    _COMPATIBLE[pair] = answer
+    return answer
+
+
+def _is_compatible(produced: Any, consumed: Any) -> bool:
     if produced is Any or consumed is Any or produced is None or consumed is None:
         return True
     if not (isinstance(produced, type) and isinstance(consumed, type)):
