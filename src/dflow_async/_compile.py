@@ -29,7 +29,10 @@ from dflow_async._op import MISSING, OP, Artifact, FunctionOP, as_op, op_name
 from dflow_async._refs import (
     ItemRef,
     Ref,
+    Scan,
     iter_refs,
+    path_steps,
+    scan,
     string_steps,
     uses_item,
 )
@@ -262,9 +265,9 @@ class _Compiler:
             node.group_size = step.slices.group_size or 1
             node.pool_size = step.slices.pool_size
         node.key_per_item = node.fan_out and uses_item(step.key)
-        self.bindings(ct, node, where)
+        binding_scans = self.bindings(ct, node, where)
         self.slices(node, where)
-        self.references(ct, node, where)
+        self.references(ct, node, where, binding_scans)
         key: Any = step.key
         if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
@@ -291,11 +294,16 @@ class _Compiler:
                     f"{type(tpl).__name__}: set {option}= on the steps inside it"
                 )
 
-    def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
+    def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> list[Scan]:
+        """Sort the step's inputs into constants and bindings, checking them. Returns the
+        scans of the bindings' values, those of ``run_bindings`` then those of
+        ``item_bindings``, for references() to check without walking the values again."""
         step = node.step
         assert step is not None
         sliced = step.slices.sliced_inputs if step.slices else ()
         inputs = node.inputs
+        run_scans: list[Scan] = []
+        item_scans: list[Scan] = []
         for kind, table in (("parameters", step.parameters), ("artifacts", step.artifacts)):
             for port, value in table.items():
                 info = inputs.get(port)
@@ -313,12 +321,14 @@ class _Compiler:
                     )
                     continue
                 if _is_dynamic(value):
-                    per_item = uses_item(value)
-                    binding = Binding(port, kind, value, per_item)
-                    if per_item:
+                    found = scan(value)
+                    binding = Binding(port, kind, value, found.uses_item)
+                    if found.uses_item:
                         node.item_bindings.append(binding)
+                        item_scans.append(found)
                     else:
                         node.run_bindings.append(binding)
+                        run_scans.append(found)
                 else:
                     node.const_inputs[port] = value
                     checked = kind == "parameters" and value is not None and port not in sliced
@@ -339,6 +349,8 @@ class _Compiler:
                 )
             else:
                 node.const_inputs[port] = info.default
+        run_scans += item_scans
+        return run_scans
 
     def producer_type(
         self,
@@ -391,19 +403,20 @@ class _Compiler:
         if node.sub is not None and sl.group_size:
             self.problem(f"{where}: group_size applies to OP steps, not to Steps/DAG templates")
 
-    def references(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> None:
+    def references(
+        self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[Scan]
+    ) -> None:
         step = node.step
         assert step is not None
-        values: list[Any] = [v for v in (step.when, step.with_param, step.key) if v is not None]
-        if node.run_bindings or node.item_bindings:
-            values += [b.value for b in (*node.run_bindings, *node.item_bindings)]
+        scans = [scan(v) for v in (step.when, step.with_param, step.key) if v is not None]
+        scans += binding_scans
         producers = node.producers
-        for value in values:
-            for ref in iter_refs(value):
+        for found in scans:
+            for ref in found.refs:
                 self.check_ref(ct, ref, where)
                 if isinstance(ref, OutputRef):
                     producers.add(ref.step.name)
-            for name in string_steps(value):
+            for name in path_steps(found.paths) if found.paths else ():
                 producers.add(name)
                 if name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {name!r}")
@@ -415,7 +428,7 @@ class _Compiler:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
         if isinstance(step.with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
-        if values and not node.fan_out and any(uses_item(v) for v in values):
+        if not node.fan_out and any(found.uses_item for found in scans):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str) -> None:
@@ -438,8 +451,8 @@ class _Compiler:
             if producer.op is None and producer.sub is None:
                 return
             out = producer.outputs.get(ref.name)
-            kinds = [n for n, i in producer.outputs.items() if i.kind == ref.kind]
             if out is None or out.kind != ref.kind:
+                kinds = [n for n, i in producer.outputs.items() if i.kind == ref.kind]
                 self.problem(
                     f"{where}: step {ref.step.name!r} has no output {ref.kind[:-1]} "
                     f"{ref.name!r} (it has: {sorted(kinds) or 'none'})"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "Expr",
@@ -341,8 +341,13 @@ def placeholders(text: str) -> list[str]:
 
 def placeholder_steps(text: str) -> list[str]:
     """Names of steps a template string refers to (``steps.X...`` or ``tasks.X...``)."""
+    return path_steps(placeholders(text))
+
+
+def path_steps(paths: Iterable[str]) -> list[str]:
+    """Names of the steps placeholder paths refer to (``steps.X...`` or ``tasks.X...``)."""
     names = []
-    for path in placeholders(text):
+    for path in paths:
         parts = path.split(".")
         if parts[0] in ("steps", "tasks") and len(parts) >= 2:
             names.append(parts[1])
@@ -404,15 +409,52 @@ def string_steps(value: Any) -> Iterator[str]:
 
 def uses_item(value: Any) -> bool:
     """Whether a bound value depends on the fan-out item (so it is evaluated per slice)."""
-    if any(isinstance(r, ItemRef) for r in iter_refs(value)):
-        return True
-    return any(p.split(".")[0] == "item" for p in _string_placeholders(value))
+    return scan(value).uses_item
 
 
-def _string_placeholders(value: Any) -> Iterator[str]:
-    for leaf in _leaves(value):
-        if isinstance(leaf, str):
-            yield from placeholders(leaf)
+class Scan(NamedTuple):
+    """What validation asks of a bound value, found in one walk of it."""
+
+    refs: Sequence[Ref]  # every leaf reference, in the order iter_refs() gives them
+    paths: Sequence[str]  # the placeholder paths in its strings, in leaf order
+    uses_item: bool  # depends on the fan-out item (evaluated per slice)
+
+
+_NOTHING = Scan((), (), False)
+
+
+def scan(value: Any) -> Scan:
+    """The references and placeholders in a bound value (what :func:`iter_refs`,
+    :func:`string_steps` and :func:`uses_item` find), walking it once.
+
+    Most bound values are a plain literal or one reference: those skip the generic walk,
+    which costs microseconds per value and runs for every step of a workflow.
+    """
+    kind = type(value)
+    if value is None or kind is int or kind is float or kind is bool:
+        return _NOTHING
+    if kind is str:
+        return _scan_leaves((value,)) if "{{" in value else _NOTHING
+    if isinstance(value, Ref) and not isinstance(value, Expr | IfExpr):  # a leaf reference
+        refs = tuple(value.refs())
+        return Scan(refs, (), any(isinstance(r, ItemRef) for r in refs))
+    return _scan_leaves(_leaves(value))
+
+
+def _scan_leaves(leaves: Iterable[Any]) -> Scan:
+    refs: list[Ref] = []
+    paths: list[str] = []
+    for leaf in leaves:
+        if isinstance(leaf, Ref):
+            refs.extend(leaf.refs())
+        elif isinstance(leaf, str) and "{{" in leaf:  # no braces, no placeholder
+            paths += placeholders(leaf)
+    if not refs and not paths:
+        return _NOTHING
+    item = any(isinstance(r, ItemRef) for r in refs) or any(
+        p.split(".")[0] == "item" for p in paths
+    )
+    return Scan(refs, paths, item)
 
 
 def safe_condition(text: str, scope: Scope) -> Any:
