@@ -64,6 +64,9 @@ class Binding:
     per_item: bool  # evaluated once per fan-out item
 
 
+_NO_PORTS: dict[str, PortInfo] = {}  # a barrier's, or a step's whose OP failed to load
+
+
 @dataclass(slots=True, eq=False, init=False)
 class CompiledStep:
     index: int
@@ -101,8 +104,8 @@ class CompiledStep:
         self.step = step
         self.op = None
         self.sub = None
-        self.inputs = {}
-        self.outputs = {}
+        self.inputs = _NO_PORTS  # step() sets the template's
+        self.outputs = _NO_PORTS
         self.const_inputs = {}
         self.run_bindings = []
         self.item_bindings = []
@@ -242,7 +245,8 @@ class _Compiler:
                 self.problem(f"{where}: {exc}")
                 return
             # a class template is instantiated per step: its signs are the class's
-            profile = self.op_profile(tpl if isinstance(tpl, type) else id(tpl), node.op)
+            which = tpl if isinstance(tpl, type) else id(tpl)
+            profile = self._profiles.get(which) or self.op_profile(which, node.op)
             node.inputs = profile.inputs
             node.outputs = profile.outputs
             node.has_artifact_outputs = profile.has_artifact_outputs
@@ -266,7 +270,8 @@ class _Compiler:
             node.pool_size = step.slices.pool_size
         node.key_per_item = node.fan_out and uses_item(step.key)
         binding_scans = self.bindings(ct, node, where)
-        self.slices(node, where)
+        if step.slices is not None:
+            self.slices(node, where)
         self.references(ct, node, where, binding_scans)
         key: Any = step.key
         if key is not None and not isinstance(key, str):
@@ -302,44 +307,51 @@ class _Compiler:
         assert step is not None
         sliced = step.slices.sliced_inputs if step.slices else ()
         inputs = node.inputs
+        const = node.const_inputs
         run_scans: list[Scan] = []
         item_scans: list[Scan] = []
-        for kind, table in (("parameters", step.parameters), ("artifacts", step.artifacts)):
+        parameters, artifacts = step.parameters, step.artifacts
+        bound = 0  # declared ports bound (each once: a port has one kind)
+        for kind, table in (("parameters", parameters), ("artifacts", artifacts)):
             for port, value in table.items():
                 info = inputs.get(port)
-                if info is None:
-                    declared = sorted(n for n, i in inputs.items() if i.kind == kind)
-                    self.problem(
-                        f"{where}: binds {kind[:-1]} {port!r}, which its template does not "
-                        f"declare (declared {kind}: {declared or 'none'})"
-                    )
+                if info is None or info.kind != kind:
+                    self.misbound(inputs, kind, port, where)
                     continue
-                if info.kind != kind:
-                    self.problem(
-                        f"{where}: {port!r} is an {info.kind[:-1]} port; bind it in "
-                        f"{info.kind}= instead of {kind}="
-                    )
-                    continue
-                if _is_dynamic(value):
-                    found = scan(value)
-                    binding = Binding(port, kind, value, found.uses_item)
-                    if found.uses_item:
-                        node.item_bindings.append(binding)
-                        item_scans.append(found)
-                    else:
-                        node.run_bindings.append(binding)
-                        run_scans.append(found)
-                else:
-                    node.const_inputs[port] = value
+                bound += 1
+                # the type checks look first for the common case (a plain literal of exactly
+                # the declared type): every step of a workflow goes through here
+                if type(value) in _LITERALS or not _is_dynamic(value):
+                    const[port] = value
                     checked = kind == "parameters" and value is not None and port not in sliced
-                    if checked and not matches(info.type, value):
+                    if checked and type(value) is not info.type and not matches(info.type, value):
                         self.problem(
                             f"{where}: input {port!r} expects {describe(info.type)}, got "
                             f"{type(value).__name__} ({value!r:.60})"
                         )
+                    continue
+                found = scan(value)
+                per_item = found[2]
+                binding = Binding(port, kind, value, per_item)
+                if per_item:
+                    node.item_bindings.append(binding)
+                    item_scans.append(found)
+                else:
+                    node.run_bindings.append(binding)
+                    run_scans.append(found)
                 if isinstance(value, OutputRef):
                     self.producer_type(ct, node, port, info, value, where, port in sliced)
-        for port, info in inputs.items():
+        if bound < len(inputs):  # not every declared input is bound
+            self.unbound(node, where)
+        run_scans += item_scans
+        return run_scans
+
+    def unbound(self, node: CompiledStep, where: str) -> None:
+        """Declared inputs the step does not bind take their defaults; required ones are
+        reported."""
+        step = node.step
+        assert step is not None
+        for port, info in node.inputs.items():
             if port in step.parameters or port in step.artifacts:
                 continue
             if info.default is MISSING:
@@ -349,8 +361,21 @@ class _Compiler:
                 )
             else:
                 node.const_inputs[port] = info.default
-        run_scans += item_scans
-        return run_scans
+
+    def misbound(self, inputs: dict[str, PortInfo], kind: str, port: str, where: str) -> None:
+        """A bound port that the template does not declare, or declares as the other kind."""
+        info = inputs.get(port)
+        if info is None:
+            declared = sorted(n for n, i in inputs.items() if i.kind == kind)
+            self.problem(
+                f"{where}: binds {kind[:-1]} {port!r}, which its template does not "
+                f"declare (declared {kind}: {declared or 'none'})"
+            )
+        else:
+            self.problem(
+                f"{where}: {port!r} is an {info.kind[:-1]} port; bind it in "
+                f"{info.kind}= instead of {kind}="
+            )
 
     def producer_type(
         self,
@@ -408,15 +433,17 @@ class _Compiler:
     ) -> None:
         step = node.step
         assert step is not None
-        scans = [scan(v) for v in (step.when, step.with_param, step.key) if v is not None]
-        scans += binding_scans
+        when, with_param, key = step.when, step.with_param, step.key
+        scans = binding_scans
+        if when is not None or with_param is not None or key is not None:
+            scans = [scan(v) for v in (when, with_param, key) if v is not None] + binding_scans
         producers = node.producers
-        for found in scans:
-            for ref in found.refs:
+        for refs, paths, _ in scans:
+            for ref in refs:
                 self.check_ref(ct, ref, where)
                 if isinstance(ref, OutputRef):
                     producers.add(ref.step.name)
-            for name in path_steps(found.paths) if found.paths else ():
+            for name in path_steps(paths) if paths else ():
                 producers.add(name)
                 if name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {name!r}")
@@ -426,9 +453,9 @@ class _Compiler:
             producers.add(name)
             if name not in by_name:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
-        if isinstance(step.with_param, ItemRef):
+        if isinstance(with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
-        if not node.fan_out and any(found.uses_item for found in scans):
+        if scans and not node.fan_out and any(per_item for _, _, per_item in scans):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str) -> None:
@@ -658,8 +685,12 @@ def as_networkx(ct: CompiledTemplate) -> nx.DiGraph:
     return graph
 
 
+_LITERALS = frozenset({int, float, bool, type(None)})
+
+
 def _is_dynamic(value: Any) -> bool:
-    if value is None or type(value) in (int, float, bool):
+    """Whether a bound value holds references or placeholders (else it is a constant)."""
+    if type(value) in _LITERALS:
         return False
     if isinstance(value, Ref):
         return True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "Expr",
@@ -409,23 +409,22 @@ def string_steps(value: Any) -> Iterator[str]:
 
 def uses_item(value: Any) -> bool:
     """Whether a bound value depends on the fan-out item (so it is evaluated per slice)."""
-    return scan(value).uses_item
+    return scan(value)[2]
 
 
-class Scan(NamedTuple):
-    """What validation asks of a bound value, found in one walk of it."""
+#: What validation asks of a bound value, found in one walk of it (see :func:`scan`): its
+#: leaf references (in the order iter_refs() gives them), the placeholder paths in its strings
+#: (in leaf order), and whether it depends on the fan-out item. A plain tuple: one is made per
+#: bound value of every step, and a NamedTuple costs several times as much to build.
+Scan = tuple[Sequence[Ref], Sequence[str], bool]
 
-    refs: Sequence[Ref]  # every leaf reference, in the order iter_refs() gives them
-    paths: Sequence[str]  # the placeholder paths in its strings, in leaf order
-    uses_item: bool  # depends on the fan-out item (evaluated per slice)
-
-
-_NOTHING = Scan((), (), False)
+_NOTHING: Scan = ((), (), False)
+_LEAF_REFS = Ref.refs
 
 
 def scan(value: Any) -> Scan:
-    """The references and placeholders in a bound value (what :func:`iter_refs`,
-    :func:`string_steps` and :func:`uses_item` find), walking it once.
+    """``(references, placeholder paths, uses item)`` of a bound value: what
+    :func:`iter_refs`, :func:`string_steps` and :func:`uses_item` find, in one walk.
 
     Most bound values are a plain literal or one reference: those skip the generic walk,
     which costs microseconds per value and runs for every step of a workflow.
@@ -435,9 +434,9 @@ def scan(value: Any) -> Scan:
         return _NOTHING
     if kind is str:
         return _scan_leaves((value,)) if "{{" in value else _NOTHING
-    if isinstance(value, Ref) and not isinstance(value, Expr | IfExpr):  # a leaf reference
-        refs = tuple(value.refs())
-        return Scan(refs, (), any(isinstance(r, ItemRef) for r in refs))
+    if isinstance(value, Ref) and kind.refs is _LEAF_REFS:
+        # a leaf reference (refs() not overridden: not an expression) is its only reference
+        return (value,), (), isinstance(value, ItemRef)
     return _scan_leaves(_leaves(value))
 
 
@@ -454,7 +453,7 @@ def _scan_leaves(leaves: Iterable[Any]) -> Scan:
     item = any(isinstance(r, ItemRef) for r in refs) or any(
         p.split(".")[0] == "item" for p in paths
     )
-    return Scan(refs, paths, item)
+    return refs, paths, item
 
 
 def safe_condition(text: str, scope: Scope) -> Any:
