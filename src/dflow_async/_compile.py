@@ -200,28 +200,35 @@ class _Compiler:
         for name, oa in tpl.outputs.artifacts.items():
             ct.outputs[name] = (PortInfo("artifacts", oa.type or Any, oa.default), oa.source)
 
-        for step in tpl.steps:
-            prev = self.owner.setdefault(id(step), tpl)
-            if prev is not tpl:
-                self.problem(
-                    f"step {step.name!r} was added to both {prev.name!r} and {tpl.name!r}: "
-                    "create one Step object per use"
-                )
-            if step.name in ct.by_name:
-                self.problem(
-                    f"template {tpl.name!r} has two steps named {step.name!r}: step names must "
-                    "be unique within a template"
-                )
-                continue
-            node = CompiledStep(len(ct.nodes), step.name, step)
-            ct.by_name[step.name] = node.index
-            ct.nodes.append(node)
-        ct.n_steps = len(ct.nodes)
+        self.add_nodes(ct)
+        compile_step = self.step
         for node in list(ct.nodes):
-            self.step(ct, node)
+            compile_step(ct, node)
         self.edges(ct)
         self.template_outputs(ct)
         return ct
+
+    def add_nodes(self, ct: CompiledTemplate) -> None:
+        """A node per step, in order (a Step object in two templates and two steps of one
+        name are reported). Names and attributes are looked up once: this runs per step."""
+        tpl, owner, nodes, by_name = ct.template, self.owner, ct.nodes, ct.by_name
+        for step in tpl.steps:
+            name = step.name
+            prev = owner.setdefault(id(step), tpl)
+            if prev is not tpl:
+                self.problem(
+                    f"step {name!r} was added to both {prev.name!r} and {tpl.name!r}: "
+                    "create one Step object per use"
+                )
+            if name in by_name:
+                self.problem(
+                    f"template {tpl.name!r} has two steps named {name!r}: step names must "
+                    "be unique within a template"
+                )
+                continue
+            by_name[name] = len(nodes)
+            nodes.append(CompiledStep(len(nodes), name, step))
+        ct.n_steps = len(nodes)
 
     # ------------------------------------------------------------------ steps
 
@@ -312,7 +319,10 @@ class _Compiler:
         item_scans: list[Scan] = []
         parameters, artifacts = step.parameters, step.artifacts
         bound = 0  # declared ports bound (each once: a port has one kind)
-        for kind, table in (("parameters", parameters), ("artifacts", artifacts)):
+        tables = [("parameters", parameters)]
+        if artifacts:  # most steps bind none: not even an empty loop for them
+            tables.append(("artifacts", artifacts))
+        for kind, table in tables:
             for port, value in table.items():
                 info = inputs.get(port)
                 if info is None or info.kind != kind:
@@ -387,10 +397,9 @@ class _Compiler:
         where: str,
         sliced: bool,
     ) -> None:
-        idx = ct.by_name.get(ref.step.name)
-        if idx is None or ct.nodes[idx].step is not ref.step:
+        producer = self._producer(ct, ref)
+        if producer is None:
             return  # reported by references()
-        producer = ct.nodes[idx]
         out = producer.outputs.get(ref.name)
         if out is None:
             return  # reported by references() once the producer is compiled
@@ -459,22 +468,14 @@ class _Compiler:
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str) -> None:
-        if isinstance(ref, _InputRef):
-            if ref.template is not ct.template:
-                owner = ref.template.name if ref.template else "no template"
-                self.problem(
-                    f"{where}: refers to input {ref.name!r} of {owner!r}, but the step belongs "
-                    f"to {ct.name!r}; pass the value in as an input of {ct.name!r}"
-                )
-        elif isinstance(ref, OutputRef):
-            idx = ct.by_name.get(ref.step.name)
-            if idx is None or ct.nodes[idx].step is not ref.step:
+        if isinstance(ref, OutputRef):  # the most common: tested first
+            producer = self._producer(ct, ref)
+            if producer is None:
                 self.problem(
                     f"{where}: refers to step {ref.step.name!r}, which is not a step of "
                     f"{ct.name!r} (add it to the same Steps/DAG)"
                 )
                 return
-            producer = ct.nodes[idx]
             if producer.op is None and producer.sub is None:
                 return
             out = producer.outputs.get(ref.name)
@@ -484,6 +485,21 @@ class _Compiler:
                     f"{where}: step {ref.step.name!r} has no output {ref.kind[:-1]} "
                     f"{ref.name!r} (it has: {sorted(kinds) or 'none'})"
                 )
+        elif isinstance(ref, _InputRef) and ref.template is not ct.template:
+            owner = ref.template.name if ref.template else "no template"
+            self.problem(
+                f"{where}: refers to input {ref.name!r} of {owner!r}, but the step belongs "
+                f"to {ct.name!r}; pass the value in as an input of {ct.name!r}"
+            )
+
+    @staticmethod
+    def _producer(ct: CompiledTemplate, ref: OutputRef) -> CompiledStep | None:
+        """The node of the step ``ref`` reads, if that step is in ``ct``."""
+        idx = ct.by_name.get(ref.step.name)
+        if idx is None:
+            return None
+        producer = ct.nodes[idx]
+        return producer if producer.step is ref.step else None
 
     # ------------------------------------------------------------------ edges
 
