@@ -11,6 +11,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class Binding:
 
 
 _NO_PORTS: dict[str, PortInfo] = {}  # a barrier's, or a step's whose OP failed to load
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -77,14 +79,16 @@ class CompiledStep:
     inputs: dict[str, PortInfo]  # may be shared with other steps of the same OP: read-only
     outputs: dict[str, PortInfo]  # likewise
     # precomputed for the scheduler: literal inputs and defaults (copied once per run of the
-    # step), bindings evaluated once per run, bindings evaluated once per fan-out item
+    # step), bindings evaluated once per run, bindings evaluated once per fan-out item.
+    # Tuples, and the shared () when empty, like producers: a container per step that
+    # outlives validation is one more object for every garbage collection to walk.
     const_inputs: dict[str, Any]
-    run_bindings: list[Binding]
-    item_bindings: list[Binding]
+    run_bindings: tuple[Binding, ...]
+    item_bindings: tuple[Binding, ...]
     executor: Any  # a name or an Executor instance
     retry: RetryPolicy | None
     fan_out: bool
-    producers: set[str]  # names of steps it depends on
+    producers: AbstractSet[str]  # names of steps it depends on
     key_per_item: bool  # the key uses the fan-out item: one record per slice
     cache: bool
     has_artifact_outputs: bool
@@ -107,12 +111,12 @@ class CompiledStep:
         self.inputs = _NO_PORTS  # step() sets the template's
         self.outputs = _NO_PORTS
         self.const_inputs = {}
-        self.run_bindings = []
-        self.item_bindings = []
+        self.run_bindings = ()
+        self.item_bindings = ()
         self.executor = None
         self.retry = None
         self.fan_out = False
-        self.producers = set()
+        self.producers = _NO_NAMES
         self.key_per_item = False
         self.cache = False
         self.has_artifact_outputs = False
@@ -315,6 +319,8 @@ class _Compiler:
         sliced = step.slices.sliced_inputs if step.slices else ()
         inputs = node.inputs
         const = node.const_inputs
+        run: list[Binding] = []
+        per_item: list[Binding] = []
         run_scans: list[Scan] = []
         item_scans: list[Scan] = []
         parameters, artifacts = step.parameters, step.artifacts
@@ -341,18 +347,21 @@ class _Compiler:
                         )
                     continue
                 found = scan(value)
-                per_item = found[2]
-                binding = Binding(port, kind, value, per_item)
-                if per_item:
-                    node.item_bindings.append(binding)
+                binding = Binding(port, kind, value, found[2])
+                if binding.per_item:
+                    per_item.append(binding)
                     item_scans.append(found)
                 else:
-                    node.run_bindings.append(binding)
+                    run.append(binding)
                     run_scans.append(found)
                 if isinstance(value, OutputRef):
                     self.producer_type(ct, node, port, info, value, where, port in sliced)
         if bound < len(inputs):  # not every declared input is bound
             self.unbound(node, where)
+        if run:
+            node.run_bindings = tuple(run)
+        if per_item:
+            node.item_bindings = tuple(per_item)
         run_scans += item_scans
         return run_scans
 
@@ -446,7 +455,7 @@ class _Compiler:
         scans = binding_scans
         if when is not None or with_param is not None or key is not None:
             scans = [scan(v) for v in (when, with_param, key) if v is not None] + binding_scans
-        producers = node.producers
+        producers: set[str] = set()
         for refs, paths, _ in scans:
             for ref in refs:
                 self.check_ref(ct, ref, where)
@@ -462,6 +471,8 @@ class _Compiler:
             producers.add(name)
             if name not in by_name:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
+        if producers:
+            node.producers = producers
         if isinstance(with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
         if scans and not node.fan_out and any(per_item for _, _, per_item in scans):
