@@ -275,3 +275,58 @@ def test_bindings_are_sorted_by_whether_they_use_the_item() -> None:
     assert [b.port for b in plain_node.run_bindings] == ["x", "label"]
     assert not plain_node.item_bindings and plain_node.producers == {"a"}
     assert plain_node.const_inputs == {}
+
+
+@op
+def shout(s: str) -> str:
+    return s.upper()
+
+
+@op
+def count(xs: list) -> int:  # type: ignore[type-arg]
+    return len(xs)
+
+
+@pytest.mark.parametrize("producers_first", [True, False], ids=["producers-first", "readers-first"])
+def test_references_are_checked_whatever_order_the_steps_were_added(producers_first: bool) -> None:
+    # a step is compiled in the order it was added; one that reads a step added after it is
+    # checked once that step is compiled, with its output signs and whether it fans out
+    t = Step("t", give_text)
+    fan = Step(
+        "fan",
+        shout,
+        parameters={"s": ["a", "b"]},
+        slices=Slices(input_parameter=["s"], output_parameter=["result"]),
+    )
+    readers = [
+        Step("typed", needs, parameters={"x": t.outputs.parameters["result"], "label": "l"}),
+        Step("unknown", needs, parameters={"x": 1, "label": t.outputs.parameters["nope"]}),
+        Step("kind", takes_file, artifacts={"f": t.outputs.artifacts["result"]}),
+        # a fan-out's output is a list: fine for a list input (not str into list)
+        Step("gather", count, parameters={"xs": fan.outputs.parameters["result"]}),
+    ]
+    dag = DAG("d")
+    dag.add([t, fan, *readers] if producers_first else [*readers, t, fan])
+    found = problems(Workflow("w", dag=dag))
+    assert sorted(found) == [
+        "step d.kind: step 't' has no output artifact 'result' (it has: none)",
+        "step d.typed: input 'x' expects int but step 't' output 'result' is str",
+        "step d.unknown: step 't' has no output parameter 'nope' (it has: ['result'])",
+    ], found
+
+
+def test_a_reference_to_a_later_step_of_an_inner_template_is_checked() -> None:
+    # the checks kept for later belong to the template being compiled, not to the one whose
+    # step uses it
+    inner = DAG("inner")
+    t = Step("t", give_text)
+    inner.add([Step("n", needs, parameters={"x": t.outputs.parameters["result"], "label": "l"}), t])
+    outer = DAG("outer")
+    a = Step("a", give_text)
+    m = Step("m", needs, parameters={"x": a.outputs.parameters["result"], "label": "l"})
+    outer.add([m, Step("sub", inner), a])  # inner compiles while m's check waits for a
+    found = problems(Workflow("w", dag=outer))
+    assert sorted(found) == [
+        "step inner.n: input 'x' expects int but step 't' output 'result' is str",
+        "step outer.m: input 'x' expects int but step 'a' output 'result' is str",
+    ], found

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import networkx as nx
@@ -162,6 +163,11 @@ class _Compiler:
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
         self.literal_keys: dict[str, str] = {}  # key -> "step <template>.<name>" using it
         self._profiles: dict[Any, _OpProfile] = {}
+        # checks of references whose producer was added after the step reading it: they need
+        # the producer compiled (its output signs, whether it fans out), so they wait until
+        # every step of the template is (see template()). Partials, not lambdas: a lambda
+        # would turn the checking functions' locals into cells, a cost on every call.
+        self._later: list[Callable[[], None]] = []
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -205,9 +211,16 @@ class _Compiler:
             ct.outputs[name] = (PortInfo("artifacts", oa.type or Any, oa.default), oa.source)
 
         self.add_nodes(ct)
+        # steps compile in the order they were added, but a DAG step may read one added after
+        # it: those checks are kept (per template: a step's template compiles in the middle of
+        # this loop) and run once every step of this template is compiled
+        outer, self._later = self._later, []
         compile_step = self.step
         for node in list(ct.nodes):
             compile_step(ct, node)
+        later, self._later = self._later, outer
+        for check in later:
+            check()
         self.edges(ct)
         self.template_outputs(ct)
         return ct
@@ -355,7 +368,7 @@ class _Compiler:
                     run.append(binding)
                     run_scans.append(found)
                 if isinstance(value, OutputRef):
-                    self.producer_type(ct, node, port, info, value, where, port in sliced)
+                    self.producer_type(ct, port, info, value, where, port in sliced, node.index)
         if bound < len(inputs):  # not every declared input is bound
             self.unbound(node, where)
         if run:
@@ -399,21 +412,25 @@ class _Compiler:
     def producer_type(
         self,
         ct: CompiledTemplate,
-        node: CompiledStep,
         port: str,
         info: PortInfo,
         ref: OutputRef,
         where: str,
         sliced: bool,
+        reader: int,
     ) -> None:
+        """Whether the type the step ``ref`` reads declares for that output can feed
+        ``port`` (typed ``info``). ``reader`` is as for check_ref()."""
         producer = self._producer(ct, ref)
         if producer is None:
-            return  # reported by references()
-        out = producer.outputs.get(ref.name)
-        if out is None:
-            return  # reported by references() once the producer is compiled
-        if out.kind != ref.kind:
+            return  # reported by check_ref()
+        if producer.index > reader:  # not compiled yet: checked after the template's steps
+            later = partial(self.producer_type, ct, port, info, ref, where, sliced, ct.n_steps)
+            self._later.append(later)
             return
+        out = producer.outputs.get(ref.name)
+        if out is None or out.kind != ref.kind:
+            return  # reported by check_ref()
         produced: Any = out.type
         if producer.fan_out:
             produced = list[produced]
@@ -458,7 +475,7 @@ class _Compiler:
         producers: set[str] = set()
         for refs, paths, _ in scans:
             for ref in refs:
-                self.check_ref(ct, ref, where)
+                self.check_ref(ct, ref, where, node.index)
                 if isinstance(ref, OutputRef):
                     producers.add(ref.step.name)
             for name in path_steps(paths) if paths else ():
@@ -478,7 +495,9 @@ class _Compiler:
         if scans and not node.fan_out and any(per_item for _, _, per_item in scans):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
-    def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str) -> None:
+    def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str, reader: int) -> None:
+        """``reader``: the index of the node reading ``ref``; the steps up to it are compiled
+        (all of them for ``ct.n_steps``)."""
         if isinstance(ref, OutputRef):  # the most common: tested first
             producer = self._producer(ct, ref)
             if producer is None:
@@ -487,8 +506,11 @@ class _Compiler:
                     f"{ct.name!r} (add it to the same Steps/DAG)"
                 )
                 return
-            if producer.op is None and producer.sub is None:
+            if producer.index > reader:  # not compiled yet: checked after the template's steps
+                self._later.append(partial(self.check_ref, ct, ref, where, ct.n_steps))
                 return
+            if producer.op is None and producer.sub is None:
+                return  # its OP failed to load (reported): its outputs are unknown
             out = producer.outputs.get(ref.name)
             if out is None or out.kind != ref.kind:
                 kinds = [n for n, i in producer.outputs.items() if i.kind == ref.kind]
@@ -584,7 +606,7 @@ class _Compiler:
                     f"{where}: has neither a source (value_from_parameter/_from) nor a default"
                 )
             for ref in iter_refs(source):
-                self.check_ref(ct, ref, where)
+                self.check_ref(ct, ref, where, ct.n_steps)
             for step_name in string_steps(source):
                 if step_name not in ct.by_name:
                     self.problem(f"{where}: placeholder refers to unknown step {step_name!r}")
