@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing
 from pathlib import Path
 
 import anyio
@@ -875,3 +876,45 @@ def test_template_output_with_only_a_default() -> None:
     wf.add(call)
     wf.add(Step("use", ident, parameters={"x": call.outputs.parameters["fixed"]}))
     assert wf.run().query_step(name="use")[0].outputs.parameters["result"] == 42
+
+
+class Sized(typing.Protocol):  # not @runtime_checkable: isinstance refuses it
+    def size(self) -> int: ...
+
+
+class Box:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def size(self) -> int:
+        return self.n
+
+
+@op
+def make_sized(n: int) -> Sized:
+    return Box(n)
+
+
+@op
+def total_size(one: Sized, many: list[Sized], maybe: Sized | None = None) -> int:
+    return one.size() + sum(b.size() for b in many) + (maybe.size() if maybe else 0)
+
+
+def test_protocol_typed_ports_run() -> None:
+    # a Protocol annotation cannot be checked on a value at run time (structural): values
+    # pass, in validation (is_compatible) and in the run-time check of inputs and outputs
+    dag = DAG("d")
+    made = Step("made", make_sized, parameters={"n": 3})
+    use = Step(
+        "use",
+        total_size,
+        parameters={
+            "one": made.outputs.parameters["result"],
+            "many": [Box(1), made.outputs.parameters["result"]],
+            "maybe": Box(10),
+        },
+    )
+    dag.add([use, made])
+    result = Workflow("proto", dag=dag, executor="inline").run()
+    assert result.status == "Succeeded"
+    assert result.query_step(name="use")[0].outputs.parameters["result"] == 17

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,76 @@ def test_a_reference_to_a_later_step_of_an_inner_template_is_checked() -> None:
         "step inner.n: input 'x' expects int but step 't' output 'result' is str",
         "step outer.m: input 'x' expects int but step 'a' output 'result' is str",
     ], found
+
+
+class Sized(typing.Protocol):  # not @runtime_checkable: neither isinstance nor issubclass work
+    def size(self) -> int: ...
+
+
+class Named(typing.Protocol):
+    name: str
+
+
+@typing.runtime_checkable
+class HasName(typing.Protocol):  # runtime checkable, but a data member refuses issubclass
+    name: str
+
+
+class Box:
+    name = "box"
+
+    def size(self) -> int:
+        return 1
+
+
+@op
+def make_sized() -> Sized:
+    return Box()
+
+
+@op
+def make_box() -> Box:
+    return Box()
+
+
+@op
+def use_sized(b: Sized) -> int:
+    return b.size()
+
+
+@op
+def use_named(b: Named) -> str:
+    return b.name
+
+
+@op
+def use_has_name(b: HasName) -> str:
+    return b.name
+
+
+def test_protocol_typed_ports_validate() -> None:
+    dag = DAG("d")
+    sized, box = Step("sized", make_sized), Step("box", make_box)
+    dag.add([sized, box])
+    dag.add(
+        [
+            # the same Protocol on both sides
+            Step("same", use_sized, parameters={"b": sized.outputs.parameters["result"]}),
+            # a class into a Protocol, or one Protocol into another: issubclass cannot tell,
+            # so no mismatch can be proven
+            Step("into", use_sized, parameters={"b": box.outputs.parameters["result"]}),
+            Step("other", use_named, parameters={"b": sized.outputs.parameters["result"]}),
+            Step("data", use_has_name, parameters={"b": box.outputs.parameters["result"]}),
+            Step("literal", use_sized, parameters={"b": Box()}),
+        ]
+    )
+    Workflow("w", dag=dag).validate()
+
+
+def test_is_compatible_does_not_raise_for_protocols() -> None:
+    from dflow_async._types import is_compatible
+
+    assert is_compatible(Sized, Sized)
+    assert is_compatible(Box, Sized) and is_compatible(Sized, Named)
+    assert is_compatible(Box, HasName)
+    assert not is_compatible(str, int)  # plain classes are still judged

@@ -103,7 +103,7 @@ def is_compatible(produced: Any, consumed: Any) -> bool:
         pass
     except TypeError:  # an unhashable annotation: not cached
         return _is_compatible(produced, consumed)
-    answer = _is_compatible(produced, consumed)  # an error (issubclass) is raised, not cached
+    answer = _is_compatible(produced, consumed)
     if len(_COMPATIBLE) >= _COMPATIBLE_MAX:
         _COMPATIBLE.clear()
     _COMPATIBLE[pair] = answer
@@ -111,6 +111,8 @@ def is_compatible(produced: Any, consumed: Any) -> bool:
 
 
 def _is_compatible(produced: Any, consumed: Any) -> bool:
+    if produced is consumed:  # also spares issubclass a Protocol it would refuse to check
+        return True
     if produced is Any or consumed is Any or produced is None or consumed is None:
         return True
     if not (isinstance(produced, type) and isinstance(consumed, type)):
@@ -123,7 +125,13 @@ def _is_compatible(produced: Any, consumed: Any) -> bool:
         return True
     if _is_typeddict(consumed):
         return produced is dict or _is_typeddict(produced)
-    return issubclass(produced, consumed)
+    try:
+        return issubclass(produced, consumed)
+    except TypeError:
+        # a Protocol that is not @runtime_checkable (or has data members) refuses
+        # issubclass: a mismatch cannot be proven, so the edge is accepted like any other
+        # annotation validation cannot judge
+        return True
 
 
 def _is_typeddict(tp: Any) -> bool:
