@@ -5,7 +5,7 @@ an OP starts (a simulation binary) is captured too. In threads and in the event 
 descriptors are shared, so ``sys.stdout``/``sys.stderr`` are replaced once by routers that send
 each write to the log of the attempt whose context is current (context variables follow
 threads and asyncio tasks alike); writes outside an attempt go where they always went. The
-log file is opened on the first write, so quiet OPs cost nothing.
+log (its object as well as its file) is made on the first write, so quiet OPs cost nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from dflow_async._op import _current
+from dflow_async._op import StepContext, _current
 from dflow_async._store_local import ensure_dir
 
-__all__ = ["attempt_log", "capture_fds", "log_path"]
+__all__ = ["capture_fds", "log_path", "route_std_streams"]
 
 _install_lock = threading.Lock()
 
@@ -70,14 +70,20 @@ class _Router(io.TextIOBase):
         self._original = original
 
     def write(self, text: str) -> int:
-        log = _current_log()
-        if log is not None:
-            return log.write(text)
-        return self._original.write(text)
+        ctx = _current.get(None)
+        if ctx is None or ctx.log_workdir is None:  # outside an attempt, or fds captured
+            return self._original.write(text)
+        log: _LazyLog | None = ctx.log
+        if log is None:
+            log = _attempt_log(ctx)
+        return log.write(text)
 
     def flush(self) -> None:
-        log = _current_log()
-        (log if log is not None else self._original).flush()
+        ctx = _current.get(None)
+        if ctx is None or ctx.log_workdir is None:
+            self._original.flush()
+        elif ctx.log is not None:  # else nothing was written: nothing to flush
+            ctx.log.flush()
 
     def fileno(self) -> int:
         return self._original.fileno()
@@ -109,18 +115,23 @@ def capture_fds(workdir: str, stage: str | None = None) -> Iterator[None]:
     yield from _capture_fds(path, stage or path)
 
 
-def attempt_log(workdir: str) -> _LazyLog:
-    """The log of an attempt in a thread or the event loop, where descriptors are shared:
-    ``sys.stdout``/``sys.stderr`` writes reach it while a :class:`StepContext` carrying it
-    is current. Close it when the attempt ends."""
-    if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
+def route_std_streams() -> None:
+    """Have ``sys.stdout``/``sys.stderr`` writes reach the log of the attempt (in a thread or
+    the event loop, where descriptors are shared) whose :class:`StepContext` is current and
+    has a ``log_workdir``. Call it before each attempt: anyone may have replaced the streams
+    since (``contextlib.redirect_stdout``, a test's capture). The worker closes
+    ``StepContext.log``, if it was opened, when the attempt ends."""
+    if type(sys.stdout) is not _Router or type(sys.stderr) is not _Router:
         _install()
-    return _LazyLog(log_path(workdir))
 
 
-def _current_log() -> _LazyLog | None:
-    ctx = _current.get(None)
-    return None if ctx is None else ctx.log
+def _attempt_log(ctx: StepContext) -> _LazyLog:
+    assert ctx.log_workdir is not None
+    with _open_lock:  # threads the OP started may print at the same moment
+        if ctx.log is None:
+            ctx.log = _LazyLog(log_path(ctx.log_workdir))
+        log: _LazyLog = ctx.log
+    return log
 
 
 def _capture_fds(path: str, stage: str) -> Iterator[None]:

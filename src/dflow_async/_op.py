@@ -148,8 +148,10 @@ class StepContext:
     slice_index: int | None
     run_id: str
     # where sys.stdout/sys.stderr writes of this attempt go (see _capture): carried here so
-    # that an attempt sets one context variable, not two
+    # that an attempt sets one context variable, not two. Opened on the first write, into
+    # ``log_workdir``'s log: most attempts print nothing, and then no log object is built.
     log: Any = field(default=None, repr=False, compare=False)
+    log_workdir: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def workdir(self) -> Path:

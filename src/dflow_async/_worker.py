@@ -24,8 +24,8 @@ from typing import Any
 
 import anyio
 
-from dflow_async._capture import attempt_log
 from dflow_async._capture import capture_fds as fd_capture
+from dflow_async._capture import route_std_streams
 from dflow_async._op import (
     OP,
     OPIO,
@@ -63,6 +63,8 @@ def run_attempt(
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
+        if not capture_fds:
+            route_std_streams()  # once per attempt, not per slice
         scratch = chdir and bool(spec.run_dir)
         for piece in spec.slices:
             if scratch:
@@ -99,21 +101,18 @@ def _run_slice(
 ) -> dict[str, Any]:
     op: OP = spec.op
     inputs = _check_inputs(plan, piece, spec.store, where)
-    if capture_fds:
-        token = _current.set(_context(spec, piece, where, None))
-        try:
+    ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
+    token = _current.set(ctx)
+    try:
+        if capture_fds:
             with fd_capture(piece.workdir, stage):
                 result = _execute(op, inputs)
-        finally:
-            _current.reset(token)
-    else:
-        log = attempt_log(piece.workdir)
-        token = _current.set(_context(spec, piece, where, log))
-        try:
+        else:
             result = _execute(op, inputs)
-        finally:
-            _current.reset(token)
-            log.close()
+    finally:
+        _current.reset(token)
+        if ctx.log is not None:
+            ctx.log.close()
     return _check_outputs(plan, result, piece, where, type(op) is FunctionOP)
 
 
@@ -137,6 +136,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(op)
+        route_std_streams()
         # exactly FunctionOP: subclasses (adapters) may override execute()
         function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
@@ -150,8 +150,8 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                 inputs = check_opio(
                     plan.inputs, piece.inputs, op=plan.name, direction="input", copy=False
                 )
-            log = attempt_log(piece.workdir)
-            token = _current.set(_context(spec, piece, piece.workdir, log))
+            ctx = _context(spec, piece, piece.workdir, piece.workdir)
+            token = _current.set(ctx)
             try:
                 if function_op is not None:  # skip execute()'s wrapper coroutine
                     value = function_op.fn(**inputs)
@@ -166,7 +166,8 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                         result = await result
             finally:
                 _current.reset(token)
-                log.close()
+                if ctx.log is not None:
+                    ctx.log.close()
             values = _check_outputs(plan, result, piece, None, fresh)
             if io:
                 values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
@@ -180,9 +181,15 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _context(spec: AttemptSpec, piece: SliceInput, where: str, log: Any) -> StepContext:
+def _context(
+    spec: AttemptSpec, piece: SliceInput, where: str, log_workdir: str | None
+) -> StepContext:
+    """The attempt's context; printed output goes to ``log_workdir``'s log (None: the file
+    descriptors are captured instead), opened on the first write."""
     # positional: keywords cost more than the rest of this call
-    return StepContext(where, spec.step, spec.key, spec.attempt, piece.index, spec.run_id, log)
+    return StepContext(
+        where, spec.step, spec.key, spec.attempt, piece.index, spec.run_id, None, log_workdir
+    )
 
 
 def _has_big(values: dict[str, Any]) -> bool:
