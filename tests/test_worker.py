@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dflow_async import current_context, op
-from dflow_async._spec import AttemptOutcome, AttemptSpec, SliceInput, Succeeded
+import pytest
+
+from dflow_async import OP, OPIO, OPIOSign, SignatureError, current_context, op
+from dflow_async._op import check_opio, port_plan
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async._worker import run_attempt, thread_owns_cwd
 
 
@@ -45,6 +48,77 @@ def attempt(tmp_path: Path, the_op: Any, inputs: dict[str, Any], name: str = "a"
 def run(tmp_path: Path, the_op: Any, inputs: dict[str, Any], name: str = "a") -> AttemptOutcome:
     spec = attempt(tmp_path, the_op, inputs, name)
     return in_worker_thread(lambda: run_attempt(spec, chdir=True))  # type: ignore[no-any-return]
+
+
+@op
+def add(x: int, y: int = 5) -> int:
+    return x + y
+
+
+@op
+def says(x: Any) -> str:
+    return x  # type: ignore[no-any-return]
+
+
+def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path) -> None:
+    out = run(tmp_path, add, {"x": 1, "y": 2})
+    assert isinstance(out, Succeeded) and out.outputs == ({"result": 3},)
+    out = run(tmp_path, add, {"x": 1})  # a default filled in
+    assert isinstance(out, Succeeded) and out.outputs == ({"result": 6},)
+    out = run(tmp_path, add, {"x": True, "y": 1})  # a bool is an int: accepted, not exact
+    assert isinstance(out, Succeeded) and out.outputs == ({"result": 2},)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "direction"),
+    [
+        ({"x": "one", "y": 2}, "input"),  # wrong type
+        ({"x": 1, "y": 2, "z": 3}, "input"),  # undeclared
+        ({"y": 2}, "input"),  # missing
+        ({"x": 1, "y": 2}, None),
+    ],
+)
+def test_signature_errors_read_as_check_opio_words_them(
+    tmp_path: Path, inputs: dict[str, Any], direction: str | None
+) -> None:
+    plan = port_plan(add)
+    out = run(tmp_path, add, inputs)
+    if direction is None:
+        assert out.ok
+        return
+    with pytest.raises(SignatureError) as expected:
+        check_opio(plan.inputs, inputs, op=plan.name, direction=direction)
+    assert isinstance(out, Failed) and out.kind == "fatal"
+    assert out.error == f"SignatureError: {expected.value}"
+
+
+def test_outputs_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    out = run(tmp_path, says, {"x": 3})
+    assert isinstance(out, Failed) and out.kind == "fatal"
+    assert "output parameter 'result' expects str, got int (3)" in out.error
+    out = run(tmp_path, says, {"x": "fine"})
+    assert isinstance(out, Succeeded) and out.outputs == ({"result": "fine"},)
+
+
+class Doubles(OP):
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"y": int})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO(y=op_in["x"] * 2)
+
+
+def test_a_class_ops_outputs_come_back_as_a_plain_dict_of_its_own(tmp_path: Path) -> None:
+    inputs = {"x": 4}
+    out = run(tmp_path, Doubles(), inputs)
+    assert isinstance(out, Succeeded) and out.outputs == ({"y": 8},)
+    assert type(out.outputs[0]) is dict
+    assert inputs == {"x": 4}  # the given inputs are never written to
 
 
 def test_printing_opens_the_attempts_log_and_silence_opens_nothing(tmp_path: Path) -> None:

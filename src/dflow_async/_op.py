@@ -375,6 +375,9 @@ class PortPlan(typing.NamedTuple):
     in_artifacts: tuple[str, ...]
     out_artifacts: tuple[str, ...]
     out_big: tuple[str, ...]  # BigParameter outputs: stored, passed by reference
+    # (port, declared type) pairs, for the per-attempt fast check (see exactly_typed)
+    in_types: tuple[tuple[str, Any], ...]
+    out_types: tuple[tuple[str, Any], ...]
 
 
 _PLANS: dict[type, PortPlan] = {}
@@ -404,7 +407,22 @@ def _make_plan(op: OP) -> PortPlan:
         in_artifacts=tuple(n for n, p in inputs.items() if isinstance(p, Artifact)),
         out_artifacts=tuple(n for n, p in outputs.items() if isinstance(p, Artifact)),
         out_big=tuple(n for n, p in outputs.items() if isinstance(p, BigParameter)),
+        in_types=tuple((n, p.type) for n, p in inputs.items()),
+        out_types=tuple((n, p.type) for n, p in outputs.items()),
     )
+
+
+def exactly_typed(types: tuple[tuple[str, Any], ...], values: Mapping[str, Any]) -> bool:
+    """Whether ``values`` has every port of ``types`` and nothing else, each value of exactly
+    the declared class: the common case, which :func:`check_opio` would pass unchanged (it
+    fills no default and needs no message)."""
+    if len(values) != len(types):
+        return False
+    # a loop, not all(<generator>): this runs twice per attempt, and the generator costs more
+    for name, tp in types:  # noqa: SIM110
+        if name not in values or type(values[name]) is not tp:
+            return False
+    return True
 
 
 def op_name(op: OP) -> str:

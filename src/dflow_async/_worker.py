@@ -35,6 +35,7 @@ from dflow_async._op import (
     _current,
     artifact_paths,
     check_opio,
+    exactly_typed,
     port_plan,
 )
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
@@ -100,7 +101,13 @@ def _run_slice(
     stage: str | None,
 ) -> dict[str, Any]:
     op: OP = spec.op
-    inputs = _check_inputs(plan, piece, spec.store, where)
+    inputs = piece.inputs
+    # The common case, checked in one pass: no artifact ports, and every value of exactly its
+    # port's declared class (so no default to fill in, and no BigValue to load: no port
+    # declares that internal class). The inputs are then passed as given, as check_opio
+    # would pass them: the call below unpacks (or OPIO-wraps) them into a new dict.
+    if plan.in_artifacts or not exactly_typed(plan.in_types, inputs):
+        inputs = _check_inputs(plan, piece, spec.store, where)
     ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
     token = _current.set(ctx)
     try:
@@ -113,7 +120,11 @@ def _run_slice(
         _current.reset(token)
         if ctx.log is not None:
             ctx.log.close()
-    return _check_outputs(plan, result, piece, where, type(op) is FunctionOP)
+    fresh = type(op) is FunctionOP  # then _execute made a new plain dict
+    if fresh and not plan.out_artifacts and exactly_typed(plan.out_types, result):
+        values: dict[str, Any] = result  # as check_opio(copy=False) would give it
+        return values
+    return _check_outputs(plan, result, piece, where, fresh)
 
 
 def _execute(op: OP, inputs: dict[str, Any]) -> Any:
