@@ -121,6 +121,18 @@ def test_a_class_ops_outputs_come_back_as_a_plain_dict_of_its_own(tmp_path: Path
     assert inputs == {"x": 4}  # the given inputs are never written to
 
 
+def test_a_plain_op_that_returns_an_awaitable_is_awaited(tmp_path: Path) -> None:
+    async def later(x: int) -> int:
+        return x + 1
+
+    @op
+    def deferred(x: int) -> int:
+        return later(x)  # type: ignore[return-value]
+
+    out = run(tmp_path, deferred, {"x": 1})
+    assert isinstance(out, Succeeded) and out.outputs == ({"result": 2},)
+
+
 def test_printing_opens_the_attempts_log_and_silence_opens_nothing(tmp_path: Path) -> None:
     seen: dict[str, Any] = {}
 

@@ -60,36 +60,47 @@ def run_attempt(
     safe in a worker process, or in a thread that called :func:`thread_owns_cwd`.
     ``capture_fds`` (worker processes) sends file descriptors 1/2 to the attempt's log."""
     start = time.perf_counter()
-    op: OP = spec.op
     outputs: list[dict[str, Any]] = []
     try:
-        plan = port_plan(op)
+        plan = port_plan(spec.op)
         if not capture_fds:
             route_std_streams()  # once per attempt, not per slice
         scratch = chdir and bool(spec.run_dir)
+        commits = spec.store is not None and bool(plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
             if scratch:
-                # This thread's (or process's) fresh scratch directory; if the OP leaves
-                # anything there, it is renamed to the slice's work dir afterwards. Most OPs
-                # write nothing, and a mkdir per step would cost more than the step.
-                found = _scratch_dir(spec.run_dir)
-                where = found.path
-                os.fchdir(found.fd)  # the thread owns its cwd: nothing to restore
-                try:
-                    values = _run_slice(spec, piece, plan, where, capture_fds, f"{where}.log")
-                except BaseException:
-                    # what a failed attempt wrote is its own, never the next attempt's
-                    _settle(found, spec.run_dir, piece.workdir, quiet=True)
-                    raise
-                if _settle(found, spec.run_dir, piece.workdir):
-                    values = _relocate(values, where, piece.workdir, plan)
+                values = _run_in_scratch(spec, piece, plan, capture_fds)
             else:
                 with _in_dir(piece.workdir, chdir):
                     values = _run_slice(spec, piece, plan, piece.workdir, capture_fds, None)
-            outputs.append(_commit_outputs(spec, plan, values))
+            outputs.append(_commit_outputs(spec, plan, values) if commits else values)
     except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
+
+
+def _run_in_scratch(
+    spec: AttemptSpec, piece: SliceInput, plan: PortPlan, capture_fds: bool
+) -> dict[str, Any]:
+    # This thread's (or process's) fresh scratch directory; if the OP leaves anything there,
+    # it is renamed to the slice's work dir afterwards. Most OPs write nothing, and a mkdir
+    # per step would cost more than the step.
+    found = _scratch_dir(spec.run_dir)
+    where = found.path
+    os.fchdir(found.fd)  # the thread owns its cwd: nothing to restore
+    try:
+        values = _run_slice(
+            spec, piece, plan, where, capture_fds, f"{where}.log" if capture_fds else None
+        )
+    except BaseException:
+        # what a failed attempt wrote is its own, never the next attempt's
+        _settle(found, spec.run_dir, piece.workdir, quiet=True)
+        raise
+    if found.untouched():  # the common case: one fstat, and nothing to move
+        return values
+    if _settle(found, spec.run_dir, piece.workdir):
+        values = _relocate(values, where, piece.workdir, plan)
+    return values
 
 
 def _run_slice(
@@ -127,15 +138,20 @@ def _run_slice(
     return _check_outputs(plan, result, piece, where, fresh)
 
 
+# Values of these exact classes are never awaitable: no need to ask inspect.isawaitable(),
+# whose ABC check costs more than a no-op OP.
+_NOT_AWAITABLE = frozenset({int, float, str, bytes, bool, type(None), dict, list, tuple})
+
+
 def _execute(op: OP, inputs: dict[str, Any]) -> Any:
     """The OP's outputs: a new plain dict for plain function OPs, else what execute() gave."""
     if type(op) is FunctionOP:  # exactly: adapters subclass it and override execute()
         value = op.fn(**inputs)  # no OPIO built only to be unpacked again
-        if inspect.isawaitable(value):
+        if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
             value = asyncio.run(_await(value))
         return op._outputs_of(value)
     result = op.execute(OPIO(inputs))
-    if inspect.isawaitable(result):
+    if type(result) not in _NOT_AWAITABLE and inspect.isawaitable(result):
         result = asyncio.run(_await(result))
     return result
 
