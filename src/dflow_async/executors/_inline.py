@@ -90,17 +90,21 @@ class InlineExecutor(Executor):
             future.cancel()
             raise
 
-    def start_nowait(self, spec: AttemptSpec, done: Continuation) -> bool:
-        """The scheduler's fast lane for plain OPs: no task and no future per attempt.
-        ``done`` is called with the outcome *in the worker thread* that ran the attempt and
-        returns the attempts to run next as ``(spec, done)`` pairs, which this thread (or
-        another idle one) takes next without a trip through the event loop. False (nothing
-        queued) for async OPs."""
-        if _is_async(spec.op):
-            return False
-        self._ensure_open()
-        self._enqueue(spec, done)
-        return True
+    def start_nowait(self, spec: AttemptSpec, done: Continuation) -> None:
+        """The scheduler's fast lane for plain OPs (it checks that once per step, not here
+        per attempt): no task and no future per attempt. ``done`` is called with the outcome
+        *in the worker thread* that ran the attempt and returns the attempts to run next as
+        ``(spec, done)`` pairs, which this thread (or another idle one) takes next without a
+        trip through the event loop."""
+        if self._state != "open":
+            self._ensure_open()
+        self._queue.put((spec, done))
+        if not self._threads:
+            self._spawn()
+        elif not self._grow_pending and self._queue.qsize() > self._idle:
+            self._grow_pending = True
+            assert self._loop is not None
+            self._loop.call_later(_GROW_AFTER, self._maybe_grow)
 
     # --------------------------------------------------------------- interface
 
@@ -137,24 +141,23 @@ class InlineExecutor(Executor):
 
     # --------------------------------------------------------------- threads
 
-    def _enqueue(self, spec: AttemptSpec, sink: Any = None) -> Any:
-        """Queue an attempt; its outcome goes to ``sink``: a future (delivered on the loop;
-        a new one if None) or a continuation (called in the worker thread)."""
+    def _enqueue(self, spec: AttemptSpec, future: Any = None) -> Any:
+        """Queue an attempt whose outcome goes to ``future`` (a new one if None), delivered
+        on the loop."""
         assert self._loop is not None
-        if sink is None:
-            sink = self._loop.create_future()
-        self._queue.put((spec, sink))
-        if isinstance(sink, asyncio.Future):
-            self._out += 1
-            if not self._collect_pending:
-                self._collect_pending = True
-                self._loop.call_later(_COLLECT_EVERY, self._collect)
+        if future is None:
+            future = self._loop.create_future()
+        self._queue.put((spec, future))
+        self._out += 1
+        if not self._collect_pending:
+            self._collect_pending = True
+            self._loop.call_later(_COLLECT_EVERY, self._collect)
         if not self._threads:
             self._spawn()
         elif not self._grow_pending and self._queue.qsize() > self._idle:
             self._grow_pending = True
             self._loop.call_later(_GROW_AFTER, self._maybe_grow)
-        return sink
+        return future
 
     def _watch_growth(self) -> None:
         assert self._loop is not None
