@@ -168,10 +168,11 @@ def test_cancelling_a_run_stops_a_chain_advancing_in_a_worker_thread() -> None:
         )
         steps.add(prev)
     wf = Workflow("ticks", steps=steps)
+    events: list[tuple[str, str]] = []
 
     async def main() -> bool:
         with anyio.move_on_after(0.3) as scope:
-            await wf.arun(journal=False)
+            await wf.arun(journal=False, on_event=lambda k, rec, f: events.append((k, rec.name)))
         return scope.cancelled_caught
 
     assert anyio.run(main) is True
@@ -180,3 +181,8 @@ def test_cancelling_a_run_stops_a_chain_advancing_in_a_worker_thread() -> None:
     assert 0 < at_cancel < 500
     # the attempt running when the run was cancelled may finish; nothing starts after it
     assert len(ran) <= at_cancel + 1
+    # the hook heard the end of every step it heard start, the cancelled one included
+    started = [name for kind, name in events if kind == "started"]
+    ended = {name: kind for kind, name in events if kind in ("succeeded", "cancelled")}
+    assert started and all(name in ended for name in started)
+    assert ended[started[-1]] == "cancelled"

@@ -333,6 +333,8 @@ async def execute(
                 with shell.lock:  # worker threads may be advancing the run right now
                     shell.closed = True
                     state.cancel()
+                if isinstance(state.on_event, _OnLoop):
+                    state.on_event.drain()  # the loop may not come round to it any more
             if recorder is not None:
                 with anyio.CancelScope(shield=True), contextlib.suppress(JournalError):
                     await anyio.to_thread.run_sync(recorder.flush_now, "Cancelled")
