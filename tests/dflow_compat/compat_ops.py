@@ -107,6 +107,26 @@ class FailIf(OP):
         return OPIO({"x": op_in["x"]})
 
 
+class WriteUnlessBad(OP):
+    """Writes ``out/<x>.txt`` and returns it; fails when ``x`` is in ``bad``."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": int, "bad": Parameter(list, default=[])})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"out": Artifact(Path)})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        if op_in["x"] in op_in["bad"]:
+            raise ValueError(f"bad x {op_in['x']}")
+        out = Path("out") / f"{op_in['x']}.txt"
+        out.parent.mkdir()
+        out.write_text(f"x={op_in['x']}")
+        return OPIO({"out": out})
+
+
 class Files(OP):
     """Writes ``n`` files ``task.<i>/data.txt`` and returns them as a list artifact."""
 

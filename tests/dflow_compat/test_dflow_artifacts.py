@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compat_ops import Cat, Files
+from compat_ops import Cat, Files, WriteUnlessBad
 
 from dflow_async.dflow import Step, Workflow, download_artifact, upload_artifact
-from dflow_async.dflow.python import PythonOPTemplate
+from dflow_async.dflow.python import PythonOPTemplate, Slices
 from dflow_async.exceptions import ArtifactError
 
 
@@ -48,6 +48,28 @@ def test_download_a_list_artifact_keeps_each_relative_path() -> None:
     (one,) = download_artifact(step.outputs.artifacts["files"], slice=1, path="one")
     assert one == "one/task.1/data.txt"
     assert step.outputs.parameters["names"].value == ["task.0/data.txt", "task.1/data.txt"]
+
+
+def test_download_a_fan_out_artifact_with_failed_slices() -> None:
+    fan = Step(
+        "fan",
+        PythonOPTemplate(
+            WriteUnlessBad,
+            slices=Slices("{{item}}", input_parameter=["x"], output_artifact=["out"]),
+        ),
+        parameters={"x": [0, 1, 2], "bad": [1]},
+        with_param=[0, 1, 2],
+        continue_on_failed=True,
+    )
+    wf = run(fan)
+    (step,) = wf.query_step(name="fan")
+    # the failed slice has no file: the others are copied, each at its relative name
+    got = download_artifact(step.outputs.artifacts["out"], path="dl")
+    assert got == ["dl/out/0.txt", "dl/out/2.txt"]
+    assert Path(got[1]).read_text() == "x=2"
+    assert download_artifact(step.outputs.artifacts["out"], slice=1, path="one") == []
+    (two,) = download_artifact(step.outputs.artifacts["out"], slice=2, path="two")
+    assert Path(two).read_text() == "x=2"
 
 
 def test_a_list_artifact_into_a_path_input_is_one_directory() -> None:
