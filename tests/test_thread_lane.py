@@ -26,12 +26,13 @@ def plus1(x: int = 0) -> int:
     return x + 1
 
 
-def chain(name: str, n: int) -> Workflow:
+def chain(name: str, n: int, template: object = plus1) -> Workflow:
+    """Steps s0..s<n-1>, each given the previous one's result (s0 gets 0)."""
     steps = Steps(name)
     prev = None
     for i in range(n):
         x = prev.outputs.parameters["result"] if prev is not None else 0
-        prev = Step(f"s{i}", plus1, parameters={"x": x})
+        prev = Step(f"s{i}", template, parameters={"x": x})
         steps.add(prev)
     return Workflow(name, steps=steps)
 
@@ -137,14 +138,7 @@ def test_a_failing_plain_step_stops_the_chain_after_it() -> None:
             raise ValueError("three is bad")
         return x + 1
 
-    steps = Steps("fails")
-    prev = None
-    for i in range(6):
-        prev = Step(
-            f"s{i}", step, parameters={"x": prev.outputs.parameters["result"] if prev else 0}
-        )
-        steps.add(prev)
-    result = Workflow("fails", steps=steps).run(journal=False)
+    result = chain("fails", 6, step).run(journal=False)
     assert result.status == "Failed"
     assert ran == [0, 1, 2, 3]
     assert [r.phase for r in result.records] == ["Succeeded"] * 3 + ["Failed"]
@@ -160,14 +154,7 @@ def test_cancelling_a_run_stops_a_chain_advancing_in_a_worker_thread() -> None:
         time.sleep(0.01)
         return x + 1
 
-    steps = Steps("ticks")
-    prev = None
-    for i in range(500):
-        prev = Step(
-            f"t{i}", tick, parameters={"x": prev.outputs.parameters["result"] if prev else 0}
-        )
-        steps.add(prev)
-    wf = Workflow("ticks", steps=steps)
+    wf = chain("ticks", 500, tick)
     events: list[tuple[str, str]] = []
 
     async def main() -> bool:
