@@ -294,13 +294,11 @@ def _mark_lanes(root: Any, executors: dict[Any, Executor]) -> None:
         for node in ct.nodes:
             if node.op is not None:
                 executor = executors.get(node.executor)
-                inline = isinstance(executor, InlineExecutor)
-                node.inline_async = inline and _is_async(node.op)
+                is_async = _is_async(node.op)
+                node.inline_async = is_async and isinstance(executor, InlineExecutor)
                 takes_continuations = getattr(executor, "start_nowait", None) is not None
-                plain = not node.inline_async and not _is_async(node.op)
-                node.thread_lane = (
-                    executor if takes_continuations and plain and not node.cache else None
-                )
+                lane = takes_continuations and not is_async and not node.cache
+                node.thread_lane = executor if lane else None
 
 
 async def execute(
