@@ -85,7 +85,10 @@ def _run_in_scratch(
     # This thread's (or process's) fresh scratch directory; if the OP leaves anything there,
     # it is renamed to the slice's work dir afterwards. Most OPs write nothing, and a mkdir
     # per step would cost more than the step.
-    found = _scratch_dir(spec.run_dir)
+    dirs = _scratch.__dict__.get("dirs")  # _scratch_dir(), looked up here: this runs per step
+    found = dirs.get(spec.run_dir) if dirs else None
+    if found is None:
+        found = _scratch_dir(spec.run_dir)
     where = found.path
     os.fchdir(found.fd)  # the thread owns its cwd: nothing to restore
     try:
@@ -96,7 +99,7 @@ def _run_in_scratch(
         # what a failed attempt wrote is its own, never the next attempt's
         _settle(found, spec.run_dir, piece.workdir, quiet=True)
         raise
-    if found.untouched():  # the common case: one fstat, and nothing to move
+    if os.fstat(found.fd).st_mtime_ns == 0:  # untouched(), the common case: nothing to move
         return values
     if _settle(found, spec.run_dir, piece.workdir):
         values = _relocate(values, where, piece.workdir, plan)
@@ -119,12 +122,29 @@ def _run_slice(
     # would pass them: the call below unpacks (or OPIO-wraps) them into a new dict.
     if plan.in_artifacts or not exactly_typed(plan.in_types, inputs):
         inputs = _check_inputs(plan, piece, spec.store, where)
-    ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
+    # the attempt's context (positional: keywords cost more than the rest of this call);
+    # printed output goes to the work dir's log, opened on the first write, or (capture_fds)
+    # the file descriptors are captured instead
+    ctx = StepContext(
+        where,
+        spec.step,
+        spec.key,
+        spec.attempt,
+        piece.index,
+        spec.run_id,
+        None,
+        None if capture_fds else piece.workdir,
+    )
     token = _current.set(ctx)
     try:
         if capture_fds:
             with fd_capture(piece.workdir, stage):
                 result = _execute(op, inputs)
+        elif type(op) is FunctionOP and op._single:  # _execute(), inlined for the common case
+            value = op.fn(**inputs)
+            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+            result = {"result": value}
         else:
             result = _execute(op, inputs)
     finally:
