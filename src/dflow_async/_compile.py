@@ -64,6 +64,9 @@ class Binding:
     kind: str
     value: Any
     per_item: bool  # evaluated once per fan-out item
+    # value is one step's output, of a step of the same template: (its node, kind, name),
+    # for the scheduler to read it straight from the run's results
+    source: tuple[int, str, str] | None = None
 
 
 _NO_PORTS: dict[str, PortInfo] = {}  # a barrier's, or a step's whose OP failed to load
@@ -369,6 +372,9 @@ class _Compiler:
                     run_scans.append(found)
                 if isinstance(value, OutputRef):
                     self.producer_type(ct, port, info, value, where, port in sliced, node.index)
+                    producer = self._producer(ct, value)
+                    if producer is not None:
+                        binding.source = (producer.index, value.kind, value.name)
         if bound < len(inputs):  # not every declared input is bound
             self.unbound(node, where)
         if run:

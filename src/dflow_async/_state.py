@@ -55,6 +55,8 @@ class Finish:
 Instruction = Unit | Retry | Finish
 
 _ONE = range(1)  # the unit ids of a step that is not a fan-out
+_NO_VALUES: dict[str, Any] = {}  # never written to: see StepRun.__init__
+_NO_CHILDREN: list[Any] = []
 
 
 class TemplateRun:
@@ -173,7 +175,9 @@ class StepRun:
         self.trun = trun
         self.node = node
         self.record = record
-        self.common: dict[str, Any] = {}
+        # common, slice_outputs: set by RunState._prepare; children: by _start_child. Shared
+        # empty ones until then: a StepRun is built per step, and most never need their own
+        self.common: dict[str, Any] = _NO_VALUES
         self.items: list[Any] | None = None  # fan-out items
         self.indices: list[int] | None = None  # which element of sliced inputs each item takes
         self.n_slices = 1
@@ -184,9 +188,9 @@ class StepRun:
         self.done_units = 0
         self.failed = False  # a failure the step cannot tolerate: launch nothing more
         self.finished = False
-        self.children: list[TemplateRun] = []
+        self.children: list[TemplateRun] = _NO_CHILDREN
         self.queued = False
-        self.slice_outputs: list[Any] = []
+        self.slice_outputs: list[Any] = _NO_CHILDREN
         self.slice_records: list[StepRecord] | None = None  # when the key differs per slice
 
     @property
@@ -405,7 +409,17 @@ class RunState:
         assert step is not None
         if node.run_bindings:
             common = dict(node.const_inputs)
+            results = trun.results
             for b in node.run_bindings:
+                source = b.source
+                if source is not None:  # another step's output: read straight from its result
+                    result = results[source[0]]
+                    # (a step that was skipped or failed, or no such output: evaluate() says)
+                    if type(result) is dict:
+                        value = result[source[1]].get(source[2], MISSING)
+                        if value is not MISSING:
+                            common[b.port] = value
+                            continue
                 common[b.port] = evaluate(b.value, trun)
         else:
             common = node.const_inputs  # never mutated: slices and workers copy
@@ -527,6 +541,8 @@ class RunState:
         inputs.update(self._slice_inputs(sr, i))
         path = sr.record.path if sr.items is None else f"{sr.record.path}[{i}]"
         child = TemplateRun(sub, inputs, sr, path, i)
+        if sr.children is _NO_CHILDREN:
+            sr.children = []
         sr.children.append(child)
         self._start_template(child, out)
 
@@ -666,11 +682,12 @@ class RunState:
         node = sr.node
         record = sr.record
         base = f"{self.run_dir}/steps/{record.path}"
-        name = f"a{attempt}{self.attempt_suffix}"
         # positional: keyword calls cost a good part of these objects' construction
         if sr.items is None:
-            pieces: tuple[SliceInput, ...] = (SliceInput(None, sr.common, f"{base}/{name}"),)
+            workdir = f"{base}/a{attempt}{self.attempt_suffix}"
+            pieces: tuple[SliceInput, ...] = (SliceInput(None, sr.common, workdir),)
         else:
+            name = f"a{attempt}{self.attempt_suffix}"
             pieces = tuple(
                 SliceInput(i, self._slice_inputs(sr, i), f"{base}/s{i}/{name}") for i in ids
             )
@@ -777,7 +794,8 @@ class RunState:
     def _maybe_finish_step(self, sr: StepRun, out: list[Instruction]) -> None:
         if sr.inflight or sr.finished:
             return
-        if sr.stopped or sr.done_units + _failed_units(sr) >= sr.n_units:
+        failed = _failed_units(sr) if sr.record.failed_slices else 0
+        if sr.done_units + failed >= sr.n_units or sr.failed or sr.trun.failing:
             self._finish_step(sr, out)
 
     def _finish_step(self, sr: StepRun, out: list[Instruction]) -> None:
@@ -787,8 +805,9 @@ class RunState:
         record = sr.record
         record.end = time.time()
         trun = sr.trun
-        complete = sr.done_units + _failed_units(sr) >= sr.n_units
-        clean = not sr.failed and complete and not record.failed_slices
+        failed_units = _failed_units(sr) if record.failed_slices else 0
+        complete = sr.done_units + failed_units >= sr.n_units
+        clean = not sr.failed and complete and not failed_units
         if not clean:
             ok_slices = sr.n_slices - record.failed_slices
             tolerated = (
@@ -816,7 +835,8 @@ class RunState:
         record.outputs.parameters = outputs["parameters"]
         record.outputs.artifacts = outputs["artifacts"]
         record.phase = "Succeeded"
-        self._emit("succeeded", record, {})
+        if self.on_event is not None:
+            self._emit("succeeded", record, {})
         self._node_done(trun, node.index, outputs, out)
 
     def _enough_success(self, step: Any, ok: int, total: int) -> bool:
