@@ -1,0 +1,120 @@
+"""Executors from other distributions are found through the ``dflow_async.executors`` entry
+points: a tiny plugin distribution is installed for real (its ``.dist-info`` on ``sys.path``,
+which is what pip leaves behind) and used by name, like ``executor="dask"`` will be."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dflow_async import Step, Workflow, WorkflowValidationError, op
+from dflow_async.cli import app
+from dflow_async.executors import available_executors, executor_class
+
+PLUGIN = '''
+"""A third-party executor: each attempt on a thread of its own (anyio's pool)."""
+import asyncio
+
+import anyio
+
+from dflow_async._worker import run_attempt
+from dflow_async.executors import AttemptHandle, Executor
+
+SEEN = []  # the steps this executor ran, in order
+
+
+class PerThreadExecutor(Executor):
+    name = "per-thread"
+    in_process = True
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def submit(self, spec):
+        SEEN.append(spec.step)
+        # chdir=False: these threads share the process's cwd; the OP gets its work directory
+        # from current_context()
+        task = asyncio.ensure_future(anyio.to_thread.run_sync(_run, spec))
+        return AttemptHandle(spec, task)
+
+    async def wait(self, handle):
+        return await handle.token
+
+    async def cancel(self, handle):
+        handle.token.cancel()
+
+
+def _run(spec):
+    return run_attempt(spec, chdir=False)
+
+
+not_an_executor = object()
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "echo_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    info = site / "dflow_async_echo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dflow-async-echo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[dflow_async.executors]\n"
+        "per-thread = echo_plugin:PerThreadExecutor\n"
+        "broken = echo_plugin:not_an_executor\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(tmp_path)
+    importlib.invalidate_caches()
+    yield importlib.import_module("echo_plugin")
+    sys.modules.pop("echo_plugin", None)
+
+
+@op
+def double(x: int) -> int:
+    return 2 * x
+
+
+@op
+async def inc(x: int) -> int:
+    return x + 1
+
+
+def test_an_installed_plugin_is_listed(plugin) -> None:
+    assert {"per-thread", "broken", "inline", "process"} <= set(available_executors())
+    assert executor_class("per-thread") is plugin.PerThreadExecutor
+    listed = CliRunner().invoke(app, ["executors"])
+    assert listed.exit_code == 0
+    assert "per-thread" in listed.output.split()
+
+
+def test_a_workflow_runs_on_a_plugin_named_by_its_entry_point(plugin) -> None:
+    wf = Workflow("w", executor="per-thread")
+    a = Step("a", double, parameters={"x": 3})
+    b = Step("b", inc, parameters={"x": a.outputs.parameters["result"]})
+    wf.add(a)
+    wf.add(b)
+    result = wf.run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    assert result.query_step(name="b")[0].outputs.parameters["result"] == 7
+    assert plugin.SEEN == ["a", "b"]  # both went through the plugin, plain and async alike
+
+
+def test_an_entry_point_that_is_not_an_executor_is_refused_before_the_run(plugin) -> None:
+    wf = Workflow("w", executor="broken")
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    (problem,) = info.value.problems
+    assert "'echo_plugin:not_an_executor'" in problem and "not an Executor subclass" in problem
+    assert not (Path(".dflow-async") / "runs").exists()
