@@ -190,19 +190,19 @@ class InlineExecutor(Executor):
         owns_cwd = thread_owns_cwd()
         ident = threading.get_ident()
         get, get_nowait, put = self._queue.get, self._queue.get_nowait, self._queue.put
-        item: Any = None  # the next attempt, when the last one handed this thread its follow-up
+        item: Any = None  # the next attempt, when this thread already holds it
         while True:
-            if item is None:
+            if item is None:  # counted idle (from _spawn, or the end of the loop below)
                 try:
                     item = get_nowait()
                 except queue.Empty:
                     self._wake_loop()  # never wait for work while outcomes are undelivered
                     item = get()
-                if item is _STOP:
-                    self._wake_loop()
-                    return
                 with self._lock:
                     self._idle -= 1
+            if item is _STOP:
+                self._wake_loop()
+                return
             self._started[ident] = time.monotonic()
             spec, sink = item
             item = None
@@ -226,18 +226,22 @@ class InlineExecutor(Executor):
                             put(extra)
                         self._watch_queue()
                     continue
+            else:
+                with self._lock:
+                    self._done.append((sink, outcome))
+                    full = len(self._done) >= _BATCH
+                # Outcomes go back in batches: when this worker runs dry (above) or a batch
+                # has built up, not after every attempt — each wake-up is a pipe write and
+                # two GIL hand-offs, which cost more than a tiny OP.
+                if full:
+                    self._wake_loop()
+            # Busy threads take the next queued attempt without counting themselves idle
+            # and busy again (two lock round trips per tiny attempt on a wide graph).
+            try:
+                item = get_nowait()
+            except queue.Empty:
                 with self._lock:
                     self._idle += 1
-                continue
-            with self._lock:
-                self._idle += 1
-                self._done.append((sink, outcome))
-                full = len(self._done) >= _BATCH
-            # Outcomes go back in batches: when this worker runs dry (above) or a batch has
-            # built up, not after every attempt — each wake-up is a pipe write and two GIL
-            # hand-offs, which cost more than a tiny OP.
-            if full:
-                self._wake_loop()
 
     def _watch_queue(self) -> None:
         """A worker queued attempts: if more wait than threads are idle to take them, have
