@@ -341,6 +341,7 @@ class _Compiler:
         item_scans: list[Scan] = []
         parameters, artifacts = step.parameters, step.artifacts
         bound = 0  # declared ports bound (each once: a port has one kind)
+        me = node.index
         tables = [("parameters", parameters)]
         if artifacts:  # most steps bind none: not even an empty loop for them
             tables.append(("artifacts", artifacts))
@@ -351,9 +352,11 @@ class _Compiler:
                     self.misbound(inputs, kind, port, where)
                     continue
                 bound += 1
-                # the type checks look first for the common case (a plain literal of exactly
+                # the common cases first (another step's output; a plain literal of exactly
                 # the declared type): every step of a workflow goes through here
-                if type(value) in _LITERALS or not _is_dynamic(value):
+                if type(value) is OutputRef:
+                    found: Scan = ((value,), (), False)  # what scan() finds, without the walk
+                elif type(value) in _LITERALS or not _is_dynamic(value):
                     const[port] = value
                     checked = kind == "parameters" and value is not None and port not in sliced
                     if checked and type(value) is not info.type and not matches(info.type, value):
@@ -362,7 +365,8 @@ class _Compiler:
                             f"{type(value).__name__} ({value!r:.60})"
                         )
                     continue
-                found = scan(value)
+                else:
+                    found = scan(value)
                 binding = Binding(port, kind, value, found[2])
                 if binding.per_item:
                     per_item.append(binding)
@@ -371,9 +375,10 @@ class _Compiler:
                     run.append(binding)
                     run_scans.append(found)
                 if isinstance(value, OutputRef):
-                    self.producer_type(ct, port, info, value, where, port in sliced, node.index)
                     producer = self._producer(ct, value)
-                    if producer is not None:
+                    if producer is not None:  # else reported by check_ref()
+                        sliced_in = port in sliced
+                        self.producer_type(ct, port, info, value, producer, where, sliced_in, me)
                         binding.source = (producer.index, value.kind, value.name)
         if bound < len(inputs):  # not every declared input is bound
             self.unbound(node, where)
@@ -421,17 +426,17 @@ class _Compiler:
         port: str,
         info: PortInfo,
         ref: OutputRef,
+        producer: CompiledStep,
         where: str,
         sliced: bool,
         reader: int,
     ) -> None:
-        """Whether the type the step ``ref`` reads declares for that output can feed
-        ``port`` (typed ``info``). ``reader`` is as for check_ref()."""
-        producer = self._producer(ct, ref)
-        if producer is None:
-            return  # reported by check_ref()
+        """Whether the type ``producer`` (the node of the step ``ref`` reads) declares for
+        that output can feed ``port`` (typed ``info``). ``reader`` is as for check_ref()."""
         if producer.index > reader:  # not compiled yet: checked after the template's steps
-            later = partial(self.producer_type, ct, port, info, ref, where, sliced, ct.n_steps)
+            later = partial(
+                self.producer_type, ct, port, info, ref, producer, where, sliced, ct.n_steps
+            )
             self._later.append(later)
             return
         out = producer.outputs.get(ref.name)
