@@ -295,12 +295,20 @@ class _Compiler:
         if step.slices is not None:
             node.group_size = step.slices.group_size or 1
             node.pool_size = step.slices.pool_size
-        node.key_per_item = node.fan_out and uses_item(step.key)
+        key: Any = step.key
+        node.key_per_item = node.fan_out and uses_item(key)
         binding_scans = self.bindings(ct, node, where)
         if step.slices is not None:
             self.slices(node, where)
-        self.references(ct, node, where, binding_scans)
-        key: Any = step.key
+        # most independent steps bind nothing but literals: no references to check
+        if (
+            binding_scans
+            or step.dependencies
+            or step.when is not None
+            or step.with_param is not None
+            or key is not None
+        ):
+            self.references(ct, node, where, binding_scans)
         if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
         elif key is not None and "{{" not in key:  # a literal: the same for every execution
@@ -481,8 +489,11 @@ class _Compiler:
         assert step is not None
         when, with_param, key = step.when, step.with_param, step.key
         scans = binding_scans
+        own_item = False  # whether when, with_param or key uses the item
         if when is not None or with_param is not None or key is not None:
-            scans = [scan(v) for v in (when, with_param, key) if v is not None] + binding_scans
+            own = [scan(v) for v in (when, with_param, key) if v is not None]
+            own_item = any(item for _, _, item in own)
+            scans = own + binding_scans
         producers: set[str] = set()
         for refs, paths, _ in scans:
             for ref in refs:
@@ -503,7 +514,8 @@ class _Compiler:
             node.producers = producers
         if isinstance(with_param, ItemRef):
             self.problem(f"{where}: with_param cannot be the item itself")
-        if scans and not node.fan_out and any(per_item for _, _, per_item in scans):
+        # a binding's value uses the item exactly when it is one of the item_bindings
+        if not node.fan_out and (own_item or node.item_bindings):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str, reader: int) -> None:
