@@ -267,7 +267,8 @@ class _Compiler:
             node.cache = bool(step.cache)
         else:
             try:
-                node.op = as_op(tpl)
+                # as_op() returns an OP instance (an @op function's is one) as it is
+                node.op = tpl if isinstance(tpl, OP) else as_op(tpl)
             except Exception as exc:
                 self.problem(f"{where}: {exc}")
                 return
@@ -350,9 +351,9 @@ class _Compiler:
         parameters, artifacts = step.parameters, step.artifacts
         bound = 0  # declared ports bound (each once: a port has one kind)
         me = node.index
-        tables = [("parameters", parameters)]
+        tables: tuple[tuple[str, dict[str, Any]], ...] = (("parameters", parameters),)
         if artifacts:  # most steps bind none: not even an empty loop for them
-            tables.append(("artifacts", artifacts))
+            tables += (("artifacts", artifacts),)
         for kind, table in tables:
             for port, value in table.items():
                 info = inputs.get(port)
@@ -512,7 +513,7 @@ class _Compiler:
                 self.problem(f"{where}: depends on {name!r}, which is not a step of {ct.name!r}")
         if producers:
             node.producers = producers
-        if isinstance(with_param, ItemRef):
+        if with_param is not None and isinstance(with_param, ItemRef):  # most have none
             self.problem(f"{where}: with_param cannot be the item itself")
         # a binding's value uses the item exactly when it is one of the item_bindings
         if not node.fan_out and (own_item or node.item_bindings):
