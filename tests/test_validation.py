@@ -131,6 +131,20 @@ def test_duplicate_literal_keys_across_templates_are_refused() -> None:
     assert not any("'other'" in p or "k-" in p for p in found)
 
 
+def test_duplicate_literal_keys_in_two_templates_of_one_name_are_refused() -> None:
+    # two DAGs built by one function: the same name, the same step name, the same key
+    def inner() -> DAG:
+        dag = DAG("inner")
+        dag.add(Step("c", needs, parameters={"x": 3, "label": "c"}, key="same"))
+        return dag
+
+    outer = DAG("outer")
+    outer.add([Step("first", inner()), Step("second", inner())])
+    found = problems(Workflow("w", dag=outer))
+    assert len(found) == 1, found
+    assert "step inner.c: key 'same' is also the key of inner.c" in found[0]
+
+
 def test_unknown_executor_lists_installed_and_what_to_install() -> None:
     wf = Workflow("w", executor="ray")
     wf.add(Step("a", needs, parameters={"x": 1, "label": "a"}))

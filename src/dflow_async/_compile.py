@@ -164,7 +164,9 @@ class _Compiler:
         self.problems: list[str] = []
         self.done: dict[int, CompiledTemplate] = {}
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
-        self.literal_keys: dict[str, str] = {}  # key -> "step <template>.<name>" using it
+        # key -> the first node using it and its "step <template>.<name>" (two templates may
+        # share a name: the node tells the steps apart)
+        self.literal_keys: dict[str, tuple[CompiledStep, str]] = {}
         self._profiles: dict[Any, _OpProfile] = {}
         # checks of references whose producer was added after the step reading it: they need
         # the producer compiled (its output signs, whether it fans out), so they wait until
@@ -313,8 +315,8 @@ class _Compiler:
         if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
         elif key is not None and "{{" not in key:  # a literal: the same for every execution
-            first = self.literal_keys.setdefault(key, where)
-            if first != where:
+            first_node, first = self.literal_keys.setdefault(key, (node, where))
+            if first_node is not node:
                 self.problem(
                     f"{where}: key {key!r} is also the key of {first[5:]}; keys name one "
                     "execution each (for queries, resume and reuse): make them unique, e.g. "
