@@ -178,6 +178,46 @@ def test_clean_run_gives_the_same_outputs(tmp_path: Path) -> None:
     assert set(_counts(counts).values()) == {1}
 
 
+@op
+def plus(x: int) -> int:
+    return x + 1
+
+
+@op
+def squared(x: int) -> int:
+    return x * x
+
+
+def test_a_burst_larger_than_one_statement_is_journaled_whole(tmp_path: Path, monkeypatch) -> None:
+    """Rows go to SQLite many per statement (_journal._CHUNK of them): a run whose bursts hold
+    more rows than one statement takes every step record and every fan-out unit, with
+    outputs. (A small chunk here, so that every burst is split, with a remainder.)"""
+    from dflow_async import Slices
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dflow_async._journal._CHUNK", 7)
+    wf = Workflow("wide")
+    width = 60
+    wf.add([Step(f"p{i}", plus, parameters={"x": i}) for i in range(width)])
+    wf.add(
+        Step(
+            "sq",
+            squared,
+            parameters={"x": list(range(width))},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+        )
+    )
+    result = wf.run(run_id="wide")
+    assert result.status == "Succeeded"
+    snap = read_run(tmp_path / ".dflow-async" / "runs" / "wide")
+    outputs = {r.path: r.outputs.parameters.get("result") for r in snap.records}
+    assert len(outputs) == width + 1
+    assert all(outputs[f"p{i}"] == i + 1 for i in range(width))
+    assert outputs["sq"] == [x * x for x in range(width)]
+    assert sorted(snap.units["sq"]) == list(range(width))
+    assert [o["result"] for o in snap.units["sq"][width - 1]] == [(width - 1) ** 2]
+
+
 HANG_WF = """
 import os, sys
 from dflow_async import Workflow, Step

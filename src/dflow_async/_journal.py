@@ -12,6 +12,7 @@ driver dies, even by SIGKILL) and a fencing epoch checked inside every write tra
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -244,8 +245,8 @@ class Journal:
                     f"run {self.run_dir.name} was taken over by another driver (epoch "
                     f"{current[0] if current else '?'} != {self.epoch}); this driver stops writing"
                 )
-            self._conn.executemany(_UPSERT_STEP, step_rows)
-            self._conn.executemany("INSERT OR REPLACE INTO units VALUES (?,?,?)", unit_rows)
+            _insert_many(self._conn, _UPSERT_STEP, step_rows)
+            _insert_many(self._conn, "INSERT OR REPLACE INTO units VALUES {rows}", unit_rows)
             self._conn.executemany(
                 "INSERT INTO events (ts, path, kind, attempt, detail) VALUES (?,?,?,?,?)", events
             )
@@ -362,13 +363,34 @@ def _driver_meta() -> dict[str, str]:
 
 
 _UPSERT_STEP = """
-INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+INSERT INTO steps VALUES {rows}
 ON CONFLICT(path) DO UPDATE SET
     key=excluded.key, phase=excluded.phase, attempts=excluded.attempts,
     errors=excluded.errors, start=excluded.start, "end"=excluded."end",
     slices=excluded.slices, failed_slices=excluded.failed_slices,
     outputs=excluded.outputs, workdirs=excluded.workdirs
 """
+
+
+_CHUNK = 500  # rows per statement (x 14 columns: below SQLite's oldest variable limit, 32766)
+
+
+def _insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``executemany``, but many rows per statement: sqlite3 lets go of the GIL for every
+    statement it steps, and a thread running steps meanwhile makes each of those a hand-off
+    between the two threads, which costs more than writing the row."""
+    if not rows:
+        return
+    width = len(rows[0])
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        conn.execute(_rows_sql(sql, width, len(chunk)), [v for row in chunk for v in row])
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_sql(sql: str, width: int, count: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return sql.format(rows=",".join([row] * count))
 
 
 def _step_row(rec: StepRecord, seq: int, blob: Path) -> tuple[Any, ...]:
