@@ -55,8 +55,10 @@ class Finish:
 Instruction = Unit | Retry | Finish
 
 _ONE = range(1)  # the unit ids of a step that is not a fan-out
-_NO_VALUES: dict[str, Any] = {}  # never written to: see StepRun.__init__
+# shared empty containers a StepRun holds until it needs its own: never written to
+_NO_VALUES: dict[str, Any] = {}
 _NO_CHILDREN: list[Any] = []
+_NO_OUTPUTS: list[Any] = []
 
 
 class TemplateRun:
@@ -190,7 +192,7 @@ class StepRun:
         self.finished = False
         self.children: list[TemplateRun] = _NO_CHILDREN
         self.queued = False
-        self.slice_outputs: list[Any] = _NO_CHILDREN
+        self.slice_outputs: list[Any] = _NO_OUTPUTS
         self.slice_records: list[StepRecord] | None = None  # when the key differs per slice
 
     @property

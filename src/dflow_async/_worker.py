@@ -122,29 +122,12 @@ def _run_slice(
     # would pass them: the call below unpacks (or OPIO-wraps) them into a new dict.
     if plan.in_artifacts or not exactly_typed(plan.in_types, inputs):
         inputs = _check_inputs(plan, piece, spec.store, where)
-    # the attempt's context (positional: keywords cost more than the rest of this call);
-    # printed output goes to the work dir's log, opened on the first write, or (capture_fds)
-    # the file descriptors are captured instead
-    ctx = StepContext(
-        where,
-        spec.step,
-        spec.key,
-        spec.attempt,
-        piece.index,
-        spec.run_id,
-        None,
-        None if capture_fds else piece.workdir,
-    )
+    ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
     token = _current.set(ctx)
     try:
         if capture_fds:
             with fd_capture(piece.workdir, stage):
                 result = _execute(op, inputs)
-        elif type(op) is FunctionOP and op._single:  # _execute(), inlined for the common case
-            value = op.fn(**inputs)
-            if type(value) not in _NOT_AWAITABLE and inspect.isawaitable(value):
-                value = asyncio.run(_await(value))
-            result = {"result": value}
         else:
             result = _execute(op, inputs)
     finally:
