@@ -400,6 +400,17 @@ class RunState:
             record.phase = "Running"
             record.start = time.time()
             self._finish_step(sr, out)
+        elif (
+            sr.items is None
+            and self.parallelism is None
+            and trun.held is None
+            and not self.restored_units
+        ):
+            # one attempt and no limit to wait for: launched now, as _pump would do next
+            # (the ready queue is for steps that may have to wait, and costs a step its trip)
+            sr.next_unit = 1
+            sr.inflight = 1
+            self._launch(self._make_unit(sr, 0, _ONE, 0), out)
         else:
             sr.queued = True
             self.ready.append(sr)
