@@ -12,10 +12,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dflow_async import Run, Step, Workflow, op
+from dflow_async import DAG, OutputParameter, Run, Slices, Step, Steps, Workflow, item, op
+from dflow_async._compile import definition_digest
 from dflow_async._journal import JournalError, RunBusyError, read_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -399,6 +401,78 @@ def test_resume_refuses_a_changed_definition(tmp_path: Path, monkeypatch) -> Non
     with pytest.raises(JournalError, match="different workflow definition"):
         changed.run(resume=run_id)
     assert Run.open(run_id).status == "Succeeded"  # a refused resume changes nothing
+
+
+def _pinned_op(fn: Any) -> Any:
+    """An @op whose name does not depend on how pytest imports this module."""
+    fn.__module__, fn.__qualname__ = "digest_pin", fn.__name__
+    return op(fn)
+
+
+def test_definition_digest_text_is_pinned() -> None:
+    """Resume compares the digest a run recorded with the current workflow's, so the digest of
+    a given definition may never change, across versions too (this value was computed when the
+    test was added). A failure here means runs recorded before would refuse to resume."""
+
+    @_pinned_op
+    def make(n: int, label: str, scale: float, extra: Any = None) -> list[int]:
+        return list(range(n))
+
+    @_pinned_op
+    def use(x: Any, tag: Any = "", where: Any = None) -> int:
+        return 0
+
+    inner = DAG("inner", inputs={"x": 1.5, "note": 'it\'s "quoted"\nnewline ü'})
+    a = Step("a", use, parameters={"x": inner.inputs.parameters["x"], "tag": "plain"})
+    b = Step(
+        "b",
+        use,
+        parameters={"x": a.outputs.parameters["result"] + 1, "where": ("p q", -2)},
+        when=a.outputs.parameters["result"] > 0,
+        dependencies=[a],
+    )
+    c = Step("c", use, parameters={"x": b.outputs.parameters["result"]}, dependencies=[a])
+    inner.add(a)
+    inner.add(b)
+    inner.add(c)
+    inner.outputs.parameters["out"] = OutputParameter(
+        value_from_parameter=b.outputs.parameters["result"]
+    )
+
+    main = Steps("main")
+    m = Step(
+        "make",
+        make,
+        parameters={
+            "n": 3,
+            "label": "l\u00e9 'x'",
+            "scale": 0.1,
+            "extra": {"k": [1, 2.5, None, True, {"z": (3, "t")}], 2: "two"},
+        },
+    )
+    fan = Step(
+        "fan",
+        use,
+        parameters={"x": m.outputs.parameters["result"], "tag": "t"},
+        slices=Slices(
+            input_parameter=["x"], output_parameter=["result"], group_size=2, pool_size=3
+        ),
+        key=f"fan-{item}",
+    )
+    each = Step(
+        "each",
+        use,
+        parameters={"x": item, "tag": f"v{item}"},
+        with_param=m.outputs.parameters["result"],
+    )
+    sub = Step("sub", inner, parameters={"x": 2.0})
+    main.add(m)
+    main.add([fan, each])
+    main.add(sub)
+
+    compiled = Workflow("pinned", steps=main).validate()
+    pinned = "sha256:f493a6da9e24c3160a4549d6c1d5f22b0944b5aa24b8b2f99d9ceb07819b936c"
+    assert definition_digest(compiled) == pinned
 
 
 def test_a_script_run_resumes_from_the_cli_and_logs_show_failed_attempts(tmp_path: Path) -> None:
