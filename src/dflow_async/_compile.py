@@ -713,7 +713,19 @@ def _stable_op_name(op: OP) -> str:
     return name
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _canon(value: Any) -> Any:
+    """A bound value as the definition digest records it (the digest text holds its repr)."""
+    # Exact types first: most bound values are one step's output or a plain literal, and
+    # isinstance() against a union costs several times a type lookup.
+    cls = type(value)
+    if cls is OutputRef:  # value.placeholder()'s text, without the method call's cost
+        return f"{{{{steps.{value.step.name}.outputs.{value.kind}.{value.name}}}}}"
+    if cls in _PLAIN:
+        return value
+    # Everything else (subclasses included) as before.
     if value is None or isinstance(value, int | float | str | bool):
         return value
     if isinstance(value, Ref):
