@@ -680,25 +680,45 @@ def definition_digest(root: CompiledTemplate) -> str:
                 if name is None:
                     name = names[which] = _stable_op_name(op)
                 what = f"{name}@{getattr(op, 'version', '')}"
-            bindings = [(port, _canon(value)) for port, value in step.parameters.items()]
+            # A step's text is, as it always was, repr() of the tuple (node.name, what,
+            # bindings, when, key, with_param, repr(step.slices), sorted(node.producers)),
+            # bindings a list of (port, _canon(value)) pairs; here it is written out. A tuple's
+            # repr is "(" + its items' reprs joined by ", " + ")" (a list's the same in
+            # brackets), and writing that out skips the recursion guard CPython's repr runs for
+            # each tuple and list: a third of the digest's time, for containers built right
+            # here that can never contain themselves. Anything else is still repr()'d.
+            bound = []  # a loop, not a comprehension: one frame less per step on 3.11
+            for port, value in step.parameters.items():
+                bound.append(f"({port!r}, {_canon(value)!r})")
             if step.artifacts:
-                bindings += [(port, _canon(value)) for port, value in step.artifacts.items()]
-            when, key, with_param = step.when, step.key, step.with_param
-            parts.append(
-                repr(
-                    (
-                        node.name,
-                        what,
-                        bindings,
-                        when if when is None else _canon(when),
-                        key if key is None or type(key) is str else _canon(key),
-                        with_param if with_param is None else _canon(with_param),
-                        repr(step.slices),
-                        sorted(node.producers),
-                    )
+                for port, value in step.artifacts.items():
+                    bound.append(f"({port!r}, {_canon(value)!r})")
+            when, key, with_param, slices = step.when, step.key, step.with_param, step.slices
+            if when is None and key is None and with_param is None and slices is None:
+                options = _NO_OPTIONS  # most steps
+            else:
+                options = ", ".join(
+                    [
+                        repr(when if when is None else _canon(when)),
+                        repr(key if key is None or type(key) is str else _canon(key)),
+                        repr(with_param if with_param is None else _canon(with_param)),
+                        repr(repr(slices)),
+                    ]
                 )
-            )
+            producers = node.producers
+            if not producers:
+                deps = "[]"
+            elif len(producers) == 1:  # a chain's: sorted() of one name is a list of it
+                (only,) = producers
+                deps = f"[{only!r}]"
+            else:
+                deps = repr(sorted(producers))
+            parts.append(f"({node.name!r}, {what!r}, [{', '.join(bound)}], {options}, {deps})")
     return "sha256:" + hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+# when, key, with_param and slices of a step that has none of them, as the digest writes them
+_NO_OPTIONS = ", ".join([repr(None), repr(None), repr(None), repr(repr(None))])
 
 
 def _stable_op_name(op: OP) -> str:
