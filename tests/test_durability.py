@@ -190,14 +190,28 @@ def squared(x: int) -> int:
     return x * x
 
 
-def test_a_burst_larger_than_one_statement_is_journaled_whole(tmp_path: Path, monkeypatch) -> None:
-    """Rows go to SQLite many per statement (_journal._CHUNK of them): a run whose bursts hold
-    more rows than one statement takes every step record and every fan-out unit, with
-    outputs. (A small chunk here, so that every burst is split, with a remainder.)"""
-    from dflow_async import Slices
+@pytest.mark.parametrize("limit", ["rows", "variables"])
+def test_a_burst_larger_than_one_statement_is_journaled_whole(
+    tmp_path: Path, monkeypatch, limit: str
+) -> None:
+    """Rows go to SQLite many per statement (_journal._CHUNK of them at most, fewer when the
+    SQLite in use takes fewer variables per statement): a run whose bursts hold more rows than
+    one statement takes every step record and every fan-out unit, with outputs. (A small
+    limit here, so that every burst is split, with a remainder.)"""
+    from dflow_async import Slices, _journal
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("dflow_async._journal._CHUNK", 7)
+    if limit == "rows":
+        monkeypatch.setattr(_journal, "_CHUNK", 7)
+    else:  # as an old SQLite (999 variables) would, only smaller: 3 steps rows a statement
+        connect = _journal._connect
+
+        def small_connect(path: Path, *, create: bool) -> sqlite3.Connection:
+            conn = connect(path, create=create)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 45)
+            return conn
+
+        monkeypatch.setattr(_journal, "_connect", small_connect)
     wf = Workflow("wide")
     width = 60
     wf.add([Step(f"p{i}", plus, parameters={"x": i}) for i in range(width)])

@@ -372,7 +372,7 @@ ON CONFLICT(path) DO UPDATE SET
 """
 
 
-_CHUNK = 500  # rows per statement (x 14 columns: below SQLite's oldest variable limit, 32766)
+_CHUNK = 500  # rows per statement at most (fewer where SQLite allows fewer variables)
 
 
 def _insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -382,8 +382,11 @@ def _insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
     if not rows:
         return
     width = len(rows[0])
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
+    # SQLite before 3.32 takes 999 variables per statement, later ones 32766 (or what the
+    # build says): ask the library in use
+    per = max(1, min(_CHUNK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
         conn.execute(_rows_sql(sql, width, len(chunk)), [v for row in chunk for v in row])
 
 

@@ -85,7 +85,7 @@ def _run_in_scratch(
     # This thread's (or process's) fresh scratch directory; if the OP leaves anything there,
     # it is renamed to the slice's work dir afterwards. Most OPs write nothing, and a mkdir
     # per step would cost more than the step.
-    dirs = _scratch.__dict__.get("dirs")  # _scratch_dir(), looked up here: this runs per step
+    dirs = getattr(_scratch, "dirs", None)  # _scratch_dir()'s lookup, here: this runs per step
     found = dirs.get(spec.run_dir) if dirs else None
     if found is None:
         found = _scratch_dir(spec.run_dir)
