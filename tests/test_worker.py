@@ -1,7 +1,9 @@
-"""run_attempt on its own, in a worker thread that owns its cwd (as the inline executor's)."""
+"""run_attempt on its own, in a worker thread that owns its cwd (as the inline executor's), and
+arun_attempt (``async def`` OPs, in the event loop) on the same checks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -15,7 +17,7 @@ import pytest
 from dflow_async import OP, OPIO, OPIOSign, SignatureError, current_context, op
 from dflow_async._op import check_opio, port_plan
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
-from dflow_async._worker import run_attempt, thread_owns_cwd
+from dflow_async._worker import arun_attempt, run_attempt, thread_owns_cwd
 
 
 def in_worker_thread(fn: Callable[[], Any]) -> Any:
@@ -50,6 +52,12 @@ def run(tmp_path: Path, the_op: Any, inputs: dict[str, Any], name: str = "a") ->
     return in_worker_thread(lambda: run_attempt(spec, chdir=True))  # type: ignore[no-any-return]
 
 
+def run_async(
+    tmp_path: Path, the_op: Any, inputs: dict[str, Any], name: str = "a"
+) -> AttemptOutcome:
+    return asyncio.run(arun_attempt(attempt(tmp_path, the_op, inputs, name)))
+
+
 @op
 def add(x: int, y: int = 5) -> int:
     return x + y
@@ -60,12 +68,32 @@ def says(x: Any) -> str:
     return x  # type: ignore[no-any-return]
 
 
-def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path) -> None:
-    out = run(tmp_path, add, {"x": 1, "y": 2})
+@op
+async def add_async(x: int, y: int = 5) -> int:
+    return x + y
+
+
+@op
+async def says_async(x: Any) -> str:
+    return x  # type: ignore[no-any-return]
+
+
+# the same checks whichever way the attempt runs: a plain OP in a worker thread, an async one
+# in the event loop
+KINDS = [
+    pytest.param((run, add, says), id="thread"),
+    pytest.param((run_async, add_async, says_async), id="loop"),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path, kind) -> None:
+    run_, add, _ = kind
+    out = run_(tmp_path, add, {"x": 1, "y": 2})
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 3},)
-    out = run(tmp_path, add, {"x": 1})  # a default filled in
+    out = run_(tmp_path, add, {"x": 1})  # a default filled in
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 6},)
-    out = run(tmp_path, add, {"x": True, "y": 1})  # a bool is an int: accepted, not exact
+    out = run_(tmp_path, add, {"x": True, "y": 1})  # a bool is an int: accepted, not exact
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 2},)
 
 
@@ -78,11 +106,13 @@ def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path)
         ({"x": 1, "y": 2}, None),
     ],
 )
+@pytest.mark.parametrize("kind", KINDS)
 def test_signature_errors_read_as_check_opio_words_them(
-    tmp_path: Path, inputs: dict[str, Any], direction: str | None
+    tmp_path: Path, inputs: dict[str, Any], direction: str | None, kind
 ) -> None:
+    run_, add, _ = kind
     plan = port_plan(add)
-    out = run(tmp_path, add, inputs)
+    out = run_(tmp_path, add, inputs)
     if direction is None:
         assert out.ok
         return
@@ -92,11 +122,13 @@ def test_signature_errors_read_as_check_opio_words_them(
     assert out.error == f"SignatureError: {expected.value}"
 
 
-def test_outputs_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
-    out = run(tmp_path, says, {"x": 3})
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_of_the_wrong_type_are_refused(tmp_path: Path, kind) -> None:
+    run_, _, says = kind
+    out = run_(tmp_path, says, {"x": 3})
     assert isinstance(out, Failed) and out.kind == "fatal"
     assert "output parameter 'result' expects str, got int (3)" in out.error
-    out = run(tmp_path, says, {"x": "fine"})
+    out = run_(tmp_path, says, {"x": "fine"})
     assert isinstance(out, Succeeded) and out.outputs == ({"result": "fine"},)
 
 

@@ -171,7 +171,10 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
-            if io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
+            if not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs):
+                # the common case, checked in one pass as in _run_slice: passed as given
+                inputs = piece.inputs
+            elif io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
             elif plan.in_artifacts:  # no store: the paths as given
                 inputs = _check_inputs(plan, piece)
@@ -198,7 +201,10 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                 _current.reset(token)
                 if ctx.log is not None:
                     ctx.log.close()
-            values = _check_outputs(plan, result, piece, None, fresh)
+            if fresh and not plan.out_artifacts and exactly_typed(plan.out_types, result):
+                values = result  # as _check_outputs would keep it (see _run_slice)
+            else:
+                values = _check_outputs(plan, result, piece, None, fresh)
             if io:
                 values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
             outputs.append(values)
