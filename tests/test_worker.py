@@ -88,12 +88,12 @@ KINDS = [
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path, kind) -> None:
-    run_, add, _ = kind
-    out = run_(tmp_path, add, {"x": 1, "y": 2})
+    run_op, add_op, _ = kind
+    out = run_op(tmp_path, add_op, {"x": 1, "y": 2})
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 3},)
-    out = run_(tmp_path, add, {"x": 1})  # a default filled in
+    out = run_op(tmp_path, add_op, {"x": 1})  # a default filled in
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 6},)
-    out = run_(tmp_path, add, {"x": True, "y": 1})  # a bool is an int: accepted, not exact
+    out = run_op(tmp_path, add_op, {"x": True, "y": 1})  # a bool is an int: accepted, not exact
     assert isinstance(out, Succeeded) and out.outputs == ({"result": 2},)
 
 
@@ -110,9 +110,9 @@ def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path,
 def test_signature_errors_read_as_check_opio_words_them(
     tmp_path: Path, inputs: dict[str, Any], direction: str | None, kind
 ) -> None:
-    run_, add, _ = kind
-    plan = port_plan(add)
-    out = run_(tmp_path, add, inputs)
+    run_op, add_op, _ = kind
+    plan = port_plan(add_op)
+    out = run_op(tmp_path, add_op, inputs)
     if direction is None:
         assert out.ok
         return
@@ -124,11 +124,11 @@ def test_signature_errors_read_as_check_opio_words_them(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_outputs_of_the_wrong_type_are_refused(tmp_path: Path, kind) -> None:
-    run_, _, says = kind
-    out = run_(tmp_path, says, {"x": 3})
+    run_op, _, says_op = kind
+    out = run_op(tmp_path, says_op, {"x": 3})
     assert isinstance(out, Failed) and out.kind == "fatal"
     assert "output parameter 'result' expects str, got int (3)" in out.error
-    out = run_(tmp_path, says, {"x": "fine"})
+    out = run_op(tmp_path, says_op, {"x": "fine"})
     assert isinstance(out, Succeeded) and out.outputs == ({"result": "fine"},)
 
 
