@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import itertools
 import json
 import os
 import socket
@@ -387,7 +388,7 @@ def _insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
     per = max(1, min(_CHUNK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        conn.execute(_rows_sql(sql, width, len(chunk)), [v for row in chunk for v in row])
+        conn.execute(_rows_sql(sql, width, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 @functools.lru_cache(maxsize=64)
