@@ -10,7 +10,6 @@ import threading
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from functools import partial
 from typing import Any
 
 import anyio
@@ -50,6 +49,8 @@ class _Shell:
         self.lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
         self.closed = False
+        # the fast lane's continuation, bound once: a (spec, done, unit) item per attempt
+        self.done_in_thread = self.finished_in_thread
 
     def advance(self, event: Callable[..., list[Instruction]], *args: Any) -> None:
         """Feed the state machine an event, on the loop, and carry out what it answers."""
@@ -61,6 +62,7 @@ class _Shell:
         # asyncio's own TaskGroup: an anyio start_soon costs several times more per attempt,
         # and with thousands of tiny steps the spawn cost *is* the scheduler's overhead
         spawn = self.tg.create_task
+        lanes: dict[Any, list[tuple[AttemptSpec, Any, Unit]]] | None = None
         for ins in instructions:
             if type(ins) is Unit:  # launch it
                 unit = ins
@@ -68,7 +70,9 @@ class _Shell:
                 lane = node.thread_lane
                 if lane is not None and unit.spec.timeout is None:
                     # a plain OP on inline threads: no task, no future, no trip back here
-                    lane.start_nowait(unit.spec, partial(self.finished_in_thread, unit))
+                    if lanes is None:
+                        lanes = {}
+                    lanes.setdefault(lane, []).append((unit.spec, self.done_in_thread, unit))
                 elif node.inline_async and unit.spec.timeout is None and not node.cache:
                     self.eager.append(unit)
                     if not self.launcher_active:
@@ -83,10 +87,13 @@ class _Shell:
                 self.finished.set()
                 if self.recorder is not None:
                     self.recorder.finish(ins.status)
+        if lanes is not None:  # handed over in one batch per lane
+            for lane, items in lanes.items():
+                lane.start_nowait(items)
 
     def finished_in_thread(
         self, unit: Unit, outcome: AttemptOutcome
-    ) -> list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]]:
+    ) -> list[tuple[AttemptSpec, Any, Unit]]:
         """Called by the worker thread that ran ``unit`` (a plain OP on the inline
         executor): advances the run right there and returns the plain attempts it made
         ready, for the same thread to run next. A chain of plain steps thus never waits for
@@ -101,7 +108,7 @@ class _Shell:
                     return []
                 instructions = self.state.unit_finished(unit, outcome)
             lane = unit.sr.node.thread_lane
-            follow: list[tuple[AttemptSpec, Callable[[AttemptOutcome], Any]]] = []
+            follow: list[tuple[AttemptSpec, Any, Unit]] = []
             rest: list[Instruction] = []
             for ins in instructions:
                 if (
@@ -109,7 +116,7 @@ class _Shell:
                     and ins.sr.node.thread_lane is lane
                     and ins.spec.timeout is None
                 ):
-                    follow.append((ins.spec, partial(self.finished_in_thread, ins)))
+                    follow.append((ins.spec, self.done_in_thread, ins))
                 else:
                     rest.append(ins)
             if rest:

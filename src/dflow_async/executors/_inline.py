@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed
@@ -30,8 +30,9 @@ from dflow_async.executors._base import AttemptHandle, Executor
 
 __all__ = ["InlineExecutor"]
 
-#: the scheduler's callback for a fast-lane attempt: outcome in, attempts to run next out
-Continuation = Callable[[AttemptOutcome], "list[tuple[AttemptSpec, Any]]"]
+#: the scheduler's callback for a fast-lane attempt, called as ``done(token, outcome)``; it
+#: returns the attempts to run next, as ``(spec, done, token)`` items like the ones it was given
+Continuation = Callable[[Any, AttemptOutcome], "list[tuple[AttemptSpec, Any, Any]]"]
 
 _STOP = object()
 _BATCH = 256  # outcomes delivered per loop wake-up while work keeps coming
@@ -90,18 +91,23 @@ class InlineExecutor(Executor):
             future.cancel()
             raise
 
-    def start_nowait(self, spec: AttemptSpec, done: Continuation) -> None:
+    def start_nowait(self, items: Sequence[tuple[AttemptSpec, Continuation, Any]]) -> None:
         """The scheduler's fast lane for plain OPs (it checks that once per step, not here
-        per attempt): no task and no future per attempt. ``done`` is called with the outcome
-        *in the worker thread* that ran the attempt and returns the attempts to run next as
-        ``(spec, done)`` pairs, which this thread (or another idle one) takes next without a
-        trip through the event loop."""
+        per attempt): no task and no future per attempt. Each item is ``(spec, done, token)``;
+        ``done(token, outcome)`` is called *in the worker thread* that ran the attempt and
+        returns the attempts to run next, as items again, which this thread (or another idle
+        one) takes next without a trip through the event loop. A batch per call: a wide graph
+        hands over thousands of attempts at once."""
         if self._state != "open":
             self._ensure_open()
-        self._queue.put((spec, done))
+        put = self._queue.put
+        for item in items:
+            put(item)
         if not self._threads:
             self._spawn()
-        elif not self._grow_pending and self._queue.qsize() > self._idle:
+        # more attempts than idle threads (a first thread included: a batch may hold two long
+        # OPs): watch for threads stuck in long attempts, and add one
+        if not self._grow_pending and self._queue.qsize() > self._idle:
             self._grow_pending = True
             assert self._loop is not None
             self._loop.call_later(_GROW_AFTER, self._maybe_grow)
@@ -147,7 +153,7 @@ class InlineExecutor(Executor):
         assert self._loop is not None
         if future is None:
             future = self._loop.create_future()
-        self._queue.put((spec, future))
+        self._queue.put((spec, future, None))
         self._out += 1
         if not self._collect_pending:
             self._collect_pending = True
@@ -204,7 +210,7 @@ class InlineExecutor(Executor):
                 self._wake_loop()
                 return
             self._started[ident] = time.monotonic()
-            spec, sink = item
+            spec, sink, token = item
             item = None
             if self._begun:  # someone waits for this attempt to start (a timeout clock)
                 begun = self._begun.pop(sink, None)
@@ -216,7 +222,7 @@ class InlineExecutor(Executor):
                 outcome = run_attempt(spec, chdir=owns_cwd)
             del self._started[ident]
             if not isinstance(sink, asyncio.Future):  # a continuation: the scheduler's lane
-                follow = sink(outcome)  # it never raises: errors go to the scheduler
+                follow = sink(token, outcome)  # it never raises: errors go to the scheduler
                 if follow:
                     # This thread goes straight on with the first (it stays busy: no queue,
                     # no idle count); the others wait in the queue for any thread.
