@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from dflow_async import OP, OPIO, OPIOSign, SignatureError, current_context, op
+from dflow_async import SignatureError, current_context, op
 from dflow_async._op import check_opio, port_plan
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, SliceInput, Succeeded
 from dflow_async._worker import arun_attempt, run_attempt, thread_owns_cwd
+from dflow_async.testing._ops import Scale
 
 
 def in_worker_thread(fn: Callable[[], Any]) -> Any:
@@ -132,25 +133,12 @@ def test_outputs_of_the_wrong_type_are_refused(tmp_path: Path, kind) -> None:
     assert isinstance(out, Succeeded) and out.outputs == ({"result": "fine"},)
 
 
-class Doubles(OP):
-    @classmethod
-    def get_input_sign(cls) -> OPIOSign:
-        return OPIOSign({"x": int})
-
-    @classmethod
-    def get_output_sign(cls) -> OPIOSign:
-        return OPIOSign({"y": int})
-
-    def execute(self, op_in: OPIO) -> OPIO:
-        return OPIO(y=op_in["x"] * 2)
-
-
 def test_a_class_ops_outputs_come_back_as_a_plain_dict_of_its_own(tmp_path: Path) -> None:
-    inputs = {"x": 4}
-    out = run(tmp_path, Doubles(), inputs)
-    assert isinstance(out, Succeeded) and out.outputs == ({"y": 8},)
-    assert type(out.outputs[0]) is dict
-    assert inputs == {"x": 4}  # the given inputs are never written to
+    inputs = {"x": 4.0, "factor": 2.0}
+    out = run(tmp_path, Scale(), inputs)
+    assert isinstance(out, Succeeded) and out.outputs == ({"y": 8.0},)
+    assert type(out.outputs[0]) is dict  # not the OPIO execute() returned
+    assert inputs == {"x": 4.0, "factor": 2.0}  # the given inputs are never written to
 
 
 def test_a_plain_op_that_returns_an_awaitable_is_awaited(tmp_path: Path) -> None:
