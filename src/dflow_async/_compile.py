@@ -741,8 +741,8 @@ def _canon(value: Any) -> Any:
     # Exact types first: most bound values are one step's output or a plain literal, and
     # isinstance() against a union costs several times a type lookup.
     cls = type(value)
-    if cls is OutputRef:  # value.placeholder()'s text, without the method call's cost
-        return f"{{{{steps.{value.step.name}.outputs.{value.kind}.{value.name}}}}}"
+    if cls is OutputRef:  # (the placeholder text has one definition: OutputRef's)
+        return value.placeholder()
     if cls in _PLAIN:
         return value
     # Everything else (subclasses included) as before.
