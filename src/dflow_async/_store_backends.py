@@ -214,12 +214,16 @@ class LocalBackend(Backend):
 
     def check(self) -> None:
         self._prepare()
+        # A probe for permissions and read-back, not durability: no fsync, which made this
+        # check (run before every workflow run) cost ~1.3 ms instead of ~35 µs here.
         probe = temp_name(self.dir.tmp, ".check")
-        atomic_write(probe, b"ok", self.dir.tmp)
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if probe.read_bytes() != b"ok":
+            os.write(fd, b"ok")
+            if os.pread(fd, 2, 0) != b"ok":
                 raise OSError(f"{probe} does not read back what was written")
         finally:
+            os.close(fd)
             probe.unlink()
 
     def exists(self, k: str) -> bool:
