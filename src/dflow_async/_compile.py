@@ -146,6 +146,9 @@ class CompiledTemplate:
 
 
 ExecutorCheck = Callable[[Any, OP], str | None]
+# what references() is left to check of a bound value: its scan, or only the name of the step
+# whose output it is when bindings() found that step and checked the reference already
+_Pending = Scan | str
 
 
 class _OpProfile(typing.NamedTuple):
@@ -172,7 +175,7 @@ class _Compiler:
         # the producer compiled (its output signs, whether it fans out), so they wait until
         # every step of the template is (see template()). Partials, not lambdas: a lambda
         # would turn the checking functions' locals into cells, a cost on every call.
-        self._later: list[Callable[[], None]] = []
+        self._later: list[Callable[[], object]] = []
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -337,9 +340,9 @@ class _Compiler:
                     f"{type(tpl).__name__}: set {option}= on the steps inside it"
                 )
 
-    def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> list[Scan]:
-        """Sort the step's inputs into constants and bindings, checking them. Returns the
-        scans of the bindings' values, those of ``run_bindings`` then those of
+    def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> list[_Pending]:
+        """Sort the step's inputs into constants and bindings, checking them. Returns what is
+        left to check of the bindings' values, those of ``run_bindings`` then those of
         ``item_bindings``, for references() to check without walking the values again."""
         step = node.step
         assert step is not None
@@ -348,8 +351,8 @@ class _Compiler:
         const = node.const_inputs
         run: list[Binding] = []
         per_item: list[Binding] = []
-        run_scans: list[Scan] = []
-        item_scans: list[Scan] = []
+        run_scans: list[_Pending] = []
+        item_scans: list[_Pending] = []
         parameters, artifacts = step.parameters, step.artifacts
         bound = 0  # declared ports bound (each once: a port has one kind)
         me = node.index
@@ -366,8 +369,12 @@ class _Compiler:
                 # the common cases first (another step's output; a plain literal of exactly
                 # the declared type): every step of a workflow goes through here
                 if type(value) is OutputRef:
-                    found: Scan = ((value,), (), False)  # what scan() finds, without the walk
-                elif type(value) in _LITERALS or not _is_dynamic(value):
+                    binding = Binding(port, kind, value, False)
+                    run.append(binding)
+                    pending = self.output_binding(ct, binding, info, port in sliced, where, me)
+                    run_scans.append(pending)
+                    continue
+                if type(value) in _LITERALS or not _is_dynamic(value):
                     const[port] = value
                     checked = kind == "parameters" and value is not None and port not in sliced
                     if checked and type(value) is not info.type and not matches(info.type, value):
@@ -376,8 +383,7 @@ class _Compiler:
                             f"{type(value).__name__} ({value!r:.60})"
                         )
                     continue
-                else:
-                    found = scan(value)
+                found = scan(value)
                 binding = Binding(port, kind, value, found[2])
                 if binding.per_item:
                     per_item.append(binding)
@@ -385,12 +391,8 @@ class _Compiler:
                 else:
                     run.append(binding)
                     run_scans.append(found)
-                if isinstance(value, OutputRef):
-                    producer = self._producer(ct, value)
-                    if producer is not None:  # else reported by check_ref()
-                        sliced_in = port in sliced
-                        self.producer_type(ct, port, info, value, producer, where, sliced_in, me)
-                        binding.source = (producer.index, value.kind, value.name)
+                if isinstance(value, OutputRef):  # of a subclass: its own scan() is checked
+                    self.output_binding(ct, binding, info, port in sliced, where, me)
         if bound < len(inputs):  # not every declared input is bound
             self.unbound(node, where)
         if run:
@@ -431,6 +433,28 @@ class _Compiler:
                 f"{info.kind}= instead of {kind}="
             )
 
+    def output_binding(
+        self,
+        ct: CompiledTemplate,
+        binding: Binding,
+        info: PortInfo,
+        sliced: bool,
+        where: str,
+        reader: int,
+    ) -> _Pending:
+        """Link a binding of one step's output (typed ``info``) to the node producing it and
+        check the types. Returns what references() is left to do for the reference: only to
+        note the producer's name once the producer is found, compiled and has that output
+        (check_ref() would look all that up again to report nothing), else its scan."""
+        ref: OutputRef = binding.value
+        producer = self._producer(ct, ref)
+        if producer is None:  # reported by check_ref()
+            return ((ref,), (), False)  # what scan() finds, without the walk
+        binding.source = (producer.index, ref.kind, ref.name)
+        if self.producer_type(ct, binding.port, info, ref, producer, where, sliced, reader):
+            return ref.step.name
+        return ((ref,), (), False)
+
     def producer_type(
         self,
         ct: CompiledTemplate,
@@ -441,18 +465,20 @@ class _Compiler:
         where: str,
         sliced: bool,
         reader: int,
-    ) -> None:
+    ) -> bool:
         """Whether the type ``producer`` (the node of the step ``ref`` reads) declares for
-        that output can feed ``port`` (typed ``info``). ``reader`` is as for check_ref()."""
+        that output can feed ``port`` (typed ``info``). ``reader`` is as for check_ref().
+        Returns whether ``producer`` was compiled and has that output (a mismatch of types
+        is reported here; anything else by check_ref())."""
         if producer.index > reader:  # not compiled yet: checked after the template's steps
             later = partial(
                 self.producer_type, ct, port, info, ref, producer, where, sliced, ct.n_steps
             )
             self._later.append(later)
-            return
+            return False
         out = producer.outputs.get(ref.name)
         if out is None or out.kind != ref.kind:
-            return  # reported by check_ref()
+            return False  # reported by check_ref()
         produced: Any = out.type
         if producer.fan_out:
             produced = list[produced]
@@ -462,6 +488,7 @@ class _Compiler:
                 f"{where}: input {port!r} expects {describe(info.type)} but step "
                 f"{ref.step.name!r} output {ref.name!r} is {describe(out.type)}"
             )
+        return True
 
     def slices(self, node: CompiledStep, where: str) -> None:
         step = node.step
@@ -486,7 +513,7 @@ class _Compiler:
             self.problem(f"{where}: group_size applies to OP steps, not to Steps/DAG templates")
 
     def references(
-        self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[Scan]
+        self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[_Pending]
     ) -> None:
         step = node.step
         assert step is not None
@@ -496,9 +523,13 @@ class _Compiler:
         if when is not None or with_param is not None or key is not None:
             own = [scan(v) for v in (when, with_param, key) if v is not None]
             own_item = any(item for _, _, item in own)
-            scans = own + binding_scans
+            scans = [*own, *binding_scans]
         producers: set[str] = set()
-        for refs, paths, _ in scans:
+        for found in scans:
+            if isinstance(found, str):  # a reference bindings() has checked: its producer's name
+                producers.add(found)
+                continue
+            refs, paths, _ = found
             for ref in refs:
                 self.check_ref(ct, ref, where, node.index)
                 if isinstance(ref, OutputRef):
