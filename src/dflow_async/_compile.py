@@ -602,6 +602,7 @@ class _Compiler:
                 for s in group:
                     group_of.setdefault(id(s), g)
         nodes, by_name = ct.nodes, ct.by_name
+        backward = False  # an edge to an earlier node: without one, no cycle
         # straight into successor lists and counters: each node's producers are a set, so
         # every edge comes once
         for node in nodes[: ct.n_steps]:
@@ -621,10 +622,15 @@ class _Compiler:
                     continue
                 nodes[idx].succs.append(me)
                 node.npreds += 1
+                if idx > me:
+                    backward = True
         if not is_dag:
             self.barriers(ct)
         ct.roots = [n.index for n in nodes if n.npreds == 0]
-        if not _acyclic(ct):
+        # nodes are numbered in the order the steps were added: if every edge of a DAG leads
+        # to a later node, that order is topological and Kahn's count can only agree (a Steps
+        # template's barriers lead back to earlier nodes: counted always)
+        if (backward or not is_dag) and not _acyclic(ct):
             # counters found a cycle; networkx names it for the message
             graph = nx.DiGraph([(n.index, s) for n in nodes for s in n.succs])
             cycle = nx.find_cycle(graph)
