@@ -483,7 +483,8 @@ class _Compiler:
         if producer.fan_out:
             produced = list[produced]
         consumed: Any = list[info.type] if sliced else info.type  # type: ignore[name-defined]
-        if not is_compatible(produced, consumed):
+        # the same type on both ends (as along a chain of one OP): compatible without asking
+        if produced is not consumed and not is_compatible(produced, consumed):
             self.problem(
                 f"{where}: input {port!r} expects {describe(info.type)} but step "
                 f"{ref.step.name!r} output {ref.name!r} is {describe(out.type)}"
