@@ -303,18 +303,22 @@ class _Compiler:
             node.pool_size = step.slices.pool_size
         key: Any = step.key
         node.key_per_item = node.fan_out and uses_item(key)
-        binding_scans = self.bindings(ct, node, where)
+        pending, names_only = self.bindings(ct, node, where)
         if step.slices is not None:
             self.slices(node, where)
-        # most independent steps bind nothing but literals: no references to check
+        # references() checks what bindings() left and the step's own references and
+        # dependencies. A step reading other steps' outputs and nothing else (a chain's) only
+        # has its producers to note; most independent steps bind nothing but literals.
         if (
-            binding_scans
+            not names_only
             or step.dependencies
             or step.when is not None
             or step.with_param is not None
             or key is not None
         ):
-            self.references(ct, node, where, binding_scans)
+            self.references(ct, node, where, pending)
+        elif pending:
+            node.producers = set(pending)  # type: ignore[arg-type]  # names: names_only
         if key is not None and not isinstance(key, str):
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
         elif key is not None and "{{" not in key:  # a literal: the same for every execution
@@ -340,10 +344,13 @@ class _Compiler:
                     f"{type(tpl).__name__}: set {option}= on the steps inside it"
                 )
 
-    def bindings(self, ct: CompiledTemplate, node: CompiledStep, where: str) -> list[_Pending]:
+    def bindings(
+        self, ct: CompiledTemplate, node: CompiledStep, where: str
+    ) -> tuple[list[_Pending], bool]:
         """Sort the step's inputs into constants and bindings, checking them. Returns what is
         left to check of the bindings' values, those of ``run_bindings`` then those of
-        ``item_bindings``, for references() to check without walking the values again."""
+        ``item_bindings``, for references() to check without walking the values again, and
+        whether that is only producers' names (every reference checked already)."""
         step = node.step
         assert step is not None
         sliced = step.slices.sliced_inputs if step.slices else ()
@@ -355,6 +362,7 @@ class _Compiler:
         item_scans: list[_Pending] = []
         parameters, artifacts = step.parameters, step.artifacts
         bound = 0  # declared ports bound (each once: a port has one kind)
+        names_only = True  # whether run_scans holds producers' names only (a scan clears it)
         me = node.index
         tables: tuple[tuple[str, dict[str, Any]], ...] = (("parameters", parameters),)
         if artifacts:  # most steps bind none: not even an empty loop for them
@@ -373,6 +381,7 @@ class _Compiler:
                     run.append(binding)
                     pending = self.output_binding(ct, binding, info, port in sliced, where, me)
                     run_scans.append(pending)
+                    names_only = names_only and isinstance(pending, str)
                     continue
                 if type(value) in _LITERALS or not _is_dynamic(value):
                     const[port] = value
@@ -384,6 +393,7 @@ class _Compiler:
                         )
                     continue
                 found = scan(value)
+                names_only = False
                 binding = Binding(port, kind, value, found[2])
                 if binding.per_item:
                     per_item.append(binding)
@@ -400,7 +410,7 @@ class _Compiler:
         if per_item:
             node.item_bindings = tuple(per_item)
         run_scans += item_scans
-        return run_scans
+        return run_scans, names_only
 
     def unbound(self, node: CompiledStep, where: str) -> None:
         """Declared inputs the step does not bind take their defaults; required ones are
