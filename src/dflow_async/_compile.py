@@ -167,6 +167,7 @@ class _Compiler:
         self.problems: list[str] = []
         self.done: dict[int, CompiledTemplate] = {}
         self.owner: dict[int, Template] = {}  # id(step) -> the template it was added to
+        self._first_recorded = False  # whether owner has the first template's steps (owners())
         # key -> the first node using it and its "step <template>.<name>" (two templates may
         # share a name: the node tells the steps apart)
         self.literal_keys: dict[str, tuple[CompiledStep, str]] = {}
@@ -236,10 +237,11 @@ class _Compiler:
     def add_nodes(self, ct: CompiledTemplate) -> None:
         """A node per step, in order (a Step object in two templates and two steps of one
         name are reported). Names and attributes are looked up once: this runs per step."""
-        tpl, owner, nodes, by_name = ct.template, self.owner, ct.nodes, ct.by_name
+        tpl, nodes, by_name = ct.template, ct.nodes, ct.by_name
+        owner = self.owners()
         for step in tpl.steps:
             name = step.name
-            prev = owner.setdefault(id(step), tpl)
+            prev = tpl if owner is None else owner.setdefault(id(step), tpl)
             if prev is not tpl:
                 self.problem(
                     f"step {name!r} was added to both {prev.name!r} and {tpl.name!r}: "
@@ -254,6 +256,21 @@ class _Compiler:
             by_name[name] = len(nodes)
             nodes.append(CompiledStep(len(nodes), name, step))
         ct.n_steps = len(nodes)
+
+    def owners(self) -> dict[int, Template] | None:
+        """``self.owner`` for add_nodes() to record the steps of the template it adds (the
+        last one in ``self.done``) and find those added to an earlier one; None for the first
+        template. A Step object added to two templates is found when the second is added:
+        the first template's steps are recorded then, and a workflow of one template (the
+        most common) records none."""
+        if len(self.done) == 1:
+            return None
+        if not self._first_recorded:
+            self._first_recorded = True
+            first = next(iter(self.done.values())).template
+            for step in first.steps:
+                self.owner.setdefault(id(step), first)
+        return self.owner
 
     # ------------------------------------------------------------------ steps
 
