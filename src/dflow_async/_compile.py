@@ -172,6 +172,9 @@ class _Compiler:
         # share a name: the node tells the steps apart)
         self.literal_keys: dict[str, tuple[CompiledStep, str]] = {}
         self._profiles: dict[Any, _OpProfile] = {}
+        # id -> profile of the OP instances used as step templates (an @op function's is one):
+        # the OP of their steps is the template itself, nothing to load
+        self._shared_ops: dict[int, _OpProfile] = {}
         # checks of references whose producer was added after the step reading it: they need
         # the producer compiled (its output signs, whether it fans out), so they wait until
         # every step of the template is (see template()). Partials, not lambdas: a lambda
@@ -279,7 +282,8 @@ class _Compiler:
         assert step is not None
         where = f"step {ct.name}.{step.name}"
         tpl = step.template
-        if isinstance(tpl, Template):
+        profile = self._shared_ops.get(id(tpl))  # most steps: an OP instance met before
+        if profile is None and isinstance(tpl, Template):
             self.template_step_options(step, tpl, where)
             node.sub = self.template(tpl)
             node.inputs = dict(node.sub.inputs)
@@ -288,15 +292,14 @@ class _Compiler:
             node.template_name = node.sub.name
             node.cache = bool(step.cache)
         else:
-            try:
-                # as_op() returns an OP instance (an @op function's is one) as it is
-                node.op = tpl if isinstance(tpl, OP) else as_op(tpl)
-            except Exception as exc:
-                self.problem(f"{where}: {exc}")
-                return
-            # a class template is instantiated per step: its signs are the class's
-            which = tpl if isinstance(tpl, type) else id(tpl)
-            profile = self._profiles.get(which) or self.op_profile(which, node.op)
+            if profile is not None:
+                op: OP = tpl
+            else:
+                loaded = self.load_op(tpl, where)
+                if loaded is None:  # reported
+                    return
+                op, profile = loaded
+            node.op = op
             node.inputs = profile.inputs
             node.outputs = profile.outputs
             node.has_artifact_outputs = profile.has_artifact_outputs
@@ -308,9 +311,9 @@ class _Compiler:
             # instances of a class template are alike); refusals are reported per step
             accepted = profile.accepted_by
             if not (type(executor) is str and executor in accepted):
-                message = self.check_executor(executor, node.op)
+                message = self.check_executor(executor, op)
                 if message:
-                    self.problem(f"{where} (OP {op_name(node.op)}): {message}")
+                    self.problem(f"{where} (OP {op_name(op)}): {message}")
                 elif type(executor) is str:
                     accepted.add(executor)
         node.retry = step.retry
@@ -346,6 +349,22 @@ class _Compiler:
                     "execution each (for queries, resume and reuse): make them unique, e.g. "
                     "by embedding an input in an f-string"
                 )
+
+    def load_op(self, tpl: Any, where: str) -> tuple[OP, _OpProfile] | None:
+        """The OP and profile of a step whose template is no OP instance met before (step()
+        finds those in ``_shared_ops``); None if it fails to load (reported)."""
+        try:
+            # as_op() returns an OP instance (an @op function's is one) as it is
+            op = tpl if isinstance(tpl, OP) else as_op(tpl)
+        except Exception as exc:
+            self.problem(f"{where}: {exc}")
+            return None
+        # a class template is instantiated per step: its signs are the class's
+        which = tpl if isinstance(tpl, type) else id(tpl)
+        profile = self._profiles.get(which) or self.op_profile(which, op)
+        if op is tpl:  # an OP instance: the OP of every step using it
+            self._shared_ops[id(tpl)] = profile
+        return op, profile
 
     def template_step_options(self, step: Step, tpl: Template, where: str) -> None:
         """Options that act on one OP attempt mean nothing on a Steps/DAG step: refused,
