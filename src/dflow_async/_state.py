@@ -226,6 +226,9 @@ class RunState:
         self.on_event = on_event
         self.on_unit = on_unit
         self.attempt_suffix = attempt_suffix
+        # a first attempt's work dir is <steps dir><step path><first>: built per step
+        self._steps_dir = f"{self.run_dir}/steps/"
+        self._first_attempt = f"/a0{attempt_suffix}"
         self.store = store
         # resume: what an earlier driver of this run finished, by path
         self.restored = {r.path: r for r in restored if r.phase == "Succeeded"}
@@ -598,21 +601,18 @@ class RunState:
 
     # ------------------------------------------------------------------ attempts
 
-    def _drain(self, out: list[Instruction]) -> None:
-        todo = self._todo
-        while todo:
-            trun, idx = todo.popleft()
-            if idx < 0:
-                self._template_done(trun, out)
-            else:
-                self._node_ready(trun, idx, out)
-
     def _pump(self, out: list[Instruction]) -> None:
         """Handle ready nodes, then start attempts while slots are free; repeat until calm."""
         limit = self.parallelism
         ready = self.ready
+        todo = self._todo
         while True:
-            self._drain(out)
+            while todo:  # ready nodes and completed templates, in order
+                trun, idx = todo.popleft()
+                if idx < 0:
+                    self._template_done(trun, out)
+                else:
+                    self._node_ready(trun, idx, out)
             if self.retries:
                 self._launch_retries(limit, out)
             while ready and (limit is None or self.running < limit):
@@ -669,7 +669,7 @@ class RunState:
                     self._unit_ok(sr, number, ids, 0, [], finished[number], out)
                     continue
                 self._launch(self._make_unit(sr, number, ids, 0), out)
-            if not self._todo:
+            if not todo:
                 return
 
     def _launch_retries(self, limit: int | None, out: list[Instruction]) -> None:
@@ -694,12 +694,15 @@ class RunState:
     def _make_unit(self, sr: StepRun, number: int, ids: range, attempt: int) -> Unit:
         node = sr.node
         record = sr.record
-        base = f"{self.run_dir}/steps/{record.path}"
         # positional: keyword calls cost a good part of these objects' construction
         if sr.items is None:
-            workdir = f"{base}/a{attempt}{self.attempt_suffix}"
+            if attempt == 0:
+                workdir = self._steps_dir + record.path + self._first_attempt
+            else:
+                workdir = f"{self._steps_dir}{record.path}/a{attempt}{self.attempt_suffix}"
             pieces: tuple[SliceInput, ...] = (SliceInput(None, sr.common, workdir),)
         else:
+            base = self._steps_dir + record.path
             name = f"a{attempt}{self.attempt_suffix}"
             pieces = tuple(
                 SliceInput(i, self._slice_inputs(sr, i), f"{base}/s{i}/{name}") for i in ids
@@ -844,9 +847,14 @@ class RunState:
                     self._fail_template(trun, out)
                 self._check_failing_done(trun, out)
                 return
-        outputs = self._collect_outputs(sr)
-        record.outputs.parameters = outputs["parameters"]
-        record.outputs.artifacts = outputs["artifacts"]
+        if sr.items is None and not node.has_artifact_outputs:  # most steps: no call
+            # the worker's own dict of parameters: nothing else holds it
+            outputs = {"parameters": sr.slice_outputs[0] or {}, "artifacts": {}}
+        else:
+            outputs = self._collect_outputs(sr)
+        values = record.outputs
+        values.parameters = outputs["parameters"]
+        values.artifacts = outputs["artifacts"]
         record.phase = "Succeeded"
         if self.on_event is not None:
             self._emit("succeeded", record, {})
@@ -860,15 +868,12 @@ class RunState:
         return bool(step.continue_on_failed)
 
     def _collect_outputs(self, sr: StepRun) -> dict[str, dict[str, Any]]:
+        """A fan-out's outputs stacked in slice order, or one attempt's sorted by kind
+        (_finish_step takes those of a step without artifact outputs as they are)."""
         node = sr.node
-        if sr.items is None:
-            values = sr.slice_outputs[0] or {}
-            if not node.has_artifact_outputs:
-                # the worker's own dict: nothing else holds it
-                return {"parameters": values, "artifacts": {}}
         result: dict[str, dict[str, Any]] = {"parameters": {}, "artifacts": {}}
         if sr.items is None:
-            for name, value in values.items():
+            for name, value in (sr.slice_outputs[0] or {}).items():
                 info = node.outputs.get(name)
                 result[info.kind if info else "parameters"][name] = value
             return result
