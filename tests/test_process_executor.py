@@ -162,13 +162,13 @@ def test_op_raising_is_a_user_failure(tmp_path: Path) -> None:
     anyio.run(main)
 
 
-def test_dead_worker_is_lost_and_replaced(tmp_path: Path) -> None:
+def test_dead_worker_is_an_infra_failure_and_replaced(tmp_path: Path) -> None:
     async def main() -> None:
         async with ProcessExecutor(1) as ex:
             lost = await ex.run(make_spec(tmp_path, suicide, {"x": 1}, "dies"))
             after = await ex.run(make_spec(tmp_path, where, {"x": 2}, "after"))
         assert isinstance(lost, Failed), lost
-        assert lost.kind == "lost"
+        assert lost.kind == "infra"
         assert lost.retryable
         assert "SIGKILL" in lost.error and "'dies'" in lost.error
         assert isinstance(after, Succeeded), after
@@ -334,3 +334,27 @@ def test_spec_that_fails_to_load_in_the_worker(tmp_path: Path) -> None:
         assert isinstance(after, Succeeded), after
 
     anyio.run(main)
+
+
+def test_a_policy_naming_infra_retries_a_dead_worker(tmp_path: Path) -> None:
+    """The issue's wording: a worker that dies fails its attempt as ``infra``; a policy that
+    spells out the kinds it retries gets it retried."""
+    from dflow_async import RetryPolicy, Step, Workflow
+    from dflow_async.testing._ops import die_once
+
+    policy = RetryPolicy(max_retries=2, backoff=0, jitter=0, retry_on={"transient", "infra"})
+    wf = Workflow("dies-once", executor="process", store=str(tmp_path / "store"))
+    wf.add(Step("die", die_once, parameters={"marker_dir": str(tmp_path)}, retries=policy))
+    (rec,) = wf.run().records
+    assert rec.phase == "Succeeded", rec.errors
+    assert rec.attempts == 2
+    assert rec.errors[0].startswith("attempt 0: [infra] the worker process")
+
+
+def test_lost_is_another_name_for_infra_in_retry_on() -> None:
+    from dflow_async import RetryPolicy
+
+    assert RetryPolicy(retry_on={"lost"}).retry_on == {"infra"}
+    assert RetryPolicy(retry_on={"lost"}).should_retry("infra", 0)
+    with pytest.raises(ValueError, match=r"unknown kinds \['oops'\]"):
+        RetryPolicy(retry_on={"oops"})

@@ -254,27 +254,29 @@ class RetryPolicy:
     """How often and when a failed attempt is retried.
 
     ``retry_on`` names failure kinds: ``transient`` (the OP raised TransientError), ``infra``
-    and ``lost`` (the worker or transport broke), ``timeout``, and ``user`` (any other
-    exception; off by default, as in Dflow). ``fatal`` (FatalError) is never retried. The delay
-    before retry n is exponential with jitter (tenacity's ``wait_exponential_jitter``).
+    (the worker died or the transport broke; ``lost`` is accepted as another name for it),
+    ``timeout``, and ``user`` (any other exception; off by default, as in Dflow). ``fatal``
+    (FatalError) is never retried. The delay before retry n is exponential with jitter
+    (tenacity's ``wait_exponential_jitter``).
     """
 
     max_retries: int = 3
     backoff: float = 0.1
     max_backoff: float = 30.0
     jitter: float = 0.1
-    retry_on: frozenset[str] = frozenset({"transient", "infra", "lost", "timeout"})
+    retry_on: frozenset[str] = frozenset({"transient", "infra", "timeout"})
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError("RetryPolicy.max_retries must be >= 0")
-        unknown = set(self.retry_on) - {"transient", "infra", "lost", "timeout", "user"}
+        kinds = {"infra" if k == "lost" else k for k in self.retry_on}
+        unknown = kinds - {"transient", "infra", "timeout", "user"}
         if unknown:
             raise ValueError(
                 f"RetryPolicy.retry_on has unknown kinds {sorted(unknown)}; "
-                "use transient, infra, lost, timeout, user"
+                "use transient, infra, timeout, user"
             )
-        object.__setattr__(self, "retry_on", frozenset(self.retry_on))
+        object.__setattr__(self, "retry_on", frozenset(kinds))
 
     def should_retry(self, kind: str, attempt: int) -> bool:
         return attempt < self.max_retries and kind in self.retry_on

@@ -22,10 +22,10 @@ __all__ = [
 ]
 
 #: Why an attempt failed. ``user``: the OP raised; ``transient``/``fatal``: the OP raised
-#: TransientError/FatalError; ``infra``: the worker or transport broke; ``lost``: the attempt
-#: vanished (worker killed); ``timeout``: the step's timeout expired; ``cancelled``: the run
-#: was cancelled.
-FailureKind = Literal["user", "transient", "fatal", "infra", "lost", "timeout", "cancelled"]
+#: TransientError/FatalError; ``infra``: the worker died (killed, out of memory, os._exit) or
+#: the transport broke; ``timeout``: the step's timeout expired; ``cancelled``: the run was
+#: cancelled.
+FailureKind = Literal["user", "transient", "fatal", "infra", "timeout", "cancelled"]
 
 
 @dataclass(slots=True, init=False)

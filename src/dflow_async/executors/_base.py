@@ -86,7 +86,7 @@ class Executor(ABC):
 
     @abstractmethod
     async def wait(self, handle: AttemptHandle) -> AttemptOutcome:
-        """The attempt's outcome. Worker deaths come back as ``Failed(kind="lost"|"infra")``."""
+        """The attempt's outcome. Worker deaths come back as ``Failed(kind="infra")``."""
 
     @abstractmethod
     async def cancel(self, handle: AttemptHandle) -> None:

@@ -181,4 +181,4 @@ def lost_outcome(spec: AttemptSpec, pid: int, code: int | None) -> Failed:
         f"the worker process (pid {pid}) running attempt {spec.attempt_id!r} {how} before "
         "reporting an outcome"
     )
-    return Failed(kind="lost", error=error, retryable=True)
+    return Failed(kind="infra", error=error, retryable=True)

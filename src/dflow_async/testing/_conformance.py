@@ -22,8 +22,8 @@ class ExecutorConformance:
 
     Class flags describe what the executor can promise:
     ``isolates_processes`` — attempts run in separate processes: a worker killed mid-step is
-    reported as lost (and retried), a timed-out or cancelled attempt's process is killed, and
-    OPs that cannot be pickled are refused before the run.
+    reported as an ``infra`` failure (and retried), a timed-out or cancelled attempt's process
+    is killed, and OPs that cannot be pickled are refused before the run.
     """
 
     isolates_processes: bool = False
@@ -118,7 +118,7 @@ class ExecutorConformance:
         assert result.status == "Succeeded", die.errors
         assert die.attempts == 2
         assert die.outputs.parameters["result"] == 1
-        assert "[lost]" in die.errors[0]
+        assert "[infra]" in die.errors[0]
 
     def test_timeout_stops_the_attempt(self) -> None:
         wf = Workflow("timeout")

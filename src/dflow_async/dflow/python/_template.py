@@ -234,8 +234,8 @@ class PythonOPTemplate:
                 {"transient", "user"} | ({"timeout"} if self.timeout_as_transient_error else set()),
             ),
             (self.retry_on_failure, {"transient", "user", "timeout"}),
-            (self.retry_on_error, {"infra", "lost"}),
-            (self.retry_on_failure_and_error, {"transient", "user", "timeout", "infra", "lost"}),
+            (self.retry_on_error, {"infra"}),
+            (self.retry_on_failure_and_error, {"transient", "user", "timeout", "infra"}),
         )
         for limit, kinds in choices:
             if limit is not None:
