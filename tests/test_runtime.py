@@ -606,6 +606,18 @@ def test_arun_inside_a_running_loop_and_events() -> None:
     assert events == [("started", "a"), ("succeeded", "a"), ("started", "b"), ("succeeded", "b")]
 
 
+def test_run_inside_a_running_loop_says_to_await_arun() -> None:
+    wf = Workflow("in-loop")
+    wf.add(Step("a", ident, parameters={"x": 1}))
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match=r"await wf\.arun\(\.\.\.\)"):
+            wf.run()
+
+    asyncio.run(main())
+    assert wf.run().status == "Succeeded"  # outside a loop, as ever
+
+
 def test_async_fan_out_runs_concurrently() -> None:
     @op
     async def nap(x: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -162,6 +163,7 @@ class Workflow:
         records (matched by key) from earlier runs instead of executing those steps.
         ``journal=False`` keeps no journal (no resume, no inspection from other processes).
         """
+        _refuse_running_loop()
 
         async def main() -> Result:
             with tuned_gc():
@@ -428,3 +430,16 @@ def _as_set(value: str | Sequence[str] | None) -> set[str] | None:
     if isinstance(value, str):
         return {value}
     return set(value)
+
+
+def _refuse_running_loop() -> None:
+    """run() inside an event loop would fail deep in anyio ("Already running asyncio in this
+    thread"); say what to do instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "Workflow.run() blocks until the run ends, so it cannot be called from a running "
+        "event loop (Jupyter, an async application): use `await wf.arun(...)` there"
+    )
