@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,3 +195,32 @@ def test_timeout_counts_from_the_start_not_from_the_queue(executor: str) -> None
     (rec,) = result.query_step(name="naps")
     assert result.status == "Succeeded", rec.errors
     assert rec.outputs.parameters["result"] == [0.4] * 4
+
+
+@op
+async def async_nap(t: float) -> float:
+    await asyncio.sleep(t)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("executor", "template", "says"),
+    [
+        ("inline", nap, "could not be stopped"),
+        ("inline", async_nap, "was stopped"),
+        ("process", nap, "was stopped"),
+    ],
+)
+def test_a_timeout_says_whether_the_attempt_was_stopped(
+    executor: str, template: Any, says: str
+) -> None:
+    """Python cannot interrupt a thread: a plain OP on the inline executor runs on after its
+    timeout, and the message must say so (and where to run such steps) rather than claim
+    it was stopped."""
+    wf = Workflow("timeout-says", executor=executor)
+    wf.add(Step("slow", template, parameters={"t": 1.0}, timeout=0.2))
+    (rec,) = wf.run().query_step(name="slow")
+    assert rec.phase == "Failed"
+    assert "[timeout]" in rec.error and says in rec.error
+    if says == "could not be stopped":
+        assert "executor='process'" in rec.error

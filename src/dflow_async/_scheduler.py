@@ -258,10 +258,18 @@ async def _run_timed(executor: Executor, spec: AttemptSpec, timeout: float) -> A
         raise
     with anyio.CancelScope(shield=True):
         await executor.cancel(handle)
+    if executor.can_stop(spec):
+        what = "was stopped; raise timeout= if it needs longer"
+    else:
+        what = (
+            f"could not be stopped: the {executor.name!r} executor runs plain (def) OPs on "
+            "threads, which Python cannot interrupt, so it runs on in the background and its "
+            "outcome is discarded; run steps that may hang on executor='process' (their "
+            "process is killed), or raise timeout= if it needs longer"
+        )
     return Failed(
         kind="timeout",
-        error=f"step {spec.step!r} timed out after {timeout:g} s and was stopped; raise "
-        "timeout= if it needs longer",
+        error=f"step {spec.step!r} timed out after {timeout:g} s and {what}",
         retryable=True,
         duration=timeout,
     )

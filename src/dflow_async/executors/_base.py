@@ -106,6 +106,11 @@ class Executor(ABC):
         """A sentence saying why this executor cannot run ``op``, or ``None`` when it can."""
         return None
 
+    def can_stop(self, spec: AttemptSpec) -> bool:
+        """Whether :meth:`cancel` really stops this attempt (a timed-out step's message says
+        so, and what to do when it cannot). Override where some attempts run on."""
+        return True
+
     async def run(self, spec: AttemptSpec) -> AttemptOutcome:
         """Submit, wait, and cancel the attempt if the waiting task is cancelled."""
         handle = await self.submit(spec)

@@ -140,6 +140,10 @@ class InlineExecutor(Executor):
                 return Failed(kind="cancelled", error="the attempt was cancelled")
             raise
 
+    def can_stop(self, spec: AttemptSpec) -> bool:
+        # an async OP's task is cancelled; a thread running a plain OP cannot be stopped
+        return _is_async(spec.op)
+
     async def cancel(self, handle: AttemptHandle) -> None:
         future: asyncio.Future[AttemptOutcome] = handle.token
         if not future.done():
