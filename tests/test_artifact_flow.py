@@ -307,6 +307,39 @@ def test_output_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
     assert "outside its work directory" in rec.error
 
 
+def test_async_op_writing_a_relative_path_is_told_to_use_its_workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An async OP shares the loop's thread and current directory: a relative write lands
+    in the process's directory. The failure says why and what to write instead; writing
+    under current_context().workdir works."""
+    from dflow_async import current_context
+
+    monkeypatch.chdir(tmp_path)
+
+    @op
+    async def relative() -> {"f": Artifact(Path)}:
+        Path("out.txt").write_text("lost")
+        return {"f": Path("out.txt")}
+
+    @op
+    async def in_workdir() -> {"f": Artifact(Path)}:
+        out = current_context().workdir / "out.txt"
+        out.write_text("kept")
+        return {"f": out}
+
+    wf = Workflow("async-paths", store=str(tmp_path / "store"))
+    wf.add([Step("relative", relative), Step("in-workdir", in_workdir)])
+    result = wf.run()
+    (bad,) = result.query_step(name="relative")
+    assert bad.phase == "Failed"
+    assert "async def OP shares the event loop's thread" in bad.error
+    assert "current_context().workdir / 'out.txt'" in bad.error
+    (good,) = result.query_step(name="in-workdir")
+    assert good.phase == "Succeeded", good.errors
+    assert good.outputs.artifacts["f"].read_text() == "kept"
+
+
 def test_upload_then_use_on_any_executor(tmp_path: Path) -> None:
     src = tmp_path / "input"
     src.mkdir()

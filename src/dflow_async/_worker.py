@@ -279,9 +279,10 @@ def _check_outputs(
     if plan.out_artifacts:
         workdir = Path(where or piece.workdir)
         inputs = _input_artifact_paths(plan, piece)
+        in_cwd = where is not None  # else an async OP: the loop's directory is not its own
         for name in plan.out_artifacts:
             if values.get(name) is not None:
-                values[name] = _commit_paths(values[name], workdir, inputs, plan.name, name)
+                values[name] = _commit_paths(values[name], workdir, inputs, plan.name, name, in_cwd)
     return values
 
 
@@ -292,14 +293,18 @@ def _input_artifact_paths(plan: PortPlan, piece: SliceInput) -> set[str]:
     return found
 
 
-def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: str, port: str) -> Any:
-    """Absolute, checked paths: inside the work dir, or an input passed through unchanged."""
+def _commit_paths(
+    value: Any, workdir: Path, inputs: set[str], op: str, port: str, in_cwd: bool = True
+) -> Any:
+    """Absolute, checked paths: inside the work dir, or an input passed through unchanged.
+    ``in_cwd``: whether the OP ran with its work dir as the current directory."""
     if isinstance(value, dict):
-        return {k: _commit_paths(v, workdir, inputs, op, port) for k, v in value.items()}
+        return {k: _commit_paths(v, workdir, inputs, op, port, in_cwd) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_commit_paths(v, workdir, inputs, op, port) for v in value]
+        return [_commit_paths(v, workdir, inputs, op, port, in_cwd) for v in value]
     path = Path(value)
-    if not path.is_absolute():
+    relative = not path.is_absolute()
+    if relative:
         path = workdir / path
     real = os.path.realpath(path)
     root = os.path.realpath(workdir)
@@ -310,6 +315,15 @@ def _commit_paths(value: Any, workdir: Path, inputs: set[str], op: str, port: st
             f"(or current_context().workdir) and return relative paths"
         )
     if not os.path.lexists(real):
+        if relative and not in_cwd:
+            # the likely cause: a relative write from an async OP landed elsewhere
+            raise ArtifactError(
+                f"OP {op!r} output artifact {port!r}: {str(value)!r} is not in its work "
+                f"directory {str(workdir)!r}. An async def OP shares the event loop's thread, "
+                "so its current directory is the process's, not its work directory: write to "
+                f"current_context().workdir / {str(value)!r} (or make it a plain def OP, "
+                "which runs in its work directory)"
+            )
         raise ArtifactError(
             f"OP {op!r} output artifact {port!r}: {str(path)!r} does not exist; "
             "the OP must create it before returning"
