@@ -104,6 +104,7 @@ def test_exactly_typed_inputs_pass_and_others_get_the_full_check(tmp_path: Path,
         ({"x": "one", "y": 2}, "input"),  # wrong type
         ({"x": 1, "y": 2, "z": 3}, "input"),  # undeclared
         ({"y": 2}, "input"),  # missing
+        ({"x": 1, "y": None}, "input"),  # None for an int, though the port has a default
         ({"x": 1, "y": 2}, None),
     ],
 )
@@ -201,3 +202,17 @@ def test_the_context_names_the_attempt_and_its_directory(tmp_path: Path) -> None
     assert values["step"] == "ctx" and values["cwd"] == values["workdir"]
     # what it wrote moved to its work dir
     assert (tmp_path / "w" / "ctx" / "made.txt").read_text() == "x"
+
+
+def test_none_passes_only_where_the_type_or_the_default_allows_it() -> None:
+    from dflow_async import Artifact, Parameter
+
+    ports = {
+        "maybe": Parameter(int | None, default=0),
+        "defaults_to_none": Parameter(int, default=None),
+        "optional_file": Artifact(Path, optional=True),
+    }
+    values = {"maybe": None, "defaults_to_none": None, "optional_file": None}
+    assert check_opio(ports, values, op="o", direction="input") == values
+    with pytest.raises(SignatureError, match=r"input parameter 'n' expects int, got NoneType"):
+        check_opio({"n": Parameter(int, default=0)}, {"n": None}, op="o", direction="input")

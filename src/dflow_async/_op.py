@@ -463,7 +463,10 @@ def check_opio(
     for name, port in ports.items():
         if name in values:
             value = values[name]
-            if value is None and (not port.required or port.default is None):
+            # None is a value like any other (a failed slice's hole reaching a consumer, most
+            # often): it passes where the type allows it or it is the port's own default
+            # (an optional artifact's), never merely because the port has some default
+            if value is None and port.default is None:
                 checked[name] = None
                 continue
             if not matches(port.type, value):
