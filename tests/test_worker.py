@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import pytest
 
@@ -216,3 +216,32 @@ def test_none_passes_only_where_the_type_or_the_default_allows_it() -> None:
     assert check_opio(ports, values, op="o", direction="input") == values
     with pytest.raises(SignatureError, match=r"input parameter 'n' expects int, got NoneType"):
         check_opio({"n": Parameter(int, default=0)}, {"n": None}, op="o", direction="input")
+
+
+class Partial(TypedDict, total=False):
+    a: int
+    b: str
+
+
+class Mixed(TypedDict):
+    a: int
+    b: NotRequired[str]
+
+
+@op
+def partial(n: int) -> Partial:
+    return {"a": n}
+
+
+@op
+def mixed(n: int) -> Mixed:
+    return {"a": n} if n else {}  # type: ignore[typeddict-item]
+
+
+def test_typeddict_keys_an_op_may_leave_out_read_as_none(tmp_path: Path) -> None:
+    out = run(tmp_path, partial, {"n": 1}, "partial")
+    assert isinstance(out, Succeeded) and out.outputs == ({"a": 1, "b": None},)
+    out = run(tmp_path, mixed, {"n": 2}, "mixed")
+    assert isinstance(out, Succeeded) and out.outputs == ({"a": 2, "b": None},)
+    out = run(tmp_path, mixed, {"n": 0}, "mixed-empty")  # 'a' is required
+    assert isinstance(out, Failed) and "output 'a' is required but missing" in out.error

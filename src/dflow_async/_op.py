@@ -328,10 +328,7 @@ def op(fn: Callable[..., Any]) -> FunctionOP:
             )
         port = as_port(hints.get(name, Any))
         if param.default is not param.empty:
-            if isinstance(port, Artifact):
-                port = Artifact(port.type, optional=True, description=port.description)
-            else:
-                port = type(port)(port.type, param.default, description=port.description)
+            port = _optional(port, param.default)
         inputs[name] = port
     outputs, single = _outputs_from_annotation(fn, hints.get("return", inspect.Signature.empty))
     return FunctionOP(fn, inputs, outputs, single)
@@ -344,8 +341,28 @@ def _outputs_from_annotation(fn: Callable[..., Any], ann: Any) -> tuple[dict[str
         return {str(k): as_port(v) for k, v in ann.items()}, False
     if isinstance(ann, type) and issubclass(ann, dict) and hasattr(ann, "__total__"):
         hints = typing.get_type_hints(ann, include_extras=True)
-        return {k: as_port(v) for k, v in hints.items()}, False
+        required = getattr(ann, "__required_keys__", hints.keys())
+        ports: dict[str, Port] = {}
+        for k, v in hints.items():
+            # a key the OP may leave out (total=False, NotRequired) reads as None. The
+            # wrapper decides when present: __required_keys__ misses it in string annotations
+            marker = typing.get_origin(v)
+            if marker in (typing.Required, typing.NotRequired):
+                v = typing.get_args(v)[0]
+            may_omit = marker is typing.NotRequired or (
+                marker is not typing.Required and k not in required
+            )
+            ports[k] = _optional(as_port(v), None) if may_omit else as_port(v)
+        return ports, False
     return {"result": as_port(ann)}, True
+
+
+def _optional(port: Port, default: Any) -> Port:
+    """``port`` with a default: an optional artifact (its default is None), or a parameter
+    with ``default``."""
+    if isinstance(port, Artifact):
+        return Artifact(port.type, optional=True, description=port.description)
+    return type(port)(port.type, default, description=port.description)
 
 
 def as_op(template: Any) -> OP:
