@@ -418,3 +418,41 @@ def test_is_compatible_does_not_raise_for_protocols() -> None:
     assert is_compatible(Box, Sized) and is_compatible(Sized, Named)
     assert is_compatible(Box, HasName)
     assert not is_compatible(str, int)  # plain classes are still judged
+
+
+@op
+def read_file(f: Artifact(Path)) -> str:  # type: ignore[valid-type]
+    return f.read_text()
+
+
+def test_a_relative_local_artifact_path_is_relative_to_where_the_step_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the OP runs in its own work directory: a relative path would name nothing there
+    (tmp_path / "input.txt").write_text("hello")
+    step = Step("cat", read_file, artifacts={"f": Path("input.txt")})
+    listed = Step("ls", takes_file, artifacts={"f": ["input.txt", "{{inputs.artifacts.x}}"]})
+    assert step.artifacts["f"] == tmp_path / "input.txt"
+    assert listed.artifacts["f"] == [str(tmp_path / "input.txt"), "{{inputs.artifacts.x}}"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # built in one directory, run from another
+    wf = Workflow("w")
+    wf.add(step)
+    result = wf.run()
+    assert result.query_step(name="cat")[0].outputs.parameters["result"] == "hello"
+
+
+def test_a_missing_local_artifact_path_is_a_validation_problem(tmp_path: Path) -> None:
+    (tmp_path / "here.txt").write_text("x")
+    wf = Workflow("w")
+    wf.add(Step("one", read_file, artifacts={"f": Path("/nonexistent/x.txt")}))
+    wf.add(Step("many", takes_file, artifacts={"f": [Path("here.txt"), Path("gone.txt")]}))
+    found = problems(wf)
+    gone = str(tmp_path / "gone.txt")
+    assert found == [
+        "step w.one: artifact input 'f': local path '/nonexistent/x.txt' does not exist; "
+        "create it before the run, or bind an existing file or directory",
+        f"step w.many: artifact input 'f': local path {gone!r} does not exist; "
+        "create it before the run, or bind an existing file or directory",
+    ], found

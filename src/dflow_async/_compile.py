@@ -27,7 +27,7 @@ from dflow_async._graph import (
     Template,
     _InputRef,
 )
-from dflow_async._op import MISSING, OP, Artifact, FunctionOP, as_op, op_name
+from dflow_async._op import MISSING, OP, Artifact, FunctionOP, artifact_leaves, as_op, op_name
 from dflow_async._refs import (
     ItemRef,
     Ref,
@@ -421,8 +421,15 @@ class _Compiler:
                     continue
                 if type(value) in _LITERALS or not _is_dynamic(value):
                     const[port] = value
-                    checked = kind == "parameters" and value is not None and port not in sliced
-                    if checked and type(value) is not info.type and not matches(info.type, value):
+                    if value is None:
+                        continue
+                    if kind == "artifacts":
+                        self.local_paths(port, value, where)
+                    elif (
+                        type(value) is not info.type
+                        and port not in sliced
+                        and not matches(info.type, value)
+                    ):
                         self.problem(
                             f"{where}: input {port!r} expects {describe(info.type)}, got "
                             f"{type(value).__name__} ({value!r:.60})"
@@ -447,6 +454,21 @@ class _Compiler:
             node.item_bindings = tuple(per_item)
         run_scans += item_scans
         return run_scans, names_only
+
+    def local_paths(self, port: str, value: Any, where: str) -> None:
+        """Local files bound as an artifact input must exist: else the OP would fail on the
+        first read, after the steps before it ran. Paths from the store (``upload_artifact``)
+        carry a reference and are checked when the run takes them in (adopt_inputs)."""
+        for leaf in artifact_leaves(value):
+            if (
+                isinstance(leaf, str | os.PathLike)
+                and getattr(leaf, "ref", None) is None
+                and not os.path.lexists(leaf)
+            ):
+                self.problem(
+                    f"{where}: artifact input {port!r}: local path {str(leaf)!r} does not "
+                    "exist; create it before the run, or bind an existing file or directory"
+                )
 
     def unbound(self, node: CompiledStep, where: str) -> None:
         """Declared inputs the step does not bind take their defaults; required ones are

@@ -5,8 +5,10 @@ Everything is checked later, all at once, by :mod:`dflow_async._compile`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from dflow_async._op import MISSING
@@ -390,7 +392,9 @@ class Step:
         self.name = name
         self.template = template
         self.parameters: dict[str, Any] = dict(parameters or {})
-        self.artifacts: dict[str, Any] = dict(artifacts or {})
+        self.artifacts: dict[str, Any] = (
+            {port: _absolute(value) for port, value in artifacts.items()} if artifacts else {}
+        )
         self.key = key
         self.when = when
         if isinstance(retries, bool) or not isinstance(retries, int | RetryPolicy):
@@ -426,6 +430,24 @@ class Step:
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r}>"
+
+
+def _absolute(value: Any) -> Any:
+    """A bound artifact value with its relative local paths made absolute against the current
+    directory: the OP runs in its own work directory, where a relative path would name
+    nothing. Resolved when the Step is created, as Dflow's ``upload_artifact`` does, so a
+    workflow built in one directory may be run from another."""
+    if isinstance(value, PurePath):
+        return value if value.is_absolute() else Path(os.getcwd(), value)
+    if isinstance(value, str):  # a placeholder is no path
+        return value if "{{" in value or os.path.isabs(value) else os.path.join(os.getcwd(), value)
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_absolute(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _absolute(v) for k, v in value.items()}
+    return value
 
 
 class Template:
