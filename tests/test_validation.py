@@ -456,3 +456,134 @@ def test_a_missing_local_artifact_path_is_a_validation_problem(tmp_path: Path) -
         f"step w.many: artifact input 'f': local path {gone!r} does not exist; "
         "create it before the run, or bind an existing file or directory",
     ], found
+
+
+class Point(typing.TypedDict):
+    x: int
+
+
+T = typing.TypeVar("T")
+
+
+@pytest.mark.parametrize(
+    ("produced", "consumed"),
+    [
+        (list[int], int),
+        (int, list[int]),
+        (list[int], list[str]),
+        (typing.List[int], list[str]),  # noqa: UP006
+        (typing.Sequence[int], list[str]),
+        (tuple[int, ...], list[str]),
+        (dict[str, int], list[int]),
+        (dict[str, int], dict[str, str]),
+        (list[list[int]], list[list[str]]),
+        (typing.Annotated[list[int], "meta"], int),
+        (list[int], Point),
+    ],
+)
+def test_is_compatible_reports_sure_mismatches_of_generic_types(
+    produced: typing.Any, consumed: typing.Any
+) -> None:
+    from dflow_async._types import is_compatible
+
+    assert not is_compatible(produced, consumed)
+    assert not is_compatible(produced, consumed)  # the cached answer too
+
+
+@pytest.mark.parametrize(
+    ("produced", "consumed"),
+    [
+        (typing.Any, list[int]),
+        (list[int], typing.Any),
+        (list[typing.Any], list[int]),
+        (int | None, int),
+        (typing.Optional[list[int]], int),  # noqa: UP045
+        (list[int], list[int] | None),
+        (list, list[int]),
+        (list[int], list),
+        (list[int], typing.Sequence[int]),
+        (list[int], typing.Iterable[int]),
+        (typing.Sequence[int], list[int]),
+        (tuple[int, ...], list[int]),
+        (tuple[int, str], list[int]),
+        (list[int], list[float]),
+        (list[str], list[Path]),
+        (dict[str, typing.Any], Point),
+        (Point, dict[str, typing.Any]),
+        (int, float),
+        (str, Path),
+        (list[T], list[int]),  # type: ignore[valid-type]
+        (T, list[int]),
+        (typing.Annotated[int, "meta"], int),
+        (list[typing.Annotated[int, "meta"]], list[int]),
+        (typing.Literal[1, 2], int),
+        (list[Box], list[Sized]),
+        (list[int], "list[int]"),
+    ],
+)
+def test_is_compatible_accepts_what_it_cannot_prove_wrong(
+    produced: typing.Any, consumed: typing.Any
+) -> None:
+    from dflow_async._types import is_compatible
+
+    assert is_compatible(produced, consumed)
+
+
+@op
+def make_ints() -> {"xs": list[int]}:  # type: ignore[valid-type]
+    return {"xs": [1, 2]}
+
+
+@op
+def take_int(x: int) -> int:
+    return x
+
+
+@op
+def take_str(x: str) -> str:
+    return x
+
+
+def test_generic_outputs_feeding_the_wrong_type_are_reported() -> None:
+    from dflow_async import item
+
+    dag = DAG("d", inputs={"ns": InputParameter(value=[1], type=list[int])})
+    mk = Step("mk", make_ints)
+    sliced = Step(
+        "sl",
+        take_int,
+        parameters={"x": [1, 2]},
+        slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+    )
+    # a with_param over a step added later is checked once that step is compiled
+    late = Step("late", take_str, parameters={"x": item}, with_param=mk.outputs.parameters["xs"])
+    dag.add(late)
+    dag.add([mk, sliced])
+    dag.add(
+        [
+            Step("list", take_int, parameters={"x": mk.outputs.parameters["xs"]}),
+            Step("stacked", take_int, parameters={"x": sliced.outputs.parameters["result"]}),
+            Step("in", take_str, parameters={"x": item}, with_param=dag.inputs.parameters["ns"]),
+            # fine: each item is an int, the stacked list a list of int
+            Step("ok", take_int, parameters={"x": item}, with_param=mk.outputs.parameters["xs"]),
+            Step(
+                "ok2",
+                take_int,
+                parameters={"x": item},
+                with_param=sliced.outputs.parameters["result"],
+            ),
+            Step(
+                "ok3", take_str, parameters={"x": item["k"]}, with_param=mk.outputs.parameters["xs"]
+            ),
+        ]
+    )
+    found = problems(Workflow("w", dag=dag))
+    assert sorted(found) == [
+        "step d.in: input 'x' takes the item of with_param, whose elements are int (input 'ns' "
+        "is list[int]), but it expects str",
+        "step d.late: input 'x' takes the item of with_param, whose elements are int (step "
+        "'mk' output 'xs' is list[int]), but it expects str",
+        "step d.list: input 'x' expects int but step 'mk' output 'xs' is list[int]",
+        "step d.stacked: input 'x' expects int but step 'sl' output 'result' is a list of int "
+        "(one per slice: it fans out)",
+    ], found

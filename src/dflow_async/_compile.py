@@ -38,7 +38,7 @@ from dflow_async._refs import (
     string_steps,
     uses_item,
 )
-from dflow_async._types import describe, is_compatible, matches
+from dflow_async._types import describe, is_compatible, item_type, matches
 
 __all__ = [
     "CompiledStep",
@@ -326,6 +326,8 @@ class _Compiler:
         pending, names_only = self.bindings(ct, node, where)
         if step.slices is not None:
             self.slices(node, where)
+        if step.with_param is not None:
+            self.with_param(ct, node, where, node.index)
         # references() checks what bindings() left and the step's own references and
         # dependencies. A step reading other steps' outputs and nothing else (a chain's) only
         # has its producers to note; most independent steps bind nothing but literals.
@@ -553,9 +555,16 @@ class _Compiler:
         consumed: Any = list[info.type] if sliced else info.type  # type: ignore[name-defined]
         # the same type on both ends (as along a chain of one OP): compatible without asking
         if produced is not consumed and not is_compatible(produced, consumed):
+            # the stacked and sliced cases say so: "expects int but ... is int" would puzzle
+            expects = describe(info.type)
+            if sliced:
+                expects = f"a list of {expects} (it is sliced)"
+            given = describe(out.type)
+            if producer.fan_out:
+                given = f"a list of {given} (one per slice: it fans out)"
             self.problem(
-                f"{where}: input {port!r} expects {describe(info.type)} but step "
-                f"{ref.step.name!r} output {ref.name!r} is {describe(out.type)}"
+                f"{where}: input {port!r} expects {expects} but step {ref.step.name!r} output "
+                f"{ref.name!r} is {given}"
             )
         return True
 
@@ -580,6 +589,47 @@ class _Compiler:
             self.problem(f"{where}: Slices needs input_parameter/input_artifact or with_param")
         if node.sub is not None and sl.group_size:
             self.problem(f"{where}: group_size applies to OP steps, not to Steps/DAG templates")
+
+    def with_param(self, ct: CompiledTemplate, node: CompiledStep, where: str, reader: int) -> None:
+        """Inputs bound to the item itself take the elements of ``with_param``: when their
+        type is known (a typed list output or template input), it must fit. ``reader`` is as
+        for check_ref()."""
+        step = node.step
+        assert step is not None
+        value = step.with_param
+        takers = [b for b in node.item_bindings if type(b.value) is ItemRef and not b.value.path]
+        if not takers:
+            return
+        if type(value) is OutputRef:
+            producer = self._producer(ct, value)
+            if producer is None:  # reported by check_ref()
+                return
+            if producer.index > reader:  # not compiled yet: checked after the template's steps
+                self._later.append(partial(self.with_param, ct, node, where, ct.n_steps))
+                return
+            out = producer.outputs.get(value.name)
+            if out is None or out.kind != value.kind:  # reported by check_ref()
+                return
+            container: Any = list[out.type] if producer.fan_out else out.type  # type: ignore[name-defined]
+            source = f"step {value.step.name!r} output {value.name!r}"
+        elif isinstance(value, _InputRef) and value.template is ct.template:
+            declared = ct.inputs.get(value.name)
+            if declared is None:
+                return
+            container, source = declared.type, f"input {value.name!r}"
+        else:
+            return
+        element = item_type(container)
+        if element is None:
+            return
+        for b in takers:
+            expected = node.inputs[b.port].type
+            if not is_compatible(element, expected):
+                self.problem(
+                    f"{where}: input {b.port!r} takes the item of with_param, whose elements "
+                    f"are {describe(element)} ({source} is {describe(container)}), but it "
+                    f"expects {describe(expected)}"
+                )
 
     def references(
         self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[_Pending]

@@ -9,7 +9,7 @@ from collections import abc
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "is_compatible", "matches"]
+__all__ = ["describe", "is_compatible", "item_type", "matches"]
 
 _SEQUENCES: dict[Any, Any] = {
     list: list | tuple,
@@ -93,8 +93,11 @@ _COMPATIBLE_MAX = 1024
 def is_compatible(produced: Any, consumed: Any) -> bool:
     """Whether a producer's declared output type can feed a consumer's input type.
 
-    Only flags sure mismatches between plain classes (``str`` into ``int``); anything generic
-    or unknown is left to the run-time check on the actual value.
+    Only flags sure mismatches: between plain classes (``str`` into ``int``), and for generic
+    types between unrelated containers (``list[int]`` into ``int``) or between element types
+    that are plain classes (``list[int]`` into ``list[str]``). Anything unknown (``Any``,
+    unions, TypeVars, Protocols that refuse ``issubclass``) is left to the run-time check on
+    the actual value.
     """
     pair = (produced, consumed)
     try:
@@ -115,10 +118,18 @@ def _is_compatible(produced: Any, consumed: Any) -> bool:
         return True
     if produced is Any or consumed is Any or produced is None or consumed is None:
         return True
-    if not (isinstance(produced, type) and isinstance(consumed, type)):
-        return True
-    if typing.get_args(produced) or typing.get_args(consumed):
-        return True
+    # Annotated[T, ...] carries metadata for tools: T is what the value is
+    if typing.get_origin(produced) is typing.Annotated:
+        return is_compatible(typing.get_args(produced)[0], consumed)
+    if typing.get_origin(consumed) is typing.Annotated:
+        return is_compatible(produced, typing.get_args(consumed)[0])
+    if isinstance(produced, type) and isinstance(consumed, type):
+        return _classes_compatible(produced, consumed)
+    return _generics_compatible(produced, consumed)
+
+
+def _classes_compatible(produced: type, consumed: type) -> bool:
+    """Two plain classes: the producer's must be the consumer's (or a subclass of it)."""
     if consumed is float and produced is int:
         return True
     if consumed is Path and produced is str:
@@ -132,6 +143,63 @@ def _is_compatible(produced: Any, consumed: Any) -> bool:
         # issubclass: a mismatch cannot be proven, so the edge is accepted like any other
         # annotation validation cannot judge
         return True
+
+
+def _generics_compatible(produced: Any, consumed: Any) -> bool:
+    """At least one side generic (``list[int]``) or not a class at all (a union, a TypeVar,
+    ``Literal[...]``, a string): judged conservatively, by the containers' classes (neither a
+    subclass of the other is a sure mismatch: ``list[int]`` cannot be an ``int``, while a
+    ``Sequence[int]`` may well be a list), then by their element types."""
+    p_cls = typing.get_origin(produced) or produced
+    c_cls = typing.get_origin(consumed) or consumed
+    if not (isinstance(p_cls, type) and isinstance(c_cls, type)):
+        return True  # Union, Literal, TypeVar, forward references: cannot judge
+    if p_cls is types.UnionType or c_cls is types.UnionType:
+        return True
+    # a TypedDict is a dict to compare containers with (issubclass refuses it)
+    p_cls = dict if _is_typeddict(p_cls) else p_cls
+    c_cls = dict if _is_typeddict(c_cls) else c_cls
+    # a tuple is accepted where a list is declared (as matches() does)
+    lenient = _SEQUENCES.get(c_cls)
+    try:
+        related = (
+            issubclass(p_cls, c_cls)
+            or issubclass(c_cls, p_cls)
+            or (lenient is not None and issubclass(p_cls, lenient))
+        )
+    except TypeError:  # as in _classes_compatible(): a Protocol that cannot be judged
+        return True
+    if not related:
+        return False
+    p_args, c_args = typing.get_args(produced), typing.get_args(consumed)
+    if c_cls in _SEQUENCES and p_cls in _SEQUENCES:
+        p_item, c_item = _item_type(p_cls, p_args), _item_type(c_cls, c_args)
+        return p_item is None or c_item is None or is_compatible(p_item, c_item)
+    if c_cls in _MAPPINGS and p_cls in _MAPPINGS and len(p_args) == len(c_args) == 2:
+        return is_compatible(p_args[0], c_args[0]) and is_compatible(p_args[1], c_args[1])
+    return True
+
+
+_MAPPINGS = frozenset({dict, abc.Mapping, abc.MutableMapping})
+
+
+def _item_type(cls: Any, args: tuple[Any, ...]) -> Any:
+    """The element type of a homogeneous container type (``list[int]``, ``tuple[int, ...]``);
+    None when it has none (a bare ``list``) or several (``tuple[int, str]``)."""
+    if cls is tuple:
+        return args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    return args[0] if len(args) == 1 else None
+
+
+def item_type(container: Any) -> Any:
+    """The type of the items of a value typed ``container`` (what ``with_param`` over it gives
+    the item), or None if unknown."""
+    if typing.get_origin(container) is typing.Annotated:
+        container = typing.get_args(container)[0]
+    cls = typing.get_origin(container)
+    if cls not in _SEQUENCES:
+        return None
+    return _item_type(cls, typing.get_args(container))
 
 
 def _is_typeddict(tp: Any) -> bool:
