@@ -587,3 +587,52 @@ def test_generic_outputs_feeding_the_wrong_type_are_reported() -> None:
         "step d.stacked: input 'x' expects int but step 'sl' output 'result' is a list of int "
         "(one per slice: it fans out)",
     ], found
+
+
+@op
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_literal_slice_inputs_and_with_param_that_cannot_work_are_reported() -> None:
+    from dflow_async import item
+
+    def sliced(*ports: str) -> Slices:
+        return Slices(input_parameter=list(ports), output_parameter=["result"])
+
+    wf = Workflow("w")
+    wf.add(
+        [
+            Step("scalar", add, parameters={"a": 5, "b": 1}, slices=sliced("a")),
+            Step("lengths", add, parameters={"a": [1, 2, 3], "b": [1, 2]}, slices=sliced("a", "b")),
+            Step("element", add, parameters={"a": [1, "x", "y"], "b": 1}, slices=sliced("a")),
+            Step("number", add, parameters={"a": item, "b": 1}, with_param=5),
+            Step("json", add, parameters={"a": item, "b": 1}, with_param="[1, oops"),
+            Step("items", add, parameters={"a": item, "b": 1}, with_param=[1, 2.5]),
+            # fine: a with_param gives the slice count (lists of other lengths are indexed),
+            # an iterator is not used up by validation, a JSON string is a list
+            Step(
+                "indexed",
+                add,
+                parameters={"a": [1, 2, 3], "b": [1, 2]},
+                slices=Slices(slices="{{item}}", input_parameter=["a", "b"]),
+                with_param=[0, 1],
+            ),
+            Step("iterator", add, parameters={"a": item, "b": 1}, with_param=iter([1, 2])),
+            Step("text", add, parameters={"a": item, "b": 1}, with_param="[1, 2]"),
+        ]
+    )
+    found = problems(wf)
+    assert sorted(found) == [
+        "step w.element: sliced input 'a' takes elements of type int, but element 1 is str ('x')",
+        "step w.items: input 'a' takes the item of with_param and expects int, but item 1 is "
+        "float (2.5)",
+        "step w.json: with_param is a string but not a JSON list: Expecting value: line 1 "
+        "column 5 (char 4)",
+        "step w.lengths: sliced inputs have different lengths ({'a': 3, 'b': 2}); each slice "
+        "takes one element of every sliced input: bind lists of one length",
+        "step w.number: with_param must be a list (or a reference to one) to fan out over, got "
+        "int (5)",
+        "step w.scalar: sliced input 'a' must be bound to a list (one element per slice), got "
+        "int (5)",
+    ], found

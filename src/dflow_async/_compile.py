@@ -7,6 +7,7 @@ scheduler does O(1) work per event and never rescans the graph.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import typing
@@ -589,6 +590,42 @@ class _Compiler:
             self.problem(f"{where}: Slices needs input_parameter/input_artifact or with_param")
         if node.sub is not None and sl.group_size:
             self.problem(f"{where}: group_size applies to OP steps, not to Steps/DAG templates")
+        self.sliced_literals(node, sl, bound, where)
+
+    def sliced_literals(self, node: CompiledStep, sl: Slices, bound: set[str], where: str) -> None:
+        """Sliced inputs bound to literals are known now: each must be a list, of elements
+        the port takes, and (when the slices are counted from them, without with_param) of
+        one length."""
+        step = node.step
+        assert step is not None
+        lengths: dict[str, int] = {}
+        for port in sl.sliced_inputs:
+            info = node.inputs.get(port)
+            if info is None or port not in bound or port not in node.const_inputs:
+                continue  # reported above, or a reference: known at run time only
+            value = node.const_inputs[port]
+            if not isinstance(value, list | tuple):
+                self.problem(
+                    f"{where}: sliced input {port!r} must be bound to a list (one element per "
+                    f"slice), got {type(value).__name__} ({value!r:.60})"
+                )
+                continue
+            lengths[port] = len(value)
+            if info.kind != "parameters":
+                continue  # local paths are checked by bindings()
+            for i, element in enumerate(value):
+                if element is not None and not matches(info.type, element):
+                    self.problem(
+                        f"{where}: sliced input {port!r} takes elements of type "
+                        f"{describe(info.type)}, but element {i} is "
+                        f"{type(element).__name__} ({element!r:.60})"
+                    )
+                    break  # one is enough to say what is wrong
+        if step.with_param is None and len(set(lengths.values())) > 1:
+            self.problem(
+                f"{where}: sliced inputs have different lengths ({lengths}); each slice takes "
+                "one element of every sliced input: bind lists of one length"
+            )
 
     def with_param(self, ct: CompiledTemplate, node: CompiledStep, where: str, reader: int) -> None:
         """Inputs bound to the item itself take the elements of ``with_param``: when their
@@ -598,6 +635,9 @@ class _Compiler:
         assert step is not None
         value = step.with_param
         takers = [b for b in node.item_bindings if type(b.value) is ItemRef and not b.value.path]
+        if not _is_dynamic(value):
+            self.literal_items(node, value, takers, where)
+            return
         if not takers:
             return
         if type(value) is OutputRef:
@@ -630,6 +670,39 @@ class _Compiler:
                     f"are {describe(element)} ({source} is {describe(container)}), but it "
                     f"expects {describe(expected)}"
                 )
+
+    def literal_items(
+        self, node: CompiledStep, value: Any, takers: list[Binding], where: str
+    ) -> None:
+        """A literal ``with_param``: its items are known now. It must be iterable (a string is
+        read as JSON, as at run time), and the inputs bound to the item must take them."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                self.problem(f"{where}: with_param is a string but not a JSON list: {exc}")
+                return
+        try:
+            iter(value)  # never list(): that would use up an iterator the run needs
+        except TypeError:
+            self.problem(
+                f"{where}: with_param must be a list (or a reference to one) to fan out over, "
+                f"got {type(value).__name__} ({value!r:.60})"
+            )
+            return
+        items = value if isinstance(value, list | tuple) else ()
+        for b in takers:
+            info = node.inputs[b.port]
+            if info.kind != "parameters":
+                continue
+            for i, element in enumerate(items):
+                if element is not None and not matches(info.type, element):
+                    self.problem(
+                        f"{where}: input {b.port!r} takes the item of with_param and expects "
+                        f"{describe(info.type)}, but item {i} is {type(element).__name__} "
+                        f"({element!r:.60})"
+                    )
+                    break  # one is enough to say what is wrong
 
     def references(
         self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[_Pending]
