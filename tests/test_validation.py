@@ -636,3 +636,32 @@ def test_literal_slice_inputs_and_with_param_that_cannot_work_are_reported() -> 
         "step w.scalar: sliced input 'a' must be bound to a list (one element per slice), got "
         "int (5)",
     ], found
+
+
+class Threshold:
+    def __call__(self, inputs: dict[str, typing.Any]) -> bool:
+        return bool(inputs["x"] > 0)
+
+
+def test_a_when_callable_must_take_the_inputs_dict() -> None:
+    wf = Workflow("w")
+    wf.add(
+        [
+            Step("none", take_int, parameters={"x": 1}, when=lambda: True),
+            Step("two", take_int, parameters={"x": 1}, when=lambda a, b: True),
+            # fine: one argument, however it is spelled; a builtin cannot be inspected
+            Step("one", take_int, parameters={"x": 1}, when=lambda inputs: inputs["x"] > 0),
+            Step("star", take_int, parameters={"x": 1}, when=lambda *args: True),
+            Step("instance", take_int, parameters={"x": 1}, when=Threshold()),
+            Step("builtin", take_int, parameters={"x": 1}, when=bool),
+        ]
+    )
+    found = problems(wf)
+    assert found == [
+        "step w.none: when= callable must take one argument (a dict of the step's inputs), "
+        "but test_a_when_callable_must_take_the_inputs_dict.<locals>.<lambda>() does not; "
+        "e.g. when=lambda inputs: inputs['x'] > 0",
+        "step w.two: when= callable must take one argument (a dict of the step's inputs), "
+        "but test_a_when_callable_must_take_the_inputs_dict.<locals>.<lambda>(a, b) does "
+        "not; e.g. when=lambda inputs: inputs['x'] > 0",
+    ], found

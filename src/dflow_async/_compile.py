@@ -7,6 +7,7 @@ scheduler does O(1) work per event and never rescans the graph.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -713,6 +714,8 @@ class _Compiler:
         scans = binding_scans
         own_item = False  # whether when, with_param or key uses the item
         if when is not None or with_param is not None or key is not None:
+            if callable(when) and not isinstance(when, Ref):
+                self.when_callable(when, where)
             own = [scan(v) for v in (when, with_param, key) if v is not None]
             own_item = any(item for _, _, item in own)
             scans = [*own, *binding_scans]
@@ -743,6 +746,23 @@ class _Compiler:
         # a binding's value uses the item exactly when it is one of the item_bindings
         if not node.fan_out and (own_item or node.item_bindings):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
+
+    def when_callable(self, when: Callable[..., Any], where: str) -> None:
+        """A ``when=`` callable is called with one dict of the step's inputs: one that cannot
+        take it would fail the step when its turn comes, after the steps before it ran."""
+        try:
+            signature = inspect.signature(when)
+        except (TypeError, ValueError):  # some builtins and C callables: cannot tell
+            return
+        try:
+            signature.bind({})
+        except TypeError:
+            name = getattr(when, "__qualname__", type(when).__qualname__)
+            self.problem(
+                f"{where}: when= callable must take one argument (a dict of the step's "
+                f"inputs), but {name}{signature} does not; e.g. when=lambda inputs: "
+                "inputs['x'] > 0"
+            )
 
     def check_ref(self, ct: CompiledTemplate, ref: Ref, where: str, reader: int) -> None:
         """``reader``: the index of the node reading ``ref``; the steps up to it are compiled

@@ -359,7 +359,14 @@ Condition = Ref | Callable[[dict[str, Any]], bool] | bool | str | None
 
 
 class Step:
-    """One use of a template (an OP or a Steps/DAG) with its inputs bound."""
+    """One use of a template (an OP or a Steps/DAG) with its inputs bound.
+
+    ``when=`` runs the step only if it holds; otherwise it is skipped. It is a condition
+    built from references (``a.outputs.parameters["n"] < 3``), a Dflow condition string
+    (``"{{steps.a.outputs.parameters.n}} < 3"``), a bool, or a callable taking one argument,
+    a dict of the step's inputs by port name (``when=lambda inputs: inputs["x"] > 0``; a
+    fan-out's sliced inputs whole), called just before the step would start.
+    """
 
     def __init__(
         self,
