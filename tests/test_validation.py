@@ -665,3 +665,26 @@ def test_a_when_callable_must_take_the_inputs_dict() -> None:
         "but test_a_when_callable_must_take_the_inputs_dict.<locals>.<lambda>(a, b) does "
         "not; e.g. when=lambda inputs: inputs['x'] > 0",
     ], found
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("continue_on_success_ratio", 1.5),
+        ("continue_on_success_ratio", -0.1),
+        ("continue_on_success_ratio", float("nan")),
+        ("continue_on_success_ratio", "0.5"),
+        ("continue_on_num_success", -1),
+        ("continue_on_num_success", 1.5),
+        ("continue_on_num_success", True),
+    ],
+)
+def test_out_of_range_tolerance_options_are_refused(option: str, value: typing.Any) -> None:
+    with pytest.raises(ValueError, match=f"Step 'fan': {option} must be"):
+        Step("fan", take_int, parameters={"x": [1, 2]}, **{option: value})
+
+
+def test_tolerance_options_at_their_bounds_are_accepted() -> None:
+    for ratio in (0, 0.0, 0.5, 1, 1.0):
+        assert Step("s", take_int, continue_on_success_ratio=ratio).tolerates_failure
+    assert Step("s", take_int, continue_on_num_success=0).tolerates_failure

@@ -418,7 +418,25 @@ class Step:
         self.timeout = timeout
         self.executor = executor
         self.continue_on_failed = continue_on_failed
+        if continue_on_num_success is not None and (
+            isinstance(continue_on_num_success, bool)
+            or not isinstance(continue_on_num_success, int)
+            or continue_on_num_success < 0
+        ):
+            raise ValueError(
+                f"Step {name!r}: continue_on_num_success must be an int >= 0 (the successful "
+                f"slices that let the step succeed), got {continue_on_num_success!r}"
+            )
         self.continue_on_num_success = continue_on_num_success
+        if continue_on_success_ratio is not None and (
+            isinstance(continue_on_success_ratio, bool)
+            or not isinstance(continue_on_success_ratio, int | float)
+            or not 0 <= continue_on_success_ratio <= 1
+        ):
+            raise ValueError(
+                f"Step {name!r}: continue_on_success_ratio must be a number from 0 to 1 (the "
+                f"share of slices that must succeed), got {continue_on_success_ratio!r}"
+            )
         self.continue_on_success_ratio = continue_on_success_ratio
         self.slices = slices
         self.with_param = with_param
