@@ -688,3 +688,36 @@ def test_tolerance_options_at_their_bounds_are_accepted() -> None:
     for ratio in (0, 0.0, 0.5, 1, 1.0):
         assert Step("s", take_int, continue_on_success_ratio=ratio).tolerates_failure
     assert Step("s", take_int, continue_on_num_success=0).tolerates_failure
+
+
+@op
+def write_number(x: int) -> {"f": Artifact(Path)}:  # type: ignore[valid-type]
+    Path("n.txt").write_text(str(x))
+    return {"f": Path("n.txt")}
+
+
+def test_template_outputs_assigned_plain_references_are_wrapped() -> None:
+    from dflow_async import OutputArtifact, OutputParameter
+
+    sub = Steps("sub", inputs={"x": 1})
+    s = Step("s", needs, parameters={"x": sub.inputs.parameters["x"], "label": "l"})
+    w = Step("w", write_number, parameters={"x": sub.inputs.parameters["x"]})
+    sub.add([s, w])
+    # assigned after construction, as Outputs(parameters={...}) is given them
+    sub.outputs.parameters["y"] = s.outputs.parameters["y"]
+    sub.outputs.artifacts["f"] = w.outputs.artifacts["f"]
+    sub.outputs.parameters.update(z=s.outputs.parameters["y"])
+    assert isinstance(sub.outputs.parameters["y"], OutputParameter)
+    assert isinstance(sub.outputs.parameters["z"], OutputParameter)
+    assert isinstance(sub.outputs.artifacts["f"], OutputArtifact)
+    top = Steps("top")
+    t = Step("t", sub, parameters={"x": 3})
+    top.add(t)
+    top.add(Step("u", read_file, artifacts={"f": t.outputs.artifacts["f"]}))
+    top.add(Step("v", needs, parameters={"x": t.outputs.parameters["z"], "label": "l"}))
+    result = Workflow("w", steps=top).run()
+    assert result.query_step(name="t")[0].outputs.parameters == {"y": 3, "z": 3}
+    assert result.query_step(name="u")[0].outputs.parameters["result"] == "3"
+    # a table replaced whole is wrapped as well
+    sub.outputs.parameters = {"y": s.outputs.parameters["y"]}
+    assert isinstance(sub.outputs.parameters["y"], OutputParameter)

@@ -184,22 +184,80 @@ class OutputArtifact:
         self.type = type
 
 
+def _output_parameter(value: Any) -> OutputParameter:
+    """A template output parameter: a plain reference (or expression) is its source."""
+    return (
+        value if isinstance(value, OutputParameter) else OutputParameter(value_from_parameter=value)
+    )
+
+
+def _output_artifact(value: Any) -> OutputArtifact:
+    """A template output artifact: a plain reference is its source."""
+    return value if isinstance(value, OutputArtifact) else OutputArtifact(_from=value)
+
+
+class _OutputPorts(dict[str, Any]):
+    """A template's output ports. A plain reference assigned after construction
+    (``steps.outputs.parameters["y"] = s.outputs.parameters["y"]``) is wrapped as
+    ``Outputs(parameters={...})`` wraps one: the compiler reads OutputParameter/OutputArtifact
+    only."""
+
+    @staticmethod
+    def _wrap(value: Any) -> Any:
+        raise NotImplementedError
+
+    def __init__(self, items: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.update(items or {})
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name, self._wrap(value))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name: str, default: Any = None) -> Any:
+        if name not in self:
+            self[name] = default
+        return self[name]
+
+
+class _OutputParameters(_OutputPorts):
+    _wrap = staticmethod(_output_parameter)
+
+
+class _OutputArtifacts(_OutputPorts):
+    _wrap = staticmethod(_output_artifact)
+
+
 class Outputs:
-    """Dflow's ``Outputs(parameters={...}, artifacts={...})`` for Steps/DAG templates."""
+    """Dflow's ``Outputs(parameters={...}, artifacts={...})`` for Steps/DAG templates. Plain
+    references given (here or assigned later) are the sources of output ports."""
 
     def __init__(
         self,
         parameters: dict[str, Any] | None = None,
         artifacts: dict[str, Any] | None = None,
     ) -> None:
-        self.parameters: dict[str, OutputParameter] = {
-            k: v if isinstance(v, OutputParameter) else OutputParameter(value_from_parameter=v)
-            for k, v in (parameters or {}).items()
-        }
-        self.artifacts: dict[str, OutputArtifact] = {
-            k: v if isinstance(v, OutputArtifact) else OutputArtifact(_from=v)
-            for k, v in (artifacts or {}).items()
-        }
+        self.parameters = parameters or {}
+        self.artifacts = artifacts or {}
+
+    @property
+    def parameters(self) -> dict[str, OutputParameter]:
+        return self._parameters
+
+    @parameters.setter
+    def parameters(self, table: dict[str, Any]) -> None:
+        self._parameters = _OutputParameters(table)
+
+    @property
+    def artifacts(self) -> dict[str, OutputArtifact]:
+        return self._artifacts
+
+    @artifacts.setter
+    def artifacts(self, table: dict[str, Any]) -> None:
+        self._artifacts = _OutputArtifacts(table)
 
 
 # ---------------------------------------------------------------- step outputs
@@ -521,16 +579,12 @@ class Template:
 def _outputs_from_refs(mapping: dict[str, Any]) -> Outputs:
     out = Outputs()
     for name, value in mapping.items():
-        if isinstance(value, OutputParameter):
-            out.parameters[name] = value
-        elif isinstance(value, OutputArtifact) or (
+        if isinstance(value, OutputArtifact) or (
             isinstance(value, OutputRef | _InputRef) and value.kind == "artifacts"
         ):
-            out.artifacts[name] = (
-                value if isinstance(value, OutputArtifact) else OutputArtifact(_from=value)
-            )
+            out.artifacts[name] = _output_artifact(value)
         else:
-            out.parameters[name] = OutputParameter(value_from_parameter=value)
+            out.parameters[name] = _output_parameter(value)
     return out
 
 
