@@ -721,3 +721,65 @@ def test_template_outputs_assigned_plain_references_are_wrapped() -> None:
     # a table replaced whole is wrapped as well
     sub.outputs.parameters = {"y": s.outputs.parameters["y"]}
     assert isinstance(sub.outputs.parameters["y"], OutputParameter)
+
+
+@op
+def plus1(x: int = 1) -> {"iter": int}:  # type: ignore[valid-type]
+    return {"iter": x + 1}
+
+
+def test_a_literal_key_in_a_template_that_runs_more_than_once_is_refused() -> None:
+    from dflow_async import item
+
+    def keyed(name: str, key: str, inputs: dict[str, typing.Any] | None = None) -> Steps:
+        steps = Steps(name, inputs=inputs)
+        steps.add(Step("s", plus1, key=key))
+        return steps
+
+    twice = keyed("twice", "k-twice", {"x": 1})
+    sliced = keyed("sliced", "k-sliced", {"x": 1})
+    inner = keyed("inner", "k-inner")  # used once, but by a template used twice
+    outer = Steps("outer", inputs={"x": 1})
+    outer.add(Step("in", inner))
+    once = keyed("once", "k-once")
+    loop = Steps("loop", inputs={"iter": 0})
+    p = Step("p", plus1, parameters={"x": loop.inputs.parameters["iter"]}, key="k-loop")
+    # rendered per run: distinct by construction, never judged
+    r = Step("r", plus1, key=f"r-{loop.inputs.parameters['iter']}")
+    loop.add([p, r])
+    loop.add(
+        Step(
+            "next",
+            loop,
+            parameters={"iter": p.outputs.parameters["iter"]},
+            when=p.outputs.parameters["iter"] < 3,
+        )
+    )
+    main = DAG("main")
+    main.add(
+        [
+            Step("a", twice, parameters={"x": 1}),
+            Step("b", twice, parameters={"x": 2}),
+            Step("c", sliced, parameters={"x": item}, with_param=[1, 2]),
+            Step("d", outer),
+            Step("e", outer),
+            Step("f", once),
+            Step("g", loop),
+        ]
+    )
+    found = problems(Workflow("w", dag=main))
+    more = "which runs more than once"
+    assert sorted(found) == [
+        f"step inner.s: key 'k-inner' is the same for every run of template 'inner', {more} "
+        f"(runs inside 'outer', {more}): embed an input in the key, e.g. give 'inner' an "
+        "input that tells its runs apart and embed it",
+        f"step loop.p: key 'k-loop' is the same for every run of template 'loop', {more} "
+        "(calls itself): embed an input in the key, e.g. "
+        "key=f\"k-loop-{loop.inputs.parameters['iter']}\"",
+        f"step sliced.s: key 'k-sliced' is the same for every run of template 'sliced', {more} "
+        "(is sliced by step main.c): embed an input in the key, e.g. "
+        "key=f\"k-sliced-{sliced.inputs.parameters['x']}\"",
+        f"step twice.s: key 'k-twice' is the same for every run of template 'twice', {more} "
+        "(used by steps main.a and main.b): embed an input in the key, e.g. "
+        "key=f\"k-twice-{twice.inputs.parameters['x']}\"",
+    ], found

@@ -173,6 +173,8 @@ class _Compiler:
         # key -> the first node using it and its "step <template>.<name>" (two templates may
         # share a name: the node tells the steps apart)
         self.literal_keys: dict[str, tuple[CompiledStep, str]] = {}
+        # (template, key, "step <template>.<name>") of every literal key, for repeated_keys()
+        self.literal_keyed: list[tuple[CompiledTemplate, str, str]] = []
         self._profiles: dict[Any, _OpProfile] = {}
         # id -> profile of the OP instances used as step templates (an @op function's is one):
         # the OP of their steps is the template itself, nothing to load
@@ -347,12 +349,66 @@ class _Compiler:
             self.problem(f"{where}: key must be a string (an f-string may embed references)")
         elif key is not None and "{{" not in key:  # a literal: the same for every execution
             first_node, first = self.literal_keys.setdefault(key, (node, where))
+            self.literal_keyed.append((ct, key, where))
             if first_node is not node:
                 self.problem(
                     f"{where}: key {key!r} is also the key of {first[5:]}; keys name one "
                     "execution each (for queries, resume and reuse): make them unique, e.g. "
                     "by embedding an input in an f-string"
                 )
+
+    def repeated_keys(self, root: CompiledTemplate) -> None:
+        """A literal key inside a template that runs more than once (used by several steps,
+        sliced, recursive, or inside one that is) names every run's record alike: queries and
+        ``reuse_step=`` would take one run for another. Checked once every template is
+        compiled, and only for workflows with literal keys."""
+        graph = nx.DiGraph()  # template -> the templates its steps use, by id
+        names: dict[int, str] = {}
+        users: dict[int, list[str]] = {}  # the steps using each template
+        sliced: dict[int, str] = {}  # a step fanning out over it
+        for ct in walk_templates(root):
+            names[id(ct)] = ct.name
+            graph.add_node(id(ct))
+            for node in ct.nodes:
+                if node.sub is not None:
+                    graph.add_edge(id(ct), id(node.sub))
+                    users.setdefault(id(node.sub), []).append(f"{ct.name}.{node.name}")
+                    if node.fan_out:
+                        sliced.setdefault(id(node.sub), f"{ct.name}.{node.name}")
+        why: dict[int, str] = {}
+        for loop in nx.strongly_connected_components(graph):
+            for t in loop:
+                if len(loop) > 1 or graph.has_edge(t, t):
+                    why[t] = "calls itself"
+        for t, steps in users.items():
+            if t in why:
+                continue
+            if t in sliced:
+                why[t] = f"is sliced by step {sliced[t]}"
+            elif len(steps) > 1:
+                why[t] = f"used by steps {', '.join(steps[:-1])} and {steps[-1]}"
+        todo = list(why)  # the templates a repeated one uses repeat with it
+        while todo:
+            t = todo.pop()
+            for inner in graph.successors(t):
+                if inner not in why:
+                    why[inner] = f"runs inside {names[t]!r}, which runs more than once"
+                    todo.append(inner)
+        for ct, key, where in self.literal_keyed:
+            reason = why.get(id(ct))
+            if reason is None:
+                continue
+            port = next((n for n, i in ct.inputs.items() if i.kind == "parameters"), None)
+            example = (
+                f'key=f"{key}-{{{ct.name}.inputs.parameters[{port!r}]}}"'
+                if port is not None
+                else f"give {ct.name!r} an input that tells its runs apart and embed it"
+            )
+            self.problem(
+                f"{where}: key {key!r} is the same for every run of template {ct.name!r}, "
+                f"which runs more than once ({reason}): embed an input in the key, e.g. "
+                f"{example}"
+            )
 
     def load_op(self, tpl: Any, where: str) -> tuple[OP, _OpProfile] | None:
         """The OP and profile of a step whose template is no OP instance met before (step()
@@ -1070,6 +1126,8 @@ def compile_template(
     ``provided`` names the entry inputs the run is given values for."""
     compiler = _Compiler(default_executor, check_executor)
     compiled = compiler.template(entry)
+    if compiler.literal_keyed:
+        compiler.repeated_keys(compiled)
     for name, info in compiled.inputs.items():
         if info.default is MISSING and name not in provided:
             compiler.problem(
