@@ -434,6 +434,8 @@ def test_a_relative_local_artifact_path_is_relative_to_where_the_step_was_made(
     listed = Step("ls", takes_file, artifacts={"f": ["input.txt", "{{inputs.artifacts.x}}"]})
     assert step.artifacts["f"] == tmp_path / "input.txt"
     assert listed.artifacts["f"] == [str(tmp_path / "input.txt"), "{{inputs.artifacts.x}}"]
+    url = Step("url", takes_file, artifacts={"f": ["s3://bucket/key"]})
+    assert url.artifacts["f"] == ["s3://bucket/key"]  # a URL is no local path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # built in one directory, run from another

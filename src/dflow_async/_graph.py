@@ -522,8 +522,9 @@ def _absolute(value: Any) -> Any:
     workflow built in one directory may be run from another."""
     if isinstance(value, PurePath):
         return value if value.is_absolute() else Path(os.getcwd(), value)
-    if isinstance(value, str):  # a placeholder is no path
-        return value if "{{" in value or os.path.isabs(value) else os.path.join(os.getcwd(), value)
+    if isinstance(value, str):  # a placeholder or a URL is no local path
+        local = "{{" not in value and "://" not in value and not os.path.isabs(value)
+        return os.path.join(os.getcwd(), value) if local else value
     if isinstance(value, list):
         return [_absolute(v) for v in value]
     if isinstance(value, tuple):
