@@ -232,23 +232,49 @@ def store_big(
 
 
 def load_big(inputs: dict[str, Any], store: ArtifactStore | None) -> dict[str, Any]:
-    """Inputs with every BigValue replaced by its value (whatever port takes it)."""
+    """Inputs with every BigValue replaced by its value (whatever port takes it). Raises
+    InputFetchError naming the input that could not be loaded."""
     loaded = dict(inputs)
     for name, value in inputs.items():
         if type(value) is BigValue:
             if value.store is None:
                 value.store = store
             try:
-                loaded[name] = value.value
-            except ArtifactError as exc:
-                loaded[name] = _value_from_home(value, exc)
+                loaded[name] = _kept_value(value)
+            except InputFetchError as exc:
+                raise InputFetchError(
+                    f"could not load the input {name!r}, a BigParameter, from the store: {exc}"
+                ) from None
     return loaded
 
 
-def _value_from_home(big: BigValue, exc: ArtifactError) -> Any:
+def _kept_value(big: BigValue) -> Any:
+    # kept in ``big``: the worker's copy (the scheduler's own under the inline executor)
+    try:
+        return big.value
+    except ArtifactError as exc:
+        return _value_from_home(big, big.store, exc)
+
+
+def read_big(big: BigValue, store: ArtifactStore | None) -> Any:
+    """``big``'s value read from ``store`` (else from its own), without keeping it in ``big``:
+    the scheduler computes with a value once per step, and the BigValues it holds must not
+    keep every BigParameter of a run in its memory. Raises InputFetchError."""
+    if big._value is not _UNLOADED:  # loaded already (by a worker in this process)
+        return big._value
+    if store is None:
+        store = big.store
+    if store is None:
+        raise InputFetchError(f"no artifact store to read it from ({big.ref.uri!r})")
+    try:
+        return store.get_value(big.ref)
+    except ArtifactError as exc:
+        return _value_from_home(big, store, exc)
+
+
+def _value_from_home(big: BigValue, store: ArtifactStore | None, exc: ArtifactError) -> Any:
     """A BigParameter missing from the workflow's store, read from the store it was put in
     (a reused record of a run on another store); else InputFetchError with the first error."""
-    store = big.store
     home = None if store is None else _other_home(big.ref, store)
     if home is None:
         raise InputFetchError(str(exc)) from None
