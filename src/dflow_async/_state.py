@@ -1,4 +1,6 @@
-"""The run's state machine: events in, instructions out, no I/O.
+"""The run's state machine: events in, instructions out, no I/O but one: a BigParameter the
+scheduler itself computes with (a condition, a fan-out's items, a key) is read from the store
+(:meth:`_Using.load`).
 
 The asyncio shell (:mod:`dflow_async._scheduler`) feeds it attempt outcomes and carries out the
 instructions it returns (launch an attempt, retry one after a delay, finish). All bookkeeping is
@@ -17,8 +19,9 @@ from typing import Any
 from dflow_async._compile import CompiledStep, CompiledTemplate
 from dflow_async._op import MISSING
 from dflow_async._records import StepRecord
-from dflow_async._refs import Ref, Unavailable, evaluate, render, safe_condition
+from dflow_async._refs import Ref, Scope, Unavailable, evaluate, render, safe_condition
 from dflow_async._spec import AttemptSpec, Failed, SliceInput
+from dflow_async._stored import BigValue, InputFetchError, read_big
 
 __all__ = ["Finish", "Retry", "RunState", "Unit"]
 
@@ -135,7 +138,7 @@ class TemplateRun:
 class _ItemScope:
     __slots__ = ("base", "item")
 
-    def __init__(self, base: TemplateRun, item: Any) -> None:
+    def __init__(self, base: Scope, item: Any) -> None:
         self.base = base
         self.item = item
 
@@ -147,6 +150,52 @@ class _ItemScope:
 
     def item_value(self) -> Any:
         return self.item
+
+
+class _Using:
+    """The scope of what the scheduler itself computes with for a step (its condition, its
+    fan-out's items, its key): BigParameter values come loaded, each once for the step.
+    Elsewhere they stay BigValues (references), and the workers load those their OPs take."""
+
+    __slots__ = ("loaded", "sr", "store")
+
+    def __init__(self, sr: StepRun, store: Any) -> None:
+        self.sr = sr
+        self.store = store
+        self.loaded: dict[str, Any] | None = None  # by digest
+
+    def input_value(self, name: str, kind: str) -> Any:
+        value = self.sr.trun.input_value(name, kind)
+        if type(value) is BigValue:
+            return self.load(value, f"the template input {name!r}")
+        return value
+
+    def output_value(self, step: str, name: str, kind: str) -> Any:
+        value = self.sr.trun.output_value(step, name, kind)
+        if type(value) is BigValue:
+            return self.load(value, f"the output {name!r} of step {step!r}")
+        return value
+
+    def item_value(self) -> Any:
+        return self.sr.trun.item_value()
+
+    def load(self, big: BigValue, what: str) -> Any:
+        """The one place the state machine does I/O: a blocking read from the store (a file
+        read for a local one, a request for S3) on whatever thread drives the run, the event
+        loop's included. The value is kept only while the step's scheduling needs it."""
+        loaded = self.loaded
+        if loaded is None:
+            loaded = self.loaded = {}
+        digest = big.ref.digest
+        if digest not in loaded:
+            try:
+                loaded[digest] = read_big(big, self.store)
+            except Exception as exc:  # network errors come in many types
+                raise InputFetchError(
+                    f"step {self.sr.record.path!r} could not load {what}, a BigParameter, "
+                    f"from the store: {exc}"
+                ) from None
+        return loaded[digest]
 
 
 class StepRun:
@@ -440,21 +489,29 @@ class RunState:
         else:
             common = node.const_inputs  # never mutated: slices and workers copy
         sr.common = common
+        # made by the first of these that computes with values: most steps have none of them
+        scope: _Using | None = None
         when = step.when
-        if when is not None and not self._condition(when, trun, common):
-            return False
+        if when is not None:
+            scope = _Using(sr, self.store)
+            if not self._condition(when, scope, common):
+                return False
         if node.fan_out:
-            self._fan_out(sr, trun)
+            scope = scope or _Using(sr, self.store)
+            self._fan_out(sr, scope)
         else:
             sr.slice_outputs = [None]
-        if step.key is not None:
+        key = step.key
+        if key is not None:
             if sr.items is not None and node.key_per_item:
-                self._slice_records(sr, step.key)
+                self._slice_records(sr, key, scope or _Using(sr, self.store))
+            elif "{{" in key:
+                sr.record.key = str(render(key, scope or _Using(sr, self.store)))
             else:
-                sr.record.key = str(render(step.key, trun)) if "{{" in step.key else step.key
+                sr.record.key = key
         return True
 
-    def _slice_records(self, sr: StepRun, key: str) -> None:
+    def _slice_records(self, sr: StepRun, key: str, scope: _Using) -> None:
         """One record per slice, each with its own rendered key (Dflow's per-slice keys)."""
         assert sr.items is not None
         records = []
@@ -463,34 +520,45 @@ class RunState:
                 name=f"{sr.record.name}[{i}]",
                 path=f"{sr.record.path}[{i}]",
                 template=sr.record.template,
-                key=str(render(key, _ItemScope(sr.trun, it))),
+                key=str(render(key, _ItemScope(scope, it))),
             )
             records.append(rec)
         self.records.extend(records)
         sr.slice_records = records
 
-    def _condition(self, when: Any, trun: TemplateRun, inputs: dict[str, Any]) -> bool:
+    def _condition(self, when: Any, scope: _Using, inputs: dict[str, Any]) -> bool:
         if isinstance(when, bool):
             return when
         if isinstance(when, Ref):
-            value = when.evaluate(trun)
+            value = when.evaluate(scope)
         elif isinstance(when, str):
-            value = safe_condition(when, trun)
+            value = safe_condition(when, scope)
         elif callable(when):
-            value = when(dict(inputs))
+            value = when(
+                {
+                    k: scope.load(v, f"the input {k!r}") if type(v) is BigValue else v
+                    for k, v in inputs.items()
+                }
+            )
         else:
             raise TypeError(f"when= must be an expression, a callable or a bool, got {when!r}")
         if isinstance(value, Ref):
             raise TypeError("when= evaluated to a reference, not a value")
         return bool(value)
 
-    def _fan_out(self, sr: StepRun, trun: TemplateRun) -> None:
+    def _fan_out(self, sr: StepRun, scope: _Using) -> None:
         step = sr.node.step
         assert step is not None
         sl = step.slices
         sliced = sl.sliced_inputs if sl else ()
+        for p in sliced:  # a BigParameter list is sliced here: each slice takes its element
+            value = sr.common[p]
+            if type(value) is BigValue:
+                if sr.common is sr.node.const_inputs:  # shared by every run of the step
+                    sr.common = dict(sr.common)
+                sr.common[p] = scope.load(value, f"the input {p!r}")
         if step.with_param is not None:
-            items = evaluate(step.with_param, trun)
+            items = evaluate(step.with_param, scope)
             if isinstance(items, str):
                 items = json.loads(items)
             items = list(items)
@@ -501,7 +569,7 @@ class RunState:
             items = list(range(next(iter(lengths.values()), 0)))
         indices = list(range(len(items)))
         if sl is not None and sl.slices is not None:
-            indices = [int(evaluate(sl.slices, _ItemScope(trun, it))) for it in items]
+            indices = [int(evaluate(sl.slices, _ItemScope(scope, it))) for it in items]
         for p in sliced:
             value = sr.common[p]
             if not isinstance(value, list | tuple):
