@@ -1,14 +1,27 @@
 """Stored artifact and BigParameter values met in unusual places: records reused from a run
-on another store."""
+on another store, and BigParameter values the scheduler itself computes with (a fan-out, a
+condition, a key)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dflow_async import Artifact, BigParameter, Step, Workflow, op
+from dflow_async import (
+    OP,
+    OPIO,
+    Artifact,
+    BigParameter,
+    OPIOSign,
+    Slices,
+    Step,
+    Workflow,
+    item,
+    op,
+)
 
 
 @op
@@ -125,3 +138,186 @@ def test_a_consumer_that_takes_no_holes_is_told_which_entries_are_none(tmp_path:
     assert "SignatureError" in rec.error
     assert "entries [0, 2] are None" in rec.error
     assert "Artifact(list[Path | None])" in rec.error
+
+
+# -- BigParameter values the scheduler computes with -------------------------------------------
+
+
+@op
+def gen_big() -> {"items": BigParameter(list), "n": BigParameter(int)}:  # type: ignore[valid-type]
+    return {"items": [1, 2, 3], "n": 5}
+
+
+@op
+def double(x: int) -> int:
+    return 2 * x
+
+
+class DoubleBig(OP):
+    """Takes its input as a BigParameter: a slice of a big list reaches it as a plain value."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": BigParameter(int)})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"result": int})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"result": 2 * op_in["x"]})
+
+
+def _fan_out(store: Path, executor: str, how: str) -> Workflow:
+    wf = Workflow("bigfan", store=str(store), executor=executor)
+    g = Step("gen", gen_big)
+    items = g.outputs.parameters["items"]
+    wf.add(g)
+    if how == "slices":
+        sliced = Slices(input_parameter=["x"], output_parameter=["result"])
+        wf.add(Step("double", double, parameters={"x": items}, slices=sliced))
+        wf.add(Step("big_port", DoubleBig, parameters={"x": items}, slices=sliced))
+    else:
+        wf.add(Step("double", double, parameters={"x": item}, with_param=items, key=f"d-{item}"))
+    return wf
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+@pytest.mark.parametrize("how", ["slices", "with_param"])
+def test_a_fan_out_over_a_big_list_takes_its_elements(
+    how: str, executor: str, tmp_path: Path
+) -> None:
+    result = _fan_out(tmp_path, executor, how).run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    for rec in result.query_step(name="double") + result.query_step(name="big_port"):
+        assert rec.outputs.parameters["result"] == [2, 4, 6]
+    if how == "with_param":  # a per-slice key renders its item: the element, not a reference
+        keys = [r.key for r in result.records if r.name.startswith("double[")]
+        assert keys == ["d-1", "d-2", "d-3"]
+
+
+@op
+def one() -> int:
+    return 1
+
+
+def test_a_condition_and_a_key_see_big_values(tmp_path: Path) -> None:
+    wf = Workflow("bigwhen", store=str(tmp_path))
+    g = Step("gen", gen_big)
+    n = g.outputs.parameters["n"]
+    wf.add(g)
+    wf.add(
+        [
+            Step("yes", one, when=n > 3),
+            Step("no", one, when=n > 10),
+            Step("text", one, when="{{steps.gen.outputs.parameters.n}} == 5"),
+            Step("call", double, parameters={"x": n}, when=lambda inputs: inputs["x"] == 5),
+            Step("keyed", one, key=f"k-{n}"),
+            Step("expr", one, key=f"k-{n + 1}"),
+        ]
+    )
+    result = wf.run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    phases = {r.name: r.phase for r in result.records}
+    assert phases == {
+        "gen": "Succeeded",
+        "yes": "Succeeded",
+        "no": "Skipped",
+        "text": "Succeeded",
+        "call": "Succeeded",
+        "keyed": "Succeeded",
+        "expr": "Succeeded",
+    }
+    assert [r.key for r in result.query_step(name="keyed") + result.query_step(name="expr")] == [
+        "k-5",
+        "k-6",
+    ]
+
+
+def test_a_step_loads_each_big_value_it_computes_with_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dflow_async._store import ArtifactStore
+
+    reads: list[str] = []
+    get_value = ArtifactStore.get_value
+
+    def counted(self: ArtifactStore, ref: Any) -> object:
+        reads.append(ref.digest)
+        return get_value(self, ref)
+
+    monkeypatch.setattr(ArtifactStore, "get_value", counted)
+    wf = Workflow("bigonce", store=str(tmp_path))
+    g = Step("gen", gen_big)
+    items, n = g.outputs.parameters["items"], g.outputs.parameters["n"]
+    wf.add(g)
+    # the condition, the fan-out, the per-slice keys and the slices' items use both values
+    wf.add(
+        Step(
+            "double",
+            double,
+            parameters={"x": item},
+            with_param=items,
+            when=n > 3,
+            key=f"{n}-{item}",
+        )
+    )
+    result = wf.run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    assert len(reads) == len(set(reads)) == 2  # n and items, once each: not per slice
+
+
+@op
+def wipe_values(store: str) -> int:
+    # the store loses every BigParameter value between its producer and its consumers
+    shutil.rmtree(Path(store) / "artifacts" / "values")
+    return 0
+
+
+@op
+def total(xs: list) -> int:
+    return sum(xs)
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+@pytest.mark.parametrize("consumer", ["sliced", "worker"])
+def test_a_big_value_missing_from_the_store_fails_its_consumer_naming_the_input(
+    consumer: str, executor: str, tmp_path: Path
+) -> None:
+    wf = Workflow("bigmissing", store=str(tmp_path), executor=executor)
+    g = Step("gen", gen_big)
+    wipe = Step("wipe", wipe_values, parameters={"store": str(tmp_path)}, dependencies=[g])
+    items = g.outputs.parameters["items"]
+    if consumer == "sliced":  # loaded by the scheduler, to slice it
+        sliced = Slices(input_parameter=["x"], output_parameter=["result"])
+        use = Step("use", double, parameters={"x": items}, slices=sliced, dependencies=[wipe])
+    else:  # loaded by the worker, for the OP
+        use = Step("use", total, parameters={"xs": items}, dependencies=[wipe])
+    for step in (g, wipe, use):
+        wf.add(step)
+    result = wf.run()
+    assert result.status == "Failed"
+    (rec,) = result.query_step(name="use")
+    assert rec.phase == "Failed"
+    port = "x" if consumer == "sliced" else "xs"
+    assert f"could not load the input {port!r}, a BigParameter" in rec.error, rec.error
+    assert "is missing" in rec.error and "'gen'" in rec.error, rec.error
+    if consumer == "sliced":
+        assert "step 'use'" in rec.error
+
+
+def test_a_sub_workflow_fans_out_over_a_big_list_it_takes_as_input(tmp_path: Path) -> None:
+    from dflow_async import Steps
+
+    sub = Steps("sub", inputs={"items": None, "n": 0})
+    xs, n = sub.inputs.parameters["items"], sub.inputs.parameters["n"]
+    sub.add(Step("each", double, parameters={"x": item}, with_param=xs, when=n > 3, key=f"{n}"))
+    wf = Workflow("bigsub", store=str(tmp_path))
+    g = Step("gen", gen_big)
+    wf.add(g)
+    out = g.outputs.parameters
+    wf.add(Step("sub", sub, parameters={"items": out["items"], "n": out["n"]}))
+    result = wf.run()
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    (rec,) = result.query_step(name="each")
+    assert rec.outputs.parameters["result"] == [2, 4, 6] and rec.key == "5"
