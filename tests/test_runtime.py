@@ -930,3 +930,16 @@ def test_protocol_typed_ports_run() -> None:
     result = Workflow("proto", dag=dag, executor="inline").run()
     assert result.status == "Succeeded"
     assert result.query_step(name="use")[0].outputs.parameters["result"] == 17
+
+
+def test_a_workflow_survives_pickling_and_runs() -> None:
+    """Templates keep their input tables' binding through pickle (sending a workflow to
+    another process): pickle's default set the items before the attributes they need."""
+    import cloudpickle
+
+    loop = Steps("loop", inputs={"i": 0})
+    loop.add(Step("a", ident, parameters={"x": loop.inputs.parameters["i"]}))
+    copy = cloudpickle.loads(cloudpickle.dumps(Workflow("pickled", steps=loop)))
+    assert copy.entrypoint.inputs.parameters["i"]._template is copy.entrypoint
+    (rec,) = copy.run(parameters={"i": 3}).query_step(name="a")
+    assert rec.outputs.parameters["result"] == 3

@@ -118,6 +118,10 @@ class _PortDict(dict[str, Any]):
             f"{self._owner} has no {self._kind} {key!r} (it has: {sorted(self) or 'none'})"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle's default would set the items before the attributes __setitem__ reads
+        return (type(self), (self._owner, self._kind, dict(self), self._template))
+
 
 class Inputs:
     """Dflow's ``Inputs(parameters={...}, artifacts={...})``."""
