@@ -943,3 +943,38 @@ def test_a_workflow_survives_pickling_and_runs() -> None:
     assert copy.entrypoint.inputs.parameters["i"]._template is copy.entrypoint
     (rec,) = copy.run(parameters={"i": 3}).query_step(name="a")
     assert rec.outputs.parameters["result"] == 3
+
+
+def test_a_deep_recursion_loop_writes_files_past_the_path_length_limit() -> None:
+    """Each iteration of a recursion loop nests a level under <run>/steps/: 120 levels of a
+    40-character name make a path longer than PATH_MAX (4096 bytes). Deep steps get a
+    shortened directory (outer levels, a digest, their name) and still write their files."""
+
+    @op
+    def count(i: int) -> {"i": int, "log": Artifact(Path)}:  # type: ignore[valid-type]
+        Path("log.txt").write_text(str(i))
+        return {"i": i + 1, "log": Path("log.txt")}
+
+    loop = Steps("loop", inputs={"i": 0, "limit": 120})
+    step = Step("count", count, parameters={"i": loop.inputs.parameters["i"]})
+    loop.add(step)
+    name = "the-next-iteration-of-the-counting-loop"
+    loop.add(
+        Step(
+            name,
+            loop,
+            parameters={
+                "i": step.outputs.parameters["i"],
+                "limit": loop.inputs.parameters["limit"],
+            },
+            when=step.outputs.parameters["i"] < loop.inputs.parameters["limit"],
+        )
+    )
+    result = Workflow("deep", steps=loop).run()
+    assert result.status == "Succeeded"
+    counts = result.query_step(name="count")
+    assert len(counts) == 120
+    last = max(counts, key=lambda r: len(r.path))
+    assert len(last.path) > 4096
+    assert "/~" in last.workdirs[0] and len(last.workdirs[0]) < 1200
+    assert last.outputs.artifacts["log"].read_text() == "119"

@@ -9,6 +9,7 @@ O(1) per event: predecessor counters are decremented, never recomputed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import deque
@@ -762,15 +763,18 @@ class RunState:
     def _make_unit(self, sr: StepRun, number: int, ids: range, attempt: int) -> Unit:
         node = sr.node
         record = sr.record
+        where = record.path
+        if len(where) > _DEEPEST_DIR:
+            where = _shortened(where)
         # positional: keyword calls cost a good part of these objects' construction
         if sr.items is None:
             if attempt == 0:
-                workdir = self._steps_dir + record.path + self._first_attempt
+                workdir = self._steps_dir + where + self._first_attempt
             else:
-                workdir = f"{self._steps_dir}{record.path}/a{attempt}{self.attempt_suffix}"
+                workdir = f"{self._steps_dir}{where}/a{attempt}{self.attempt_suffix}"
             pieces: tuple[SliceInput, ...] = (SliceInput(None, sr.common, workdir),)
         else:
-            base = self._steps_dir + record.path
+            base = self._steps_dir + where
             name = f"a{attempt}{self.attempt_suffix}"
             pieces = tuple(
                 SliceInput(i, self._slice_inputs(sr, i), f"{base}/s{i}/{name}") for i in ids
@@ -1000,6 +1004,19 @@ class RunState:
     def _emit(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(kind, record, fields)
+
+
+#: the longest step path (in characters) kept as nested directories under <run>/steps/
+_DEEPEST_DIR = 768
+
+
+def _shortened(path: str) -> str:
+    """The directory, under <run>/steps/, of a step whose path nests deeper than file systems
+    allow (a recursion loop adds a level per iteration; PATH_MAX is 4096 bytes): its outer
+    levels, a digest of the whole path, and its own name."""
+    head = path[: _DEEPEST_DIR // 2].rpartition("/")[0]
+    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    return f"{head}/~{digest}/{path.rpartition('/')[2]}"
 
 
 def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
