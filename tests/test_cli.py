@@ -417,3 +417,10 @@ def test_executors_subprocess(tmp_path: Path) -> None:
     proc = cli(tmp_path, "executors")
     assert proc.returncode == 0, proc.stderr
     assert {"inline", "process"} <= set(proc.stdout.split())
+
+
+def test_logs_label_each_slice_attempt() -> None:
+    from dflow_async._cli_runs import attempt_label
+
+    assert attempt_label("/r/steps/fan/s3/a0.r1") == "s3/a0.r1"
+    assert attempt_label("/r/steps/loop/step/a1") == "a1"

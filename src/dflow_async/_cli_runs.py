@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -132,8 +133,20 @@ def logs(
     for rec in records:
         for workdir in rec.workdirs or []:
             log = Path(workdir + ".log")
-            out.print(Text(f"==> {rec.path} ({Path(workdir).name}) <==", style="bold"))
+            out.print(Text(f"==> {rec.path} ({attempt_label(workdir)}) <==", style="bold"))
             out.print(log.read_text(errors="replace") if log.exists() else "(no output)", end="")
+
+
+_SLICE_DIR = re.compile(r"s\d+")
+
+
+def attempt_label(workdir: str) -> str:
+    """Which attempt a work dir is: ``a0``, or ``s3/a0`` for a slice's (the slices of a
+    fan-out step share its record, so ``a0`` alone would not tell them apart)."""
+    path = Path(workdir)
+    if _SLICE_DIR.fullmatch(path.parent.name):
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 def artifacts_download(
