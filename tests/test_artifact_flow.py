@@ -559,3 +559,67 @@ def test_every_spelling_of_a_local_store_url_names_the_same_directory(
     ref = result.records[0].outputs.artifacts["f"].ref
     assert Path(ref.uri).is_relative_to(wanted / "artifacts")
     assert (wanted / "runs" / result.run_id).is_dir()
+
+
+def test_a_store_that_goes_away_fails_its_consumer_as_infra_naming_the_artifact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The S3 server stops between producer and consumer: the consumer's fetch fails as an
+    infra failure (retried by default) naming the artifact and its producer, not as a user
+    error carrying botocore's bare message."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import s3fs
+
+    from dflow_async import RetryPolicy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+        "key": "testing",
+        "secret": "testing",
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("outage")
+
+    @op
+    def produce() -> {"f": Artifact(Path)}:
+        Path("f.txt").write_text("data")
+        return {"f": Path("f.txt")}
+
+    @op
+    def outage() -> int:
+        server.stop()  # the store goes away between producer and consumer
+        return 1
+
+    @op
+    def consume(f: Artifact(Path), x: int) -> str:
+        return f.read_text()
+
+    wf = Workflow("outage", store="s3://outage/p", storage_options=options)
+    p = Step("produce", produce)
+    o = Step("outage", outage)
+    once = RetryPolicy(max_retries=1, backoff=0, jitter=0)
+    c = Step(
+        "consume",
+        consume,
+        artifacts={"f": p.outputs.artifacts["f"]},
+        parameters={"x": o.outputs.parameters["result"]},
+        retries=once,
+    )
+    wf.add([p])
+    wf.add([o])
+    wf.add([c])
+    try:
+        result = wf.run(journal=False)
+    finally:
+        server.stop()
+    (rec,) = result.query_step(name="consume")
+    assert rec.phase == "Failed"
+    assert rec.attempts == 2, rec.errors  # retried: an infra failure
+    assert rec.errors[0].startswith("attempt 0: [infra]"), rec.errors
+    assert "produced by step 'produce'" in rec.errors[0]
+    assert "could not be read from the store" in rec.errors[0]

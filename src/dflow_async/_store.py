@@ -205,6 +205,8 @@ class ArtifactStore:
             raise
         except (OSError, TreeError) as exc:
             self._fail(ref, f"could not be materialised in {str(dest)!r}: {exc}")
+        except Exception as exc:  # an unreachable remote store: errors of many library types
+            self._unreachable(ref, exc)
         finally:
             _remove(staging)
         return target
@@ -229,7 +231,12 @@ class ArtifactStore:
         codec = VALUE_CODECS.get(ref.name)
         if codec is None or self._section(ref) != "values":
             self._fail(ref, "is not a value stored by put_value")
-        data = self._fetch_one(ref, "values", verify=False).read_bytes()
+        try:
+            data = self._fetch_one(ref, "values", verify=False).read_bytes()
+        except ArtifactError:
+            raise
+        except Exception as exc:  # an unreachable remote store: errors of many library types
+            self._unreachable(ref, exc)
         if hash_bytes(data) != ref.hexdigest:
             self._fail(ref, "is corrupt: its bytes do not match the digest", "re-run the producer")
         return decode_value(data, codec)
@@ -494,6 +501,15 @@ class ArtifactStore:
         tail = f"; {hint}" if hint else ""
         raise ArtifactError(
             f"artifact {ref.name!r} {_by(ref.producer)} at {ref.uri} {problem}{tail}"
+        )
+
+    def _unreachable(self, ref: ArtifactRef, exc: Exception) -> NoReturn:
+        # an ArtifactError, so that a consumer fails as an infra failure (retried) naming the
+        # artifact, not as a user error with the transport's bare message
+        self._fail(
+            ref,
+            f"could not be read from the store ({type(exc).__name__}: {exc})",
+            "check that the store is reachable",
         )
 
     def _fail_store(self, problem: str) -> NoReturn:
