@@ -13,6 +13,7 @@ import pytest
 from dflow_async import (
     DAG,
     Artifact,
+    BigParameter,
     Slices,
     Step,
     Workflow,
@@ -623,3 +624,23 @@ def test_a_store_that_goes_away_fails_its_consumer_as_infra_naming_the_artifact(
     assert rec.errors[0].startswith("attempt 0: [infra]"), rec.errors
     assert "produced by step 'produce'" in rec.errors[0]
     assert "could not be read from the store" in rec.errors[0]
+
+
+def test_runs_on_an_s3_store_are_opened_with_the_same_store_url(s3: Any) -> None:
+    """Runs on a remote store keep their journals locally (./.dflow-async); Run.open and
+    list_runs take the same store= a Workflow was given, and storage_options to read its
+    BigParameter values."""
+    from dflow_async import Run, list_runs
+
+    @op
+    def table(n: int) -> {"rows": BigParameter(list)}:  # type: ignore[valid-type]
+        return {"rows": list(range(n))}
+
+    url = f"s3://{BUCKET}/runs-open"
+    wf = Workflow("on-s3", store=url, storage_options=s3)
+    wf.add(Step("table", table, parameters={"n": 5}))
+    result = wf.run()
+    assert result.status == "Succeeded"
+    run = Run.open(result.run_id, store=url, storage_options=s3)
+    assert run.query_step(name="table")[0].outputs.parameters["rows"] == [0, 1, 2, 3, 4]
+    assert result.run_id in [r.run_id for r in list_runs(store=url)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dflow_async._journal import JOURNAL_NAME, LOCK_NAME, JournalError, RunSnapshot, read_run
 from dflow_async._records import StepRecord
@@ -13,9 +14,9 @@ __all__ = ["Run", "list_runs"]
 
 
 def _store_root(store: str | os.PathLike[str] | None) -> Path:
-    from dflow_async._workflow import default_store, local_store_path
+    from dflow_async._workflow import runs_home
 
-    return local_store_path(store) if store is not None else default_store()
+    return runs_home(store)
 
 
 class Run:
@@ -25,16 +26,27 @@ class Run:
     is what the driver had made durable.
     """
 
-    def __init__(self, snapshot: RunSnapshot) -> None:
+    def __init__(
+        self, snapshot: RunSnapshot, storage_options: dict[str, Any] | None = None
+    ) -> None:
         self._snapshot = snapshot
         self.run_id = snapshot.run_id
         self.run_dir = snapshot.run_dir
         self.meta = snapshot.meta
         self.records = snapshot.records
-        _attach_store(self.records, self.meta.get("store"))
+        _attach_store(self.records, self.meta.get("store"), storage_options)
 
     @classmethod
-    def open(cls, run_id: str, *, store: str | os.PathLike[str] | None = None) -> Run:
+    def open(
+        cls,
+        run_id: str,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Run:
+        """The run ``run_id`` of ``store`` (the same value given to ``Workflow(store=)``; runs
+        on a remote store are journaled under ``$DFLOW_ASYNC_HOME``, ``./.dflow-async``).
+        ``storage_options`` are for reading a remote store's BigParameter values."""
         run_dir = _store_root(store) / "runs" / run_id
         if not (run_dir / JOURNAL_NAME).exists():
             known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
@@ -43,7 +55,7 @@ class Run:
                 "run from the directory the run was started in, or point at its store "
                 "(store= in Python, $DFLOW_ASYNC_HOME for the CLI)"
             )
-        return cls(read_run(run_dir))
+        return cls(read_run(run_dir), storage_options)
 
     @property
     def status(self) -> str:
@@ -98,7 +110,9 @@ def driver_alive(run_dir: Path) -> bool | None:
     )
 
 
-def _attach_store(records: list[StepRecord], url: str | None) -> None:
+def _attach_store(
+    records: list[StepRecord], url: str | None, storage_options: dict[str, Any] | None = None
+) -> None:
     """The journal keeps BigParameter outputs as bare references: point them at the run's
     store, so that ``record.outputs.parameters`` can load their values."""
     from dflow_async._store import ArtifactStore
@@ -110,12 +124,15 @@ def _attach_store(records: list[StepRecord], url: str | None) -> None:
             for v in value if type(value) is list else (value,):
                 if type(v) is BigValue and v.store is None and url:
                     if store is None:
-                        store = ArtifactStore(url)
+                        store = ArtifactStore(url, storage_options)
                     v.store = store
 
 
-def list_runs(*, store: str | os.PathLike[str] | None = None) -> list[Run]:
-    """Every run under the store, oldest first; unreadable journals are skipped."""
+def list_runs(
+    *, store: str | os.PathLike[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> list[Run]:
+    """Every run of the store (as for :meth:`Run.open`), oldest first; unreadable journals
+    are skipped."""
     runs_dir = _store_root(store) / "runs"
     found: list[Run] = []
     if not runs_dir.is_dir():
@@ -123,7 +140,7 @@ def list_runs(*, store: str | os.PathLike[str] | None = None) -> list[Run]:
     for run_dir in runs_dir.iterdir():
         if (run_dir / JOURNAL_NAME).exists():
             try:
-                found.append(Run(read_run(run_dir)))
+                found.append(Run(read_run(run_dir), storage_options))
             except JournalError:
                 continue
     found.sort(key=lambda r: r.created or 0.0)

@@ -272,9 +272,7 @@ class Workflow:
     def store_path(self) -> Path:
         """The local directory holding run directories (journals, work dirs, logs): the
         store itself when it is local, else ``$DFLOW_ASYNC_HOME`` (``./.dflow-async``)."""
-        if self.store is None or not _is_local_url(str(self.store)):
-            return default_store()
-        return local_store_path(self.store)
+        return runs_home(self.store)
 
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts are committed: ``<store>/artifacts`` for a local store, the URL
@@ -305,6 +303,15 @@ class Workflow:
             "store": self.artifact_store().url,
             "parameters": json.dumps(parameters or {}, default=repr),
         }
+
+
+def runs_home(store: str | os.PathLike[str] | None) -> Path:
+    """The local directory holding the run directories of runs on ``store``: the store itself
+    when it is local, else ``$DFLOW_ASYNC_HOME`` (``./.dflow-async``), where runs on a remote
+    store (``s3://...``) keep their journals and work dirs."""
+    if store is None or not _is_local_url(os.fspath(store)):
+        return default_store()
+    return local_store_path(store)
 
 
 def local_store_path(url: str | os.PathLike[str]) -> Path:
