@@ -90,8 +90,10 @@ def test_parameter_bound_as_artifact_and_unknown_reference() -> None:
     wf = Workflow("w")
     wf.add(Step("f", takes_file, parameters={"f": "x.txt"}))
     wf.add(Step("g", needs, parameters={"x": 1, "label": other.outputs.parameters["result"]}))
+    wf.add(Step("h", needs, parameters={"label": "l"}, artifacts={"x": Path("/tmp")}))
     found = problems(wf)
     assert any("'f' is an artifact port; bind it in artifacts=" in p for p in found)
+    assert any("'x' is a parameter port; bind it in parameters=" in p for p in found)
     assert any("refers to step 'elsewhere', which is not a step of 'w'" in p for p in found)
 
 

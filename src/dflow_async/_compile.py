@@ -556,9 +556,9 @@ class _Compiler:
                 f"declare (declared {kind}: {declared or 'none'})"
             )
         else:
+            what = "an artifact" if info.kind == "artifacts" else "a parameter"
             self.problem(
-                f"{where}: {port!r} is an {info.kind[:-1]} port; bind it in "
-                f"{info.kind}= instead of {kind}="
+                f"{where}: {port!r} is {what} port; bind it in {info.kind}= instead of {kind}="
             )
 
     def output_binding(
