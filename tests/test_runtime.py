@@ -978,3 +978,29 @@ def test_a_deep_recursion_loop_writes_files_past_the_path_length_limit() -> None
     assert len(last.path) > 4096
     assert "/~" in last.workdirs[0] and len(last.workdirs[0]) < 1200
     assert last.outputs.artifacts["log"].read_text() == "119"
+
+
+def test_events_carry_their_own_phase_and_attempt_and_each_retry_starts() -> None:
+    """Hooks run on the loop, in order, possibly after the worker thread has moved the live
+    record on: each event's fields say the phase and attempt it reports. A retry's attempt
+    has its own started event."""
+
+    @op
+    def flaky() -> int:
+        if current_context().attempt == 0:
+            raise TransientError("first try")
+        return 1
+
+    seen: list[tuple[str, str, str, int]] = []
+    wf = Workflow("events")
+    wf.add(Step("plain", ident, parameters={"x": 1}))
+    wf.add(Step("flaky", flaky, retries=RetryPolicy(max_retries=1, backoff=0, jitter=0)))
+    wf.run(on_event=lambda kind, rec, f: seen.append((rec.name, kind, f["phase"], f["attempt"])))
+    assert seen == [
+        ("plain", "started", "Running", 0),
+        ("plain", "succeeded", "Succeeded", 0),
+        ("flaky", "started", "Running", 0),
+        ("flaky", "retrying", "Running", 0),
+        ("flaky", "started", "Running", 1),
+        ("flaky", "succeeded", "Succeeded", 1),
+    ]

@@ -57,6 +57,7 @@ class RunProgress:
             self.running += 1
         elif kind == "retrying":
             self.retries += 1
+            self.running -= 1  # its next attempt's "started" counts it again
         else:
             if record.start is not None and kind != "pending":
                 self.running -= 1  # it was counted as running when it started

@@ -18,8 +18,11 @@ from dflow_async._records import StepRecord
 
 __all__ = ["EventHook", "configure_logging", "logging_hook", "safe"]
 
-#: ``hook(kind, record, fields)``: kind is started, succeeded, failed, retrying, skipped or
-#: cancelled; ``record`` is the step's live :class:`StepRecord`.
+#: ``hook(kind, record, fields)``: kind is started (also for each retry's attempt), succeeded,
+#: failed, retrying, skipped or cancelled; ``fields`` hold the event's own facts (``phase``,
+#: ``attempt``, and ``error``/``kind``/``delay``/``reason`` where they apply); ``record`` is the
+#: step's live :class:`StepRecord`, which may have moved on by the time a hook runs (hooks run
+#: on the event loop, in order, while attempts go on in worker threads).
 EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
 
 _stdlib_logger = logging.getLogger("dflow_async")

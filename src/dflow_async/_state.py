@@ -807,6 +807,8 @@ class RunState:
             record.start = time.time()
             if self.on_event is not None:
                 self._emit("started", record, {"attempt": unit.attempt})
+        elif unit.attempt and self.on_event is not None:  # a retry starts: its own event
+            self._emit("started", record, {"attempt": unit.attempt})
         out.append(unit)
 
     def _slices_done(
@@ -1003,6 +1005,10 @@ class RunState:
 
     def _emit(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
         if self.on_event is not None:
+            # the facts of the event itself: hooks may run later (on the event loop, in
+            # order), when the live record has moved on
+            fields.setdefault("attempt", max(record.attempts - 1, 0))
+            fields["phase"] = record.phase
             self.on_event(kind, record, fields)
 
 
