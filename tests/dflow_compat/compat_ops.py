@@ -173,3 +173,19 @@ class Cat(OP):
                 for p in sorted(op_in["dir"].rglob("*.txt"))
             ]
         return OPIO({"text": ";".join(parts), "kinds": kinds})
+
+
+class Where(OP):
+    """Where its ``Artifact(Path)`` input sits: ``<parent directory>/<name>``."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"file": Artifact(Path)})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"where": str})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"where": f"{op_in['file'].parent.name}/{op_in['file'].name}"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compat_ops import Cat, Files, WriteUnlessBad
+from compat_ops import Cat, Files, Where, WriteUnlessBad
 
 from dflow_async.dflow import Step, Workflow, download_artifact, upload_artifact
 from dflow_async.dflow.python import PythonOPTemplate, Slices
@@ -81,6 +81,15 @@ def test_a_list_artifact_into_a_path_input_is_one_directory() -> None:
     assert step.outputs.parameters["text"].value == (
         "task.0/data.txt=data 0;task.1/data.txt=data 1;task.2/data.txt=data 2"
     )
+
+
+def test_a_one_file_list_into_a_path_input_keeps_its_relative_name() -> None:
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 1})
+    where = Step(
+        "where", PythonOPTemplate(Where), artifacts={"file": files.outputs.artifacts["files"]}
+    )
+    wf = run(files, where)
+    assert wf.query_step(name="where")[0].outputs.parameters["where"].value == "task.0/data.txt"
 
 
 def test_uploaded_directory_and_file_inputs() -> None:

@@ -4,7 +4,7 @@ per-slice keys, Step(slices=) overrides and Step(parallelism=)."""
 from __future__ import annotations
 
 import pytest
-from compat_ops import Cat, Echo, Files, Square, Sum
+from compat_ops import Cat, Echo, Files, Square, Sum, Where
 
 from dflow_async.dflow import Step, Workflow, argo_enumerate, argo_range, upload_artifact
 from dflow_async.dflow.python import PythonOPTemplate, Slices
@@ -95,6 +95,23 @@ def test_sub_path_slices_of_a_list_artifact() -> None:
     wf = run(files, cat)
     (step,) = wf.query_step(name="cat")
     assert step.outputs.parameters["text"].value == ["data 0", "data 1", "data 2"]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_item_slices_of_a_list_output_keep_each_relative_name(executor: str) -> None:
+    # slice i is fetched from the store as .../<port>/data.txt: Dflow hands task.<i>/data.txt
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 3})
+    where = Step(
+        "where",
+        PythonOPTemplate(
+            Where, slices=Slices("{{item}}", input_artifact=["file"], output_parameter=["where"])
+        ),
+        artifacts={"file": files.outputs.artifacts["files"]},
+        with_param=argo_range(3),
+    )
+    wf = run(files, where, executor=executor)
+    (step,) = wf.query_step(name="where")
+    assert step.outputs.parameters["where"].value == [f"task.{i}/data.txt" for i in range(3)]
 
 
 def test_sub_path_slices_of_uploaded_files(dflow_home: object) -> None:

@@ -54,15 +54,15 @@ def to_dflow(value: Any, shape: str, port: str, workdir: Path, origin: Any = Non
         return value
     root = workdir / ".dflow" / "inputs" / port
     several = isinstance(value, list | tuple | dict)
-    names = _names(value, origin) if several else None
-    if shape in ("str", "path"):
-        if isinstance(value, list | tuple) and len(value) == 1:
-            value = value[0]
-        elif several:
-            value = _gather(value, names, root)
-        return str(value) if shape == "str" else Path(value)
+    # a single path needs its name too: a slice of a list is fetched as .inputs/<port>/<file>
+    names = _names(value, origin) if several or origin is not None else None
+    one = isinstance(value, list | tuple) and len(value) == 1
+    if shape in ("str", "path") and several and not one:
+        return _typed(_gather(value, names, root), shape)
     if names is not None and _materialised(value, origin):
         value = _relink(value, iter(names), root)  # Dflow's directories, not .inputs/<i>/
+    if shape in ("str", "path"):
+        return _typed(value[0] if one else value, shape)
     conv = str if shape.endswith("str") else Path
     if shape.startswith(("list", "set")):
         items = artifact_leaves(value) if several else [value]
@@ -75,6 +75,10 @@ def to_dflow(value: Any, shape: str, port: str, workdir: Path, origin: Any = Non
             value = {Path(value).name: value}
         return {k: None if v is None else conv(v) for k, v in value.items()}
     return _map_leaves(value, conv)  # nested dicts
+
+
+def _typed(path: Any, shape: str) -> str | Path:
+    return str(path) if shape == "str" else Path(path)
 
 
 def _names(value: Any, origin: Any) -> list[str] | None:
