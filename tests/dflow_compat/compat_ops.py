@@ -189,3 +189,20 @@ class Where(OP):
     @OP.exec_sign_check
     def execute(self, op_in: OPIO) -> OPIO:
         return OPIO({"where": f"{op_in['file'].parent.name}/{op_in['file'].name}"})
+
+
+class WriteSame(OP):
+    """Writes ``x`` to ``out.txt``: slices of it all return a file of the same name."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"x": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"out": Artifact(Path)})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        Path("out.txt").write_text(str(op_in["x"]))
+        return OPIO({"out": Path("out.txt")})

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compat_ops import Cat, Files, Where, WriteUnlessBad
+from compat_ops import Cat, Files, Sum, Where, WriteSame, WriteUnlessBad
 
 from dflow_async.dflow import Step, Workflow, download_artifact, upload_artifact
+from dflow_async.dflow._paths import import_tree
 from dflow_async.dflow.python import PythonOPTemplate, Slices
 from dflow_async.exceptions import ArtifactError
 
@@ -70,6 +71,49 @@ def test_download_a_fan_out_artifact_with_failed_slices() -> None:
     assert download_artifact(step.outputs.artifacts["out"], slice=1, path="one") == []
     (two,) = download_artifact(step.outputs.artifacts["out"], slice=2, path="two")
     assert Path(two).read_text() == "x=2"
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_slices_writing_the_same_file_name_are_kept_apart(executor: str) -> None:
+    # Dflow's Slices(create_dir=True) layout: slice i's files under i/
+    fan = Step(
+        "fan",
+        PythonOPTemplate(
+            WriteSame,
+            slices=Slices("{{item}}", input_parameter=["x"], output_artifact=["out"]),
+        ),
+        parameters={"x": [10, 20, 30]},
+        with_param=[0, 1, 2],
+    )
+    out = fan.outputs.artifacts["out"]
+    cat = Step("cat", PythonOPTemplate(Cat), artifacts={"dir": out})
+    total = Step("total", PythonOPTemplate(Sum), parameters={"ys": []}, artifacts={"files": out})
+    wf = Workflow("arts", executor=executor)
+    wf.add(fan)
+    wf.add([cat, total])
+    wf.submit()
+    wf.wait()
+    assert wf.query_status() == "Succeeded"
+    (step,) = wf.query_step(name="cat")
+    assert step.outputs.parameters["text"].value == "0/out.txt=10;1/out.txt=20;2/out.txt=30"
+    assert wf.query_step(name="total")[0].outputs.parameters["from_files"].value == 60
+    (fanned,) = wf.query_step(name="fan")
+    art = fanned.outputs.artifacts["out"]
+    got = download_artifact(art, path="dl")
+    assert got == ["dl/0/out.txt", "dl/1/out.txt", "dl/2/out.txt"]
+    assert [Path(g).read_text() for g in got] == ["10", "20", "30"]
+    (one,) = download_artifact(art, slice=1, path="one")
+    assert one == "one/out.txt" and Path(one).read_text() == "20"
+
+
+def test_imported_files_of_the_same_name_are_kept_apart(tmp_path: Path) -> None:
+    # what a re-used fan-out's artifacts go through: none may replace another
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "out.txt").write_text(d)
+    got = import_tree([tmp_path / "a/out.txt", tmp_path / "b/out.txt"], tmp_path / "in")
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in got] == ["0/out.txt", "1/out.txt"]
+    assert [p.read_text() for p in got] == ["a", "b"]
 
 
 def test_a_list_artifact_into_a_path_input_is_one_directory() -> None:

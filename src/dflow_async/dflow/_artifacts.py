@@ -4,7 +4,8 @@ Dflow keeps an artifact's layout relative to where it came from: uploading ``tas
 from the current directory and downloading it later yields ``./task.0/POSCAR``; downloading a
 step's output yields the paths the OP returned (``task.0003/OUTCAR``). Uploads are stored as
 ``<store>/uploads/<digest>/<relative path>`` so the layout survives, and downloads place every
-file by its relative name (:func:`dflow_async.dflow._paths.relative_name`).
+file by its relative name (:func:`dflow_async.dflow._paths.placed`: slices' files that share a
+name are kept apart under ``<slice>/``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dflow_async._refs import Ref
-from dflow_async.dflow._paths import relative_name
+from dflow_async.dflow._paths import placed
 from dflow_async.dflow._unsupported import refuse
 from dflow_async.exceptions import ArtifactError
 
@@ -40,7 +41,7 @@ class LocalArtifact:
 
     @property
     def path_list(self) -> list[str]:
-        return [relative_name(p) for p in _leaves(self.local_path)]
+        return [name for name, _ in placed(self.local_path)]
 
     def __repr__(self) -> str:
         return f"LocalArtifact({self.local_path!r})"
@@ -138,11 +139,10 @@ def download_artifact(
     if sub_path is not None:
         src = Path(value) / sub_path
         return [_copy(src, dest / Path(sub_path).parent / src.name, skip_exists)]
-    if isinstance(value, dict):
-        return {
-            k: download_artifact(v, path=path, skip_exists=skip_exists) for k, v in value.items()
-        }
-    return [_copy(p, dest / (relative_name(p) or "."), skip_exists) for p in _leaves(value)]
+    copies = iter([_copy(p, dest / (name or "."), skip_exists) for name, p in placed(value)])
+    if isinstance(value, dict):  # each key's copies, in the order placed() lists them
+        return {k: [next(copies) for _ in placed(v)] for k, v in value.items()}
+    return list(copies)
 
 
 def _digest(src: Path) -> str:
@@ -170,13 +170,3 @@ def _copy(src: Any, target: Path, skip_exists: bool) -> str:
     else:
         shutil.copy2(src, target)
     return str(target)
-
-
-def _leaves(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in _leaves(v)]
-    if isinstance(value, list | tuple | set):
-        return [p for v in value for p in _leaves(v)]
-    return [value]

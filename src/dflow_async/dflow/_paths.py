@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["import_tree", "link_or_copy", "relative_name", "symlink_tree"]
+__all__ = ["import_tree", "link_or_copy", "placed", "relative_name"]
 
 _ATTEMPT = re.compile(r"^a\d+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -77,37 +78,39 @@ def _link_file(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def import_tree(value: Any, root: Path) -> Any:
-    """``value`` (a path, or a list/dict of paths) linked under ``root`` by relative name."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {k: import_tree(v, root) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [import_tree(v, root) for v in value]
-    rel = relative_name(value)
-    return link_or_copy(value, root / rel if rel else root)
+def placed(value: Any) -> list[tuple[str, Any]]:
+    """(relative name, path) for each path in ``value`` (a path, or a list/dict of them, in
+    order; ``None`` holes have none): where Dflow puts it in a directory holding the artifact.
 
-
-def symlink_tree(value: Any, root: Path) -> Path:
-    """Gather the paths in ``value`` under one directory ``root`` (symlinks, by relative
-    name): what a Dflow ``Artifact(Path)`` input receives when handed a list of files."""
-    root.mkdir(parents=True, exist_ok=True)
-    for src in _leaves(value):
-        rel = relative_name(src) or Path(src).name
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            continue
-        os.symlink(os.path.abspath(src), target)
-    return root
-
-
-def _leaves(value: Any) -> list[Any]:
+    The elements of a list or dict whose names clash (slices all writing ``out.txt``) are kept
+    apart under ``<index>/`` (``<key>/``), as Dflow's ``Slices(create_dir=True)`` does: one
+    name per file, so no file hides another."""
     if value is None:
         return []
     if isinstance(value, dict):
-        return [p for v in value.values() for p in _leaves(v)]
+        parts = [(str(k), placed(v)) for k, v in value.items()]
+    elif isinstance(value, list | tuple | set):
+        parts = [(str(i), placed(v)) for i, v in enumerate(value)]
+    else:
+        return [(relative_name(value), value)]
+    pairs = [pair for _, inner in parts for pair in inner]
+    names = [name for name, _ in pairs]
+    if len(set(names)) == len(names):
+        return pairs
+    return [(f"{k}/{name}" if name else k, p) for k, inner in parts for name, p in inner]
+
+
+def import_tree(value: Any, root: Path) -> Any:
+    """``value`` (a path, or a list/dict of paths) linked under ``root`` by relative name."""
+    return _import(value, iter([name for name, _ in placed(value)]), root)
+
+
+def _import(value: Any, names: Iterator[str], root: Path) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: _import(v, names, root) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [p for v in value for p in _leaves(v)]
-    return [value]
+        return [_import(v, names, root) for v in value]
+    rel = next(names)
+    return link_or_copy(value, root / rel if rel else root)

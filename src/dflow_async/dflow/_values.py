@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dflow_async._op import artifact_leaves
-from dflow_async.dflow._paths import import_tree, relative_name
+from dflow_async.dflow._paths import import_tree, placed
 from dflow_async.dflow._unsupported import refuse
 from dflow_async.exceptions import ArtifactError
 
@@ -83,11 +83,12 @@ def _typed(path: Any, shape: str) -> str | Path:
 
 def _names(value: Any, origin: Any) -> list[str] | None:
     """Each leaf's relative name, from the origin when it has the same shape."""
-    leaves = artifact_leaves(value)
-    sources = artifact_leaves(origin) if origin is not None else []
-    if len(sources) != len(leaves) or not _same_shape(value, origin):
-        sources = leaves
-    return [relative_name(s) or Path(str(s)).name if s is not None else "" for s in sources]
+    source = origin
+    if len(artifact_leaves(origin)) != len(artifact_leaves(value)) or not _same_shape(
+        value, origin
+    ):
+        source = value
+    return [name or Path(str(p)).name for name, p in placed(source)]
 
 
 def _same_shape(a: Any, b: Any) -> bool:
