@@ -3,6 +3,9 @@ an Artifact(Path) input arrive as one directory."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,21 @@ def test_download_a_list_artifact_keeps_each_relative_path() -> None:
     (one,) = download_artifact(step.outputs.artifacts["files"], slice=1, path="one")
     assert one == "one/task.1/data.txt"
     assert step.outputs.parameters["names"].value == ["task.0/data.txt", "task.1/data.txt"]
+
+
+def test_download_makes_writable_copies_and_falls_back_to_the_store(dflow_home: Path) -> None:
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 2})
+    wf = run(files)
+    art = wf.query_step(name="files")[0].outputs.artifacts["files"]
+    got = download_artifact(art, path="dl")
+    assert [stat.S_IMODE(os.stat(g).st_mode) for g in got] == [0o644, 0o644]  # not 0o400
+    assert download_artifact(art, path="dl") == got  # over the first copies
+    # the work directories are gone (cleaned up, another machine): the store has the bytes
+    shutil.rmtree(dflow_home / ".dflow-async" / "runs" / wf.id / "steps")
+    art = Workflow(id=wf.id).query_step(name="files")[0].outputs.artifacts["files"]
+    got = download_artifact(art, path="again")
+    assert got == ["again/task.0/data.txt", "again/task.1/data.txt"]
+    assert [Path(g).read_text() for g in got] == ["data 0", "data 1"]
 
 
 def test_download_a_fan_out_artifact_with_failed_slices() -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dflow_async._artifacts import download_artifact as _native_download
 from dflow_async._refs import Ref
 from dflow_async.dflow._paths import placed
 from dflow_async.dflow._unsupported import refuse
@@ -159,14 +160,18 @@ def _digest(src: Path) -> str:
 
 
 def _copy(src: Any, target: Path, skip_exists: bool) -> str:
-    src = Path(src)
-    if not src.exists():
-        raise ArtifactError(f"download_artifact: {str(src)!r} no longer exists")
+    """``src`` as a writable copy at ``target``: copied where it still is, else fetched from
+    the store by the reference it carries (the native download does both)."""
     if target.exists() and skip_exists:
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
-    else:
-        shutil.copy2(src, target)
+    src = src if isinstance(src, Path) else Path(src)  # a StoredPath keeps its reference
+    if src.name == target.name:
+        (copy,) = _native_download(src, target.parent)
+        return str(copy)
+    # a whole work directory (no relative name): Dflow puts its contents at ``target``
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
+        (copy,) = _native_download(src, tmp)
+        assert copy is not None
+        shutil.copytree(copy, target, symlinks=True, dirs_exist_ok=True)
     return str(target)
