@@ -244,6 +244,53 @@ def test_ambiguous_and_wrong_objects(tmp_path: Path) -> None:
     assert "no such file" in proc.stderr
 
 
+COMPAT = """\
+from dflow_async.dflow import Step, Workflow
+from dflow_async.dflow.python import OP, OPIO, OPIOSign, PythonOPTemplate
+
+
+class Add(OP):
+    @classmethod
+    def get_input_sign(cls):
+        return OPIOSign({"a": int, "b": int})
+
+    @classmethod
+    def get_output_sign(cls):
+        return OPIOSign({"c": int})
+
+    def execute(self, op_in):
+        return OPIO({"c": op_in["a"] + op_in["b"]})
+
+
+wf = Workflow("compat")
+first = Step("add-first", PythonOPTemplate(Add), parameters={"a": 1, "b": 2})
+wf.add(first)
+then = {"a": first.outputs.parameters["c"], "b": 4}
+wf.add(Step("add-then", PythonOPTemplate(Add), parameters=then))
+empty = Workflow("empty")
+"""
+
+
+def test_run_and_graph_a_dflow_compatibility_workflow(tmp_path: Path) -> None:
+    write(tmp_path, "compat.py", COMPAT, header="")
+    proc = cli(tmp_path, "run", "compat.py:wf", "--executor", "process")
+    assert proc.returncode == 0, proc.stderr
+    assert "add-first" in proc.stdout and "add-then" in proc.stdout
+    assert "workflow 'compat' succeeded" in proc.stdout
+    proc = cli(tmp_path, "graph", "compat.py:wf")
+    assert proc.returncode == 0, proc.stderr
+    assert mermaid_edges(proc.stdout) == {("add-first", "add-then")}
+    proc = cli(tmp_path, "run", "compat.py")  # two compatibility Workflows: which one?
+    assert proc.returncode == 2
+    assert "found 2: wf, empty" in proc.stderr
+    proc = cli(tmp_path, "run", "compat.py:empty")
+    assert proc.returncode == 2
+    assert "workflow 'empty' has no steps" in proc.stderr
+    proc = cli(tmp_path, "run", "compat.py:first")  # the error names the class and its module
+    assert proc.returncode == 2
+    assert "compat.py:first is a dflow_async.dflow._step.Step, not a" in proc.stderr
+
+
 def test_file_that_raises_while_loading(tmp_path: Path) -> None:
     write(tmp_path, "broken.py", "\nraise RuntimeError('broken on purpose')\n")
     proc = cli(tmp_path, "run", "broken.py")

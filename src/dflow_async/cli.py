@@ -38,7 +38,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-TARGET_HELP = "A Python file defining a Workflow; FILE.py:NAME picks the object named NAME."
+TARGET_HELP = (
+    "A Python file defining a Workflow (dflow_async or dflow_async.dflow); FILE.py:NAME picks "
+    "the object named NAME."
+)
+
+WORKFLOW_CLASSES = "dflow_async.Workflow (or dflow_async.dflow.Workflow)"
 
 
 class CliError(Exception):
@@ -127,22 +132,42 @@ def load_workflow(target: str) -> Workflow:
             names = _workflows_in(module)
             hint = f" (Workflow objects in it: {', '.join(names)})" if names else ""
             raise CliError(f"{path.name} has no attribute {obj!r}{hint}") from None
-        if not isinstance(found, Workflow):
+        if not _is_workflow(found):
+            cls = type(found)
             raise CliError(
-                f"{path.name}:{obj} is a {type(found).__name__}, not a dflow_async.Workflow"
+                f"{path.name}:{obj} is a {cls.__module__}.{cls.__qualname__}, not a "
+                f"{WORKFLOW_CLASSES}"
             )
-        found.source = f"{path}:{obj}"  # recorded in the journal for `dflow-async resume`
-        return found
+        return _native(found, f"{path}:{obj}", path)
     names = _workflows_in(module)
     if len(names) != 1:
         found_text = f"found {len(names)}: {', '.join(names)}" if names else "found none"
         example = f"{file}:{names[0] if names else 'NAME'}"
         raise CliError(
-            f"{path.name} must define exactly one dflow_async.Workflow at module level "
+            f"{path.name} must define exactly one {WORKFLOW_CLASSES} at module level "
             f"({found_text}); name the one to use as FILE.py:NAME, e.g. {example}"
         )
-    wf: Workflow = getattr(module, names[0])
-    wf.source = f"{path}:{names[0]}"
+    return _native(getattr(module, names[0]), f"{path}:{names[0]}", path)
+
+
+def _is_workflow(value: Any) -> bool:
+    if isinstance(value, Workflow):
+        return True
+    # a Dflow-compatibility Workflow: its module is loaded if the file used it (the command
+    # line need not import the compatibility layer for native workflows)
+    compat = sys.modules.get("dflow_async.dflow._workflow")
+    return compat is not None and isinstance(value, compat.Workflow)
+
+
+def _native(value: Any, source: str, path: Path) -> Workflow:
+    """The native workflow ``value`` is, or the one a compatibility Workflow submits."""
+    if not isinstance(value, Workflow):
+        try:
+            value = value.native_workflow()
+        except ValueError as exc:  # no steps added
+            raise CliError(f"{path.name}: {exc}") from None
+    value.source = source  # recorded in the journal for `dflow-async resume`
+    wf: Workflow = value
     return wf
 
 
@@ -150,7 +175,7 @@ def _workflows_in(module: ModuleType) -> list[str]:
     """Names of the distinct Workflow objects among the module's globals (first name wins)."""
     seen: dict[int, str] = {}
     for name, value in vars(module).items():
-        if isinstance(value, Workflow):
+        if _is_workflow(value):
             seen.setdefault(id(value), name)
     return list(seen.values())
 

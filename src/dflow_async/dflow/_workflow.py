@@ -132,14 +132,7 @@ class Workflow:
             log.warning("workflow %s is %s; not submitted again", self.id, known.status.lower())
             return WorkflowInfo(self)
         entry = self.entrypoint
-        native = _NativeWorkflow(
-            self.name,
-            steps=None if isinstance(entry, _NativeDAG) else entry,  # type: ignore[arg-type]
-            dag=entry if isinstance(entry, _NativeDAG) else None,
-            parallelism=self.parallelism,
-            executor=self.executor if self.executor is not None else config["executor"],
-            store=self.store if self.store is not None else config["store"],
-        )
+        native = self.native_workflow()
         native.validate()  # every problem, now, before anything runs
         reuse = _reuse_records(reuse_step, entry)
         self.id = self.id or f"{self.name}-{randstr()}"
@@ -151,6 +144,20 @@ class Workflow:
         run.thread.start()
         print(f"Workflow has been submitted (ID: {self.id})")
         return WorkflowInfo(self)
+
+    def native_workflow(self) -> _NativeWorkflow:
+        """The native workflow a submission runs (``dflow-async run FILE.py`` runs it too)."""
+        entry = self.entrypoint
+        if entry is None:
+            raise ValueError(f"workflow {self.name!r} has no steps: add() some first")
+        return _NativeWorkflow(
+            self.name,
+            steps=None if isinstance(entry, _NativeDAG) else entry,  # type: ignore[arg-type]
+            dag=entry if isinstance(entry, _NativeDAG) else None,
+            parallelism=self.parallelism,
+            executor=self.executor if self.executor is not None else config["executor"],
+            store=self.store if self.store is not None else config["store"],
+        )
 
     def wait(self, interval: float = 1) -> None:
         """Block until the run ends."""
