@@ -166,12 +166,23 @@ def _copy(src: Any, target: Path, skip_exists: bool) -> str:
         return str(target)
     src = src if isinstance(src, Path) else Path(src)  # a StoredPath keeps its reference
     if src.name == target.name:
-        (copy,) = _native_download(src, target.parent)
+        (copy,) = _native_download(src, target.parent, **_remote())
         return str(copy)
     # a whole work directory (no relative name): Dflow puts its contents at ``target``
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
-        (copy,) = _native_download(src, tmp)
+        (copy,) = _native_download(src, tmp, **_remote())
         assert copy is not None
         shutil.copytree(copy, target, symlinks=True, dirs_exist_ok=True)
     return str(target)
+
+
+def _remote() -> dict[str, Any]:
+    """The configured object store and its ``s3_config`` options, when there are options:
+    fetches then reach MinIO (the native download reads the store off the reference, with
+    only AWS_* settings)."""
+    from dflow_async.dflow._config import storage_options, store_url
+
+    store = store_url()
+    options = storage_options(store)
+    return {"store": store, "storage_options": options} if options else {}

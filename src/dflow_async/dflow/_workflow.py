@@ -21,7 +21,7 @@ from dflow_async._refs import uses_item
 from dflow_async._workflow import Workflow as _NativeWorkflow
 from dflow_async.dflow._adapt import KEY_PORT, ForeignOP
 from dflow_async.dflow._argo_objects import ArgoStep
-from dflow_async.dflow._config import config
+from dflow_async.dflow._config import config, storage_options, store_root, store_url
 from dflow_async.dflow._run import RUNS, Run, StoredRun
 from dflow_async.dflow._templates import DAG, Steps, randstr
 from dflow_async.dflow._unsupported import refuse
@@ -54,7 +54,9 @@ class Workflow:
 
     Argo/Kubernetes settings (host, namespace, token, labels, image_pull_secrets...) are
     accepted and have no effect. dflow-async's own: ``executor=`` (default
-    ``config["executor"]``, ``"inline"``) and ``store=`` (default ``config["store"]``).
+    ``config["executor"]``, ``"inline"``), ``store=`` (default ``config["store"]``) and
+    ``storage_options=`` for an object store (default: from ``s3_config``, see
+    :mod:`._config`).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Workflow:
         *,
         executor: Any = None,
         store: Any = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if context is not None:
             refuse("Workflow(context=...) (Dflow executor/context rendering)", "use executor=")
@@ -100,6 +103,7 @@ class Workflow:
         self.parallelism = parallelism
         self.executor = executor
         self.store = store
+        self.storage_options = storage_options
         self.namespace = namespace
         self.labels = labels or {}
         self.annotations = annotations or {}
@@ -150,13 +154,16 @@ class Workflow:
         entry = self.entrypoint
         if entry is None:
             raise ValueError(f"workflow {self.name!r} has no steps: add() some first")
+        store = store_url(self.store)
+        options = self.storage_options
         return _NativeWorkflow(
             self.name,
             steps=None if isinstance(entry, _NativeDAG) else entry,  # type: ignore[arg-type]
             dag=entry if isinstance(entry, _NativeDAG) else None,
             parallelism=self.parallelism,
             executor=self.executor if self.executor is not None else config["executor"],
-            store=self.store if self.store is not None else config["store"],
+            store=store,
+            storage_options=options if options is not None else storage_options(store),
         )
 
     def wait(self, interval: float = 1) -> None:
@@ -181,8 +188,7 @@ class Workflow:
             raise RuntimeError(f"workflow {self.name!r} has not been submitted")
         from dflow_async._runs import Run as JournaledRun
 
-        store = self.store if self.store is not None else config["store"]
-        return StoredRun(JournaledRun.open(self.id, store=store))
+        return StoredRun(JournaledRun.open(self.id, store=store_root(self.store)))
 
     def query_status(self) -> str:
         """Pending, Running, Succeeded or Failed."""
