@@ -780,6 +780,10 @@ def test_ctrl_c_cancels_the_run_and_kills_worker_processes(tmp_path: Path) -> No
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     assert proc.returncode != 0
+    # one line that says what happened and how to go on, not asyncio's CancelledError chain
+    said = log.read_text()
+    assert "KeyboardInterrupt: run ctrl-c-" in said and "wf.run(resume='ctrl-c-" in said, said
+    assert "CancelledError" not in said, said
     pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("pid-*")]
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:

@@ -164,6 +164,8 @@ class Workflow:
         ``journal=False`` keeps no journal (no resume, no inspection from other processes).
         """
         _refuse_running_loop()
+        # named here, so that a Ctrl-C can say which run to resume
+        run_id = _run_id(self.name, run_id, resume)
 
         async def main() -> Result:
             with tuned_gc():
@@ -171,7 +173,19 @@ class Workflow:
                     parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
                 )
 
-        return anyio.run(main)
+        try:
+            return anyio.run(main)
+        except KeyboardInterrupt:
+            # asyncio's own traceback (CancelledError inside a KeyboardInterrupt) says nothing
+            # a user can act on
+            after = (
+                f"wf.run(resume={run_id!r}) goes on with the rest"
+                if journal
+                else "it kept no journal (journal=False), so it cannot be resumed"
+            )
+            raise KeyboardInterrupt(
+                f"run {run_id} was cancelled; its finished steps are kept: {after}"
+            ) from None
 
     async def arun(
         self,
@@ -203,9 +217,7 @@ class Workflow:
         journal: bool,
     ) -> Result:
         compiled, executors = self._prepare(executor, parameters)
-        if resume is not None and run_id is not None and run_id != resume:
-            raise ValueError("pass run_id= or resume=, not both")
-        run_id = resume or run_id or f"{self.name}-{secrets.token_hex(3)}"
+        run_id = _run_id(self.name, run_id, resume)
         run_dir = (self.store_path() / "runs" / run_id).absolute()
         hook = _fan(_hooks(on_event, run_id))
         recorder: Recorder | None = None
@@ -437,6 +449,12 @@ def _as_set(value: str | Sequence[str] | None) -> set[str] | None:
     if isinstance(value, str):
         return {value}
     return set(value)
+
+
+def _run_id(name: str, run_id: str | None, resume: str | None) -> str:
+    if resume is not None and run_id is not None and run_id != resume:
+        raise ValueError("pass run_id= or resume=, not both")
+    return resume or run_id or f"{name}-{secrets.token_hex(3)}"
 
 
 def _refuse_running_loop() -> None:
