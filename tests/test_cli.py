@@ -440,7 +440,7 @@ def test_ctrl_c_exits_130(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, out + err
-    assert re.search(r"interrupted: run hang-\w+ was cancelled", err)
+    assert re.search(r"interrupted: run hang-\w+ was cancelled; `dflow-async resume hang-", err)
     assert "Traceback" not in err
 
 

@@ -234,7 +234,13 @@ def run(
     except WorkflowValidationError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        err.print(Text(f"interrupted: run {run_id} was cancelled", style="bold yellow"))
+        err.print(
+            Text(
+                f"interrupted: run {run_id} was cancelled; `dflow-async resume {run_id}` "
+                "goes on with the steps that did not finish",
+                style="bold yellow",
+            )
+        )
         raise typer.Exit(130) from None
     out = Console(highlight=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
