@@ -471,3 +471,13 @@ def test_logs_label_each_slice_attempt() -> None:
 
     assert attempt_label("/r/steps/fan/s3/a0.r1") == "s3/a0.r1"
     assert attempt_label("/r/steps/loop/step/a1") == "a1"
+
+
+def test_get_shows_a_fan_outs_slices_apart_from_its_attempts() -> None:
+    from dflow_async._cli_runs import _line
+    from dflow_async._records import StepRecord
+
+    fan = StepRecord("fan", "fan", "t", phase="Succeeded", attempts=5, slices=4, failed_slices=1)
+    assert "slices=4 (1 failed) attempts=5" in _line(fan).plain
+    one = StepRecord("one", "one", "t", phase="Succeeded", attempts=2)
+    assert "attempts=2" in _line(one).plain and "slices" not in _line(one).plain

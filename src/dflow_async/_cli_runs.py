@@ -203,7 +203,10 @@ def _line(rec: StepRecord) -> Text:
     parts: list[str | tuple[str, str] | Text] = [(rec.name, "bold"), "  ", _phase(rec.phase)]
     if rec.key:
         parts.append(f"  key={rec.key}")
-    if rec.attempts:
+    if rec.slices is not None:  # a fan-out's attempts are its slices' (or groups'), summed
+        failed = f" ({rec.failed_slices} failed)" if rec.failed_slices else ""
+        parts.append(f"  slices={rec.slices}{failed} attempts={rec.attempts}")
+    elif rec.attempts:
         parts.append(f"  attempts={rec.attempts}")
     if rec.duration is not None:
         parts.append(f"  {format_duration(rec.duration)}")
