@@ -1008,3 +1008,59 @@ def test_events_carry_their_own_phase_and_attempt_and_each_retry_starts() -> Non
         ("flaky", "started", "Running", 1),
         ("flaky", "succeeded", "Succeeded", 1),
     ]
+
+
+def test_an_op_changing_its_input_in_place_changes_nothing_else() -> None:
+    """In this process an OP's input list is another step's recorded output (or the
+    workflow's literal): an OP that appends to it, or clears it and fails, must change
+    neither, nor what a retry sees."""
+    from dflow_async import Run
+
+    @op
+    def make() -> list[int]:
+        return [0, 1, 2]
+
+    @op
+    def grab(xs: list[int]) -> int:
+        xs.append(999)
+        return len(xs)
+
+    @op
+    def wipe(xs: list[int]) -> int:
+        xs.clear()
+        raise TransientError(f"saw {len(xs)} after clearing")
+
+    @op
+    def first_to_minus_one(xs: list[int]) -> int:
+        xs[0] = -1
+        return xs[0]
+
+    literal = [5, 6]
+    wf = Workflow("in-place")
+    mk = Step("make", make)
+    wf.add(mk)
+    out = mk.outputs.parameters["result"]
+    wf.add(
+        [
+            Step("grab", grab, parameters={"xs": out}),
+            Step(
+                "wipe",
+                wipe,
+                parameters={"xs": out},
+                retries=RetryPolicy(max_retries=2, backoff=0, jitter=0),
+            ),
+            Step("literal", grab, parameters={"xs": literal}),
+            Step("again", first_to_minus_one, parameters={"xs": out}),
+        ]
+    )
+    result = wf.run()
+    assert result.query_step(name="grab")[0].outputs.parameters["result"] == 4
+    (wiped,) = result.query_step(name="wipe")
+    assert wiped.attempts == 3 and all("after clearing" in e for e in wiped.errors)
+    assert result.query_step(name="make")[0].outputs.parameters["result"] == [0, 1, 2]
+    assert Run.open(result.run_id).query_step(name="make")[0].outputs.parameters["result"] == [
+        0,
+        1,
+        2,
+    ]
+    assert literal == [5, 6]

@@ -245,3 +245,32 @@ def test_typeddict_keys_an_op_may_leave_out_read_as_none(tmp_path: Path) -> None
     assert isinstance(out, Succeeded) and out.outputs == ({"a": 2, "b": None},)
     out = run(tmp_path, mixed, {"n": 0}, "mixed-empty")  # 'a' is required
     assert isinstance(out, Failed) and "output 'a' is required but missing" in out.error
+
+
+@op
+def interrupts(what: str) -> int:
+    raise {"kbi": KeyboardInterrupt, "cancel": asyncio.CancelledError}[what]()
+
+
+@op
+async def interrupts_async(what: str) -> int:
+    raise {"kbi": KeyboardInterrupt, "cancel": asyncio.CancelledError}[what]()
+
+
+@pytest.mark.parametrize("what", ["kbi", "cancel"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param((run, interrupts), id="thread"),
+        pytest.param((run_async, interrupts_async), id="loop"),
+    ],
+)
+def test_an_op_raising_keyboardinterrupt_or_cancellederror_fails_its_step(
+    tmp_path: Path, what: str, kind: Any
+) -> None:
+    """Raised by the OP itself (no Ctrl-C, no cancellation of the attempt), they fail the step
+    like any error: in a worker thread they used to kill the thread and hang the run."""
+    run_op, the_op = kind
+    out = run_op(tmp_path, the_op, {"what": what})
+    assert isinstance(out, Failed) and out.kind == "user"
+    assert out.error.startswith(("KeyboardInterrupt", "CancelledError"))

@@ -395,7 +395,15 @@ class PortPlan(typing.NamedTuple):
     # (port, declared type) pairs, for the per-attempt fast check (see exactly_typed)
     in_types: tuple[tuple[str, Any], ...]
     out_types: tuple[tuple[str, Any], ...]
+    # every input declared of an immutable class: values exactly of their ports' classes need
+    # no private copy (see _worker.own_inputs)
+    in_immutable: bool
 
+
+#: classes whose values an OP cannot change in place
+IMMUTABLE: frozenset[type] = frozenset(
+    {int, float, complex, bool, str, bytes, type(None), Path, type(Path())}
+)
 
 _PLANS: dict[type, PortPlan] = {}
 
@@ -426,6 +434,7 @@ def _make_plan(op: OP) -> PortPlan:
         out_big=tuple(n for n, p in outputs.items() if isinstance(p, BigParameter)),
         in_types=tuple((n, p.type) for n, p in inputs.items()),
         out_types=tuple((n, p.type) for n, p in outputs.items()),
+        in_immutable=all(p.type in IMMUTABLE for p in inputs.values()),
     )
 
 

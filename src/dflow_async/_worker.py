@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ctypes
 import inspect
 import itertools
@@ -19,7 +20,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ import anyio
 from dflow_async._capture import capture_fds as fd_capture
 from dflow_async._capture import route_std_streams
 from dflow_async._op import (
+    IMMUTABLE,
     OP,
     OPIO,
     FunctionOP,
@@ -74,7 +76,10 @@ def run_attempt(
                 with _in_dir(piece.workdir, chdir):
                     values = _run_slice(spec, piece, plan, piece.workdir, capture_fds, None)
             outputs.append(_commit_outputs(spec, plan, values) if commits else values)
-    except (Exception, SystemExit) as exc:  # sys.exit() in an OP fails the step, not the worker
+    except BaseException as exc:
+        # sys.exit(), KeyboardInterrupt or CancelledError raised by the OP itself fail the step,
+        # never the worker: a worker thread would die and its run wait for ever (a real Ctrl-C
+        # reaches the main thread; process workers ignore SIGINT)
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
 
@@ -121,7 +126,9 @@ def _run_slice(
     # declares that internal class). The inputs are then passed as given, as check_opio
     # would pass them: the call below unpacks (or OPIO-wraps) them into a new dict.
     if plan.in_artifacts or not exactly_typed(plan.in_types, inputs):
-        inputs = _check_inputs(plan, piece, spec.store, where)
+        inputs = own_inputs(_check_inputs(plan, piece, spec.store, where))
+    elif not plan.in_immutable:
+        inputs = own_inputs(inputs)
     ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
     token = _current.set(ctx)
     try:
@@ -173,7 +180,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         for piece in spec.slices:
             if not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs):
                 # the common case, checked in one pass as in _run_slice: passed as given
-                inputs = piece.inputs
+                inputs = piece.inputs if plan.in_immutable else own_inputs(piece.inputs)
             elif io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
             elif plan.in_artifacts:  # no store: the paths as given
@@ -183,6 +190,8 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                 inputs = check_opio(
                     plan.inputs, piece.inputs, op=plan.name, direction="input", copy=False
                 )
+            if inputs is not piece.inputs:
+                inputs = own_inputs(inputs)
             ctx = _context(spec, piece, piece.workdir, piece.workdir)
             token = _current.set(ctx)
             try:
@@ -208,9 +217,36 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             if io:
                 values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
             outputs.append(values)
-    except (Exception, SystemExit) as exc:  # as run_attempt: sys.exit() fails only the step
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the attempt is being cancelled (timeout, the run's cancellation)
+        return failure_from_exception(exc, time.perf_counter() - start)  # the OP raised it
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # as run_attempt
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
+
+
+#: set in process-pool workers, whose inputs arrive unpickled: copies of their own already
+INPUTS_ARE_PRIVATE = False
+
+
+def own_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` with private copies of the values an OP could change in place (lists, dicts,
+    objects). In this process an OP would otherwise get the very objects that are another
+    step's recorded outputs, a literal of the workflow, or a loaded BigParameter shared with
+    other consumers: an OP appending to its input list (or a failing one clearing it) changed
+    what its producer had recorded, in the journal too, and what a retry would see."""
+    if INPUTS_ARE_PRIVATE:
+        return inputs
+    copied: dict[str, Any] | None = None
+    for name, value in inputs.items():
+        if type(value) in IMMUTABLE or isinstance(value, PurePath):
+            continue
+        if copied is None:
+            copied = dict(inputs)
+        copied[name] = copy.deepcopy(value)
+    return inputs if copied is None else copied
 
 
 async def _await(awaitable: Any) -> Any:

@@ -31,6 +31,9 @@ _PR_SET_PDEATHSIG = 1
 def worker_main(conn: Connection) -> None:
     """Serve attempts until the driver closes the pipe (or kills this process)."""
     _detach()
+    import dflow_async._worker
+
+    dflow_async._worker.INPUTS_ARE_PRIVATE = True  # unpickled: nobody else holds them
     while True:
         try:
             data = conn.recv_bytes()
