@@ -787,3 +787,11 @@ def test_a_literal_key_in_a_template_that_runs_more_than_once_is_refused() -> No
         "(used by steps main.a and main.b): embed an input in the key, e.g. "
         "key=f\"k-twice-{twice.inputs.parameters['x']}\"",
     ], found
+
+
+def test_slices_refuses_a_misspelled_keyword_and_suggests_the_right_one() -> None:
+    # with pool_sise= a fan-out used to run with no limit, silently
+    with pytest.raises(TypeError, match=r"'pool_sise'; did you mean 'pool_size'\?"):
+        Slices(input_parameter=["x"], pool_sise=1)
+    with pytest.raises(TypeError, match=r"'input_parameters'; did you mean 'input_parameter'"):
+        Slices(input_parameters=["x"])

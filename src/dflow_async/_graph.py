@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -380,7 +380,6 @@ class Slices:
     pool_size: int | None = None
     sub_path: bool = False
     create_dir: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(
         self,
@@ -393,8 +392,16 @@ class Slices:
         pool_size: int | None = None,
         sub_path: bool = False,
         create_dir: bool = False,
-        **extra: Any,
+        **unknown: Any,
     ) -> None:
+        if unknown:  # a typo (pool_sise=) would otherwise run with no limit, silently
+            import difflib
+
+            name = next(iter(unknown))
+            known = [f.name for f in fields(self)]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {known})"
+            raise TypeError(f"Slices() got an unexpected keyword argument {name!r}{hint}")
         set_ = object.__setattr__
         set_(self, "slices", slices)
         set_(self, "input_parameter", tuple(input_parameter or ()))
@@ -405,7 +412,6 @@ class Slices:
         set_(self, "pool_size", pool_size)
         set_(self, "sub_path", sub_path)
         set_(self, "create_dir", create_dir)
-        set_(self, "extra", extra)
         for label, value in (("group_size", group_size), ("pool_size", pool_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Slices({label}={value!r}): must be a positive integer")
