@@ -274,3 +274,14 @@ def test_an_op_raising_keyboardinterrupt_or_cancellederror_fails_its_step(
     out = run_op(tmp_path, the_op, {"what": what})
     assert isinstance(out, Failed) and out.kind == "user"
     assert out.error.startswith(("KeyboardInterrupt", "CancelledError"))
+
+
+@op
+def unannotated(x):  # type: ignore[no-untyped-def]
+    return x * 2
+
+
+def test_an_op_without_a_return_annotation_is_told_to_add_one(tmp_path: Path) -> None:
+    out = run(tmp_path, unannotated, {"x": 2})
+    assert isinstance(out, Failed)
+    assert "returned int but declares no outputs: annotate its return (-> int" in out.error

@@ -267,6 +267,12 @@ class FunctionOP(OP):
             return {"result": result}
         if not self._outputs and result is None:
             return {}
+        if not self._outputs and not isinstance(result, Mapping):
+            raise SignatureError(
+                f"OP {self.__qualname__!r} returned {type(result).__name__} but declares no "
+                "outputs: annotate its return (-> int for one output named 'result', or "
+                "-> {'name': type, ...}), or return None"
+            )
         if not isinstance(result, Mapping):
             raise SignatureError(
                 f"OP {self.__qualname__!r} must return a dict with keys "
