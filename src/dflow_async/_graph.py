@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -380,6 +380,9 @@ class Slices:
     pool_size: int | None = None
     sub_path: bool = False
     create_dir: bool = False
+    # always empty now (unknown keywords are refused), but kept: repr(slices) is part of the
+    # definition digest, which resume compares with the one a run recorded
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(
         self,
@@ -398,7 +401,7 @@ class Slices:
             import difflib
 
             name = next(iter(unknown))
-            known = [f.name for f in fields(self)]
+            known = [f.name for f in fields(self) if f.name != "extra"]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {known})"
             raise TypeError(f"Slices() got an unexpected keyword argument {name!r}{hint}")
@@ -412,6 +415,7 @@ class Slices:
         set_(self, "pool_size", pool_size)
         set_(self, "sub_path", sub_path)
         set_(self, "create_dir", create_dir)
+        set_(self, "extra", {})
         for label, value in (("group_size", group_size), ("pool_size", pool_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Slices({label}={value!r}): must be a positive integer")
