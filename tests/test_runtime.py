@@ -1064,3 +1064,35 @@ def test_an_op_changing_its_input_in_place_changes_nothing_else() -> None:
         2,
     ]
     assert literal == [5, 6]
+
+
+def test_a_recursion_that_never_ends_fails_at_the_nesting_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A when= that never turns false used to grow memory and disk until the process died."""
+    import dflow_async._state
+
+    monkeypatch.setattr(dflow_async._state, "MAX_NESTING", 30)
+
+    @op
+    def step(i: int) -> int:
+        return i + 1
+
+    loop = Steps("forever", inputs={"i": 0})
+    s = Step("step", step, parameters={"i": loop.inputs.parameters["i"]})
+    loop.add(s)
+    loop.add(
+        Step(
+            "again",
+            loop,
+            parameters={"i": s.outputs.parameters["result"]},
+            when=s.outputs.parameters["result"] > 0,
+        )
+    )
+    result = Workflow("forever", steps=loop).run()
+    assert result.status == "Failed"
+    assert len(result.query_step(name="step")) == 31
+    deepest = max(result.query_step(name="again"), key=lambda r: len(r.path))
+    assert "would run 31 levels deep: a recursion whose when= never turns false?" in (
+        deepest.error or ""
+    )
