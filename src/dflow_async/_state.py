@@ -70,6 +70,7 @@ class TemplateRun:
 
     __slots__ = (
         "ct",
+        "depth",
         "failing",
         "held",
         "inputs",
@@ -96,6 +97,7 @@ class TemplateRun:
         self.ct = ct
         self.inputs = inputs
         self.parent = parent
+        self.depth: int = 0 if parent is None else parent.trun.depth + 1
         self.path = path
         self.unit_index = unit_index
         # Steps/DAG(parallelism=n): attempts of this run's own steps at once (a sub-workflow
@@ -604,6 +606,15 @@ class RunState:
     def _start_children(self, sr: StepRun, out: list[Instruction]) -> None:
         sub = sr.node.sub
         assert sub is not None
+        if sr.trun.depth >= MAX_NESTING:  # a loop that never ends would fill memory and disk
+            sr.record.errors.append(
+                f"sub-workflow {sub.name!r} would run {MAX_NESTING + 1} levels deep: a "
+                "recursion whose when= never turns false? (dflow_async._state.MAX_NESTING "
+                "is the limit)"
+            )
+            sr.failed = True
+            self._finish_step(sr, out)
+            return
         sr.record.phase = "Running"
         sr.record.start = time.time()
         self._emit("started", sr.record, {})
@@ -1011,6 +1022,9 @@ class RunState:
             fields["phase"] = record.phase
             self.on_event(kind, record, fields)
 
+
+#: how deep sub-workflows may nest (a recursion loop nests a level per iteration)
+MAX_NESTING = 10_000
 
 #: the longest step path (in characters) kept as nested directories under <run>/steps/
 _DEEPEST_DIR = 768
