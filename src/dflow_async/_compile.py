@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -670,14 +670,14 @@ class _Compiler:
             lengths[port] = len(value)
             if info.kind != "parameters":
                 continue  # local paths are checked by bindings()
-            for i, element in enumerate(value):
-                if element is not None and not matches(info.type, element):
-                    self.problem(
-                        f"{where}: sliced input {port!r} takes elements of type "
-                        f"{describe(info.type)}, but element {i} is "
-                        f"{type(element).__name__} ({element!r:.60})"
-                    )
-                    break  # one is enough to say what is wrong
+            misfit = _first_misfit(info.type, value)
+            if misfit is not None:
+                i, element = misfit
+                self.problem(
+                    f"{where}: sliced input {port!r} takes elements of type "
+                    f"{describe(info.type)}, but element {i} is "
+                    f"{type(element).__name__} ({element!r:.60})"
+                )
         if step.with_param is None and len(set(lengths.values())) > 1:
             self.problem(
                 f"{where}: sliced inputs have different lengths ({lengths}); each slice takes "
@@ -752,14 +752,14 @@ class _Compiler:
             info = node.inputs[b.port]
             if info.kind != "parameters":
                 continue
-            for i, element in enumerate(items):
-                if element is not None and not matches(info.type, element):
-                    self.problem(
-                        f"{where}: input {b.port!r} takes the item of with_param and expects "
-                        f"{describe(info.type)}, but item {i} is {type(element).__name__} "
-                        f"({element!r:.60})"
-                    )
-                    break  # one is enough to say what is wrong
+            misfit = _first_misfit(info.type, items)
+            if misfit is not None:
+                i, element = misfit
+                self.problem(
+                    f"{where}: input {b.port!r} takes the item of with_param and expects "
+                    f"{describe(info.type)}, but item {i} is {type(element).__name__} "
+                    f"({element!r:.60})"
+                )
 
     def references(
         self, ct: CompiledTemplate, node: CompiledStep, where: str, binding_scans: list[_Pending]
@@ -1113,6 +1113,15 @@ def _is_dynamic(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_is_dynamic(v) for v in value.values())
     return False
+
+
+def _first_misfit(tp: Any, elements: Iterable[Any]) -> tuple[int, Any] | None:
+    """The first element (not None: a failed slice's hole) that ``tp`` cannot take, with its
+    index; one is enough to say what is wrong."""
+    for i, element in enumerate(elements):
+        if element is not None and not matches(tp, element):
+            return i, element
+    return None
 
 
 def compile_template(
