@@ -26,25 +26,31 @@ from dflow_async import (
 BUCKET = "flow-bucket"
 
 
+def start_moto(bucket: str, **extra_options: Any) -> tuple[Any, dict[str, Any]]:
+    """A moto S3 server on loopback holding ``bucket``, and the s3fs options that reach it
+    (AWS_DEFAULT_REGION must be set)."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+        "key": "testing",
+        "secret": "testing",
+        **extra_options,
+    }
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(bucket)
+    return server, options
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict[str, Any]]:
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    import s3fs
-
     with pytest.MonkeyPatch.context() as mp:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             mp.setenv(k, "testing")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        options = {
-            "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-            "key": "testing",
-            "secret": "testing",
-        }
-        s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(BUCKET)
+        server, options = start_moto(BUCKET)
         try:
             yield options
         finally:
@@ -568,23 +574,10 @@ def test_a_store_that_goes_away_fails_its_consumer_as_infra_naming_the_artifact(
     """The S3 server stops between producer and consumer: the consumer's fetch fails as an
     infra failure (retried by default) naming the artifact and its producer, not as a user
     error carrying botocore's bare message."""
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    import s3fs
-
     from dflow_async import RetryPolicy
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-        "key": "testing",
-        "secret": "testing",
-        "config_kwargs": {"retries": {"max_attempts": 1}},
-    }
-    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("outage")
+    server, options = start_moto("outage", config_kwargs={"retries": {"max_attempts": 1}})
 
     @op
     def produce() -> {"f": Artifact(Path)}:
