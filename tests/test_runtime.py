@@ -1031,7 +1031,7 @@ def test_an_op_changing_its_input_in_place_changes_nothing_else() -> None:
         raise TransientError(f"saw {len(xs)} after clearing")
 
     @op
-    def first_to_minus_one(xs: list[int]) -> int:
+    async def first_to_minus_one(xs: list[int]) -> int:
         xs[0] = -1
         return xs[0]
 

@@ -178,9 +178,9 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
-            if not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs):
-                # the common case, checked in one pass as in _run_slice: passed as given
-                inputs = piece.inputs if plan.in_immutable else own_inputs(piece.inputs)
+            exact = not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs)
+            if exact:  # the common case, checked in one pass as in _run_slice: as given
+                inputs = piece.inputs
             elif io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
             elif plan.in_artifacts:  # no store: the paths as given
@@ -190,7 +190,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                 inputs = check_opio(
                     plan.inputs, piece.inputs, op=plan.name, direction="input", copy=False
                 )
-            if inputs is not piece.inputs:
+            if not (exact and plan.in_immutable):  # values the OP could change in place
                 inputs = own_inputs(inputs)
             ctx = _context(spec, piece, piece.workdir, piece.workdir)
             token = _current.set(ctx)
