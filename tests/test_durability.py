@@ -596,3 +596,35 @@ def test_reuse_step_matches_per_slice_keys(tmp_path: Path, monkeypatch) -> None:
     second = fan().run(reuse_step=kept)
     assert sorted(log.read_text().split()) == ["1", "1", "2", "3", "3", "4"]  # 2 and 4 reused
     assert second.query_step(name="sq")[0].outputs.parameters["result"] == [10, -1, 30, 40]
+
+
+def test_journal_writes_from_two_threads_queue_instead_of_interleaving(tmp_path: Path) -> None:
+    """A cancelled run abandons the flusher's worker thread mid-write (asyncio cancellation
+    does not wait for threads) while the last write of the run starts in another thread: both
+    share one SQLite connection, so their transactions must queue. They used to interleave,
+    and Ctrl-C ended with "cannot commit - no transaction is active" instead of the resume hint."""
+    import threading
+
+    from dflow_async._journal import Journal
+
+    journal = Journal.create(tmp_path / "run", meta={"status": "Running"})
+    failures: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def writer(name: str) -> None:
+        start.wait()
+        try:
+            for i in range(300):
+                journal.write(({}, [], [], {f"{name}-{i % 10}": str(i)}))
+        except BaseException as exc:  # collected: an exception in a thread fails nothing
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("flusher", "last")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal.close()
+    assert failures == []
+    meta = read_run(tmp_path / "run").meta
+    assert meta["flusher-9"] == "299" and meta["last-9"] == "299"

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ class Journal:
         self._events: list[tuple[float, str, str, int, str | None]] = []
         self._meta: dict[str, str] = {}
         self._seq = 0
+        # One connection, one writer at a time: a cancelled run abandons the flusher's worker
+        # thread mid-transaction (asyncio cancellation does not wait for threads), and the last
+        # write must queue behind it rather than interleave its BEGIN/COMMIT with it.
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
 
@@ -235,6 +240,10 @@ class Journal:
 
     def write(self, burst: Any) -> None:
         """Encode and commit one burst in one fenced transaction (runs in a worker thread)."""
+        with self._write_lock:
+            self._write(burst)
+
+    def _write(self, burst: Any) -> None:
         steps, units, events, meta = burst
         blob = self.blob_dir
         step_rows = [_step_row(rec, seq, blob) for rec, seq in steps.values()]
@@ -254,13 +263,10 @@ class Journal:
             if meta:
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
 
-    def flush(self) -> None:
-        if self.pending:
-            self.write(self.take())
-
     def close(self) -> None:
         try:
-            self._conn.close()
+            with self._write_lock:  # an abandoned flusher thread may still be writing
+                self._conn.close()
         finally:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock

@@ -94,7 +94,11 @@ class Recorder:
                 self.hook(kind, record, fields)
 
     def flush_now(self, status: str | None = None) -> None:
-        """Synchronous last write, for a run that is being cancelled."""
-        if status is not None:
-            self.journal.set_meta(status=status)
-        self.journal.flush()
+        """Synchronous last write, for a run that is being cancelled (runs in a worker thread;
+        the journal queues it behind a flusher write the cancellation left running)."""
+        with self._lock:  # worker threads may still be recording
+            if status is not None:
+                self.journal.set_meta(status=status)
+            burst = self.journal.take() if self.journal.pending else None
+        if burst is not None:
+            self.journal.write(burst)
