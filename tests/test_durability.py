@@ -16,7 +16,18 @@ from typing import Any
 
 import pytest
 
-from dflow_async import DAG, OutputParameter, Run, Slices, Step, Steps, Workflow, item, op
+from dflow_async import (
+    DAG,
+    OutputParameter,
+    RetryPolicy,
+    Run,
+    Slices,
+    Step,
+    Steps,
+    Workflow,
+    item,
+    op,
+)
 from dflow_async._compile import definition_digest
 from dflow_async._journal import JournalError, RunBusyError, read_run
 
@@ -628,3 +639,192 @@ def test_journal_writes_from_two_threads_queue_instead_of_interleaving(tmp_path:
     assert failures == []
     meta = read_run(tmp_path / "run").meta
     assert meta["flusher-9"] == "299" and meta["last-9"] == "299"
+
+
+# -- outputs the journal cannot hold ------------------------------------------------------
+
+
+def _mark(marker_dir: str, name: str) -> bool:
+    """Count an execution; True once the test has "fixed" the OPs (for the resume)."""
+    with open(Path(marker_dir) / name, "a") as fh:
+        fh.write("x\n")
+    return (Path(marker_dir) / "fixed").exists()
+
+
+def _runs(marker_dir: Path, name: str) -> int:
+    path = marker_dir / name
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+@op
+def first_step(marker_dir: str) -> int:
+    _mark(marker_dir, "first")
+    return 1
+
+
+@op
+def lock_until_fixed(x: int, marker_dir: str) -> Any:
+    import threading
+
+    return x + 1 if _mark(marker_dir, "bad") else threading.Lock()
+
+
+@op
+async def alock_until_fixed(x: int, marker_dir: str) -> Any:
+    import threading
+
+    return x + 1 if _mark(marker_dir, "bad") else threading.Lock()
+
+
+@op
+def uses(x: Any, marker_dir: str) -> int:
+    _mark(marker_dir, "uses")
+    return 10 * x
+
+
+def _unpicklable_wf(marker_dir: Path, how: str) -> Workflow:
+    bad_op = alock_until_fixed if how == "async" else lock_until_fixed
+    wf = Workflow("unpicklable")
+    first = Step("first", first_step, parameters={"marker_dir": str(marker_dir)})
+    bad = Step(
+        "bad",
+        bad_op,
+        parameters={"x": first.outputs.parameters["result"], "marker_dir": str(marker_dir)},
+        # a user failure: a policy that does not name "user" does not retry it
+        retries=RetryPolicy(max_retries=2, backoff=0, jitter=0),
+        timeout=60 if how == "timed" else None,  # the scheduler's other path to the outcome
+    )
+    after = Step(
+        "uses",
+        uses,
+        parameters={"x": bad.outputs.parameters["result"], "marker_dir": str(marker_dir)},
+    )
+    for step in (first, bad, after):
+        wf.add(step)
+    return wf
+
+
+@pytest.mark.parametrize("how", ["plain", "async", "timed"])
+def test_an_output_the_journal_cannot_hold_fails_its_step_and_resume_reruns_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """It used to end the whole run with the journal writer's pickling error (a TypeError in
+    an ExceptionGroup, from another thread), after the step had been reported succeeded."""
+    monkeypatch.chdir(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    result = _unpicklable_wf(marks, how).run()
+    assert result.status == "Failed"
+    (first,) = result.query_step(name="first")
+    (bad,) = result.query_step(name="bad")
+    assert first.phase == "Succeeded"
+    assert bad.phase == "Failed" and bad.attempts == 1, bad.errors
+    error = bad.error or ""
+    assert error.startswith("attempt 0: [user] step 'bad' returned a value of type _thread.lock")
+    assert "output 'result'" in error and "cannot be pickled" in error
+    assert "journal" in error and "resumed run" in error
+    assert "Return picklable values" in error and "Artifact output" in error
+    assert _runs(marks, "uses") == 0
+    # the journal holds what happened, and only that
+    snapshot = read_run(result.run_dir)
+    assert snapshot.status == "Failed"
+    phases = {r.name: r.phase for r in snapshot.records}
+    assert phases["first"] == "Succeeded" and phases["bad"] == "Failed"
+    assert snapshot.records[0].outputs.parameters["result"] == 1
+    # resumed once the OP returns something picklable: only the failed step and what it
+    # blocked run
+    (marks / "fixed").write_text("")
+    resumed = _unpicklable_wf(marks, how).run(resume=result.run_id)
+    assert resumed.status == "Succeeded", [r.errors for r in resumed.records]
+    assert resumed.query_step(name="uses")[0].outputs.parameters["result"] == 20
+    assert (_runs(marks, "first"), _runs(marks, "bad"), _runs(marks, "uses")) == (1, 2, 1)
+    assert read_run(result.run_dir).status == "Succeeded"
+
+
+@op
+def gen_at_two(x: int, marker_dir: str) -> Any:
+    fixed = _mark(marker_dir, f"slice-{x}")
+    return (i for i in range(3)) if x == 2 and not fixed else [x, {"sq": x * x}]
+
+
+def _fan_wf(marker_dir: Path) -> Workflow:
+    wf = Workflow("unpicklable-fan")
+    wf.add(
+        Step(
+            "fan",
+            gen_at_two,
+            parameters={"x": [0, 1, 2, 3], "marker_dir": str(marker_dir)},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"]),
+        )
+    )
+    return wf
+
+
+def test_a_slice_whose_output_the_journal_cannot_hold_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    result = _fan_wf(marks).run()
+    assert result.status == "Failed"
+    (fan,) = result.query_step(name="fan")
+    assert fan.phase == "Failed" and fan.failed_slices == 1
+    assert "[user] step 'fan' (slice 2) returned a value of type generator" in (fan.error or "")
+    (marks / "fixed").write_text("")
+    resumed = _fan_wf(marks).run(resume=result.run_id)
+    assert resumed.status == "Succeeded"
+    assert resumed.query_step(name="fan")[0].outputs.parameters["result"] == [
+        [x, {"sq": x * x}] for x in range(4)
+    ]
+    # the slices that had finished were journaled, and were not run again
+    assert [_runs(marks, f"slice-{x}") for x in range(4)] == [1, 1, 2, 1]
+
+
+@op
+def nested_lock(x: int) -> Any:
+    import threading
+
+    return {"ok": x, "held": [threading.Lock()]}
+
+
+def test_continue_on_failed_goes_on_past_an_output_the_journal_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("unpicklable-tolerated")
+    bad = Step("bad", nested_lock, parameters={"x": 1}, continue_on_failed=True)
+    # ordered after it, using nothing of it
+    later = Step("later", first_step, parameters={"marker_dir": str(tmp_path)}, dependencies=[bad])
+    wf.add(bad)
+    wf.add(later)
+    result = wf.run()
+    (rec,) = result.query_step(name="bad")
+    assert rec.phase == "Failed"
+    assert "returned a value of type dict for its output 'result', holding a value that " in (
+        rec.error or ""
+    )
+    assert result.query_step(name="later")[0].phase == "Succeeded"
+    assert result.status == "Succeeded"
+    assert read_run(result.run_dir).status == "Succeeded"
+
+
+def test_without_journal_an_unpicklable_output_is_kept_and_a_cache_refuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what records outputs checks them: a run with journal=False keeps the value, as
+    before; a cached step cannot keep it, and fails (it used to end the run too)."""
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("unpicklable-unjournaled")
+    wf.add(Step("bad", nested_lock, parameters={"x": 1}))
+    unjournaled = wf.run(journal=False)
+    assert unjournaled.status == "Succeeded"
+    assert unjournaled.records[0].outputs.parameters["result"]["ok"] == 1
+    cached = Workflow("unpicklable-cached")
+    cached.add(Step("bad", nested_lock, parameters={"x": 2}, cache=True))
+    for journal in (False, True):
+        result = cached.run(journal=journal)
+        (rec,) = result.records
+        assert result.status == "Failed" and rec.phase == "Failed"
+        assert "[user] step 'bad' returned a value of type dict" in (rec.error or "")
+        assert ("cache=True" in (rec.error or "")) is not journal

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path, PurePath
 from typing import Any
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "plain", "unrecordable"]
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -61,6 +61,74 @@ def _flat(value: Any) -> bool:
             if type(v) not in _SCALARS or k.startswith("__dfa_"):
                 return False
     return True
+
+
+def plain(outputs: Any) -> bool:
+    """Every value of these outputs (one mapping per slice) is a scalar: encode() takes them
+    as they are. The driver's per-step check, so a loop rather than any()."""
+    for values in outputs:
+        for value in values.values():
+            if type(value) not in _SCALARS:
+                return False
+    return True
+
+
+def unrecordable(value: Any) -> Exception | None:
+    """Why encode() would fail on ``value``, or None. It walks the value as encode() does, but
+    only pickles (into nothing) the parts encode() would write as blobs: a check the driver
+    makes where a step's outputs are accepted, so that an output the journal cannot hold fails
+    that step instead of the journal's writer, later, with the whole run."""
+    try:
+        _probe(value)
+    except Exception as exc:  # pickling errors are of any class; RecursionError for a cycle
+        return exc
+    return None
+
+
+def _probe(value: Any) -> None:
+    # the cases of _to_json, in its order
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list | tuple):
+        items: Any = value
+    elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = value.values()
+    else:
+        if not _tagged(value):  # a blob, for _to_json
+            _pickle_into_nothing(value)
+        return
+    for v in items:
+        if type(v) not in _SCALARS:
+            _probe(v)
+
+
+def _tagged(value: Any) -> bool:
+    """A path, a BigValue or an ArtifactRef: _to_json writes a reference, not a blob."""
+    if isinstance(value, PurePath):
+        return True
+    name = type(value).__name__
+    return name == "BigValue" or (
+        name == "ArtifactRef" and callable(getattr(value, "to_json", None))
+    )
+
+
+class _Nowhere:
+    __slots__ = ()
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _pickle_into_nothing(value: Any) -> None:
+    """Pickle as _write_blob does, keeping nothing: large buffers (arrays, bytes) are left
+    out of band, so checking an array does not copy it."""
+    import cloudpickle
+
+    cloudpickle.CloudPickler(_Nowhere(), protocol=5, buffer_callback=_out_of_band).dump(value)
+
+
+def _out_of_band(_: Any) -> bool:
+    return False
 
 
 def decode(text: str | None, blob_dir: Path | None) -> Any:

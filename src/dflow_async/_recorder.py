@@ -8,16 +8,63 @@ import asyncio
 import contextlib
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
+from dflow_async._codec import unrecordable
 from dflow_async._events import EventHook
 from dflow_async._journal import Journal
 from dflow_async._records import StepRecord
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 
-__all__ = ["Recorder"]
+__all__ = ["CACHED", "JOURNALED", "Recorder", "refuse_unrecordable"]
+
+#: why a step's outputs must be recordable: when the run has a journal...
+JOURNALED = (
+    "a durable run records every output in its journal (pickling what JSON cannot hold) so "
+    "that a resumed run can reuse it"
+)
+#: ... and when the step is cached
+CACHED = (
+    "the step is cached (cache=True), and the cache keeps every output (pickling what JSON "
+    "cannot hold) for later runs to reuse"
+)
+
+
+def refuse_unrecordable(
+    spec: AttemptSpec, outcome: Succeeded, why: str = JOURNALED
+) -> AttemptOutcome:
+    """``outcome``, or a failure of its step (kind ``user``) when one of its outputs cannot be
+    recorded (see :func:`~dflow_async._codec.unrecordable`): the driver checks a step's
+    outputs where it accepts them, before anything consumes them, since the journal's writer
+    meets them only later, in another thread, where all it could do is end the run."""
+    for piece, values in zip(spec.slices, outcome.outputs, strict=False):
+        for name, value in values.items():
+            problem = unrecordable(value)
+            if problem is None:
+                continue
+            cls = type(value)
+            what = cls.__qualname__
+            if cls.__module__ != "builtins":
+                what = f"{cls.__module__}.{what}"
+            where = f"step {spec.step!r}"
+            if piece.index is not None:
+                where += f" (slice {piece.index})"
+            which = "holding a value that" if isinstance(value, list | tuple | dict) else "which"
+            error = (
+                f"{where} returned a value of type {what} for its output {name!r}, {which} "
+                f"cannot be pickled ({type(problem).__name__}: {problem}): {why}. Return "
+                "picklable values (plain data, dataclasses, arrays), or write files and return "
+                "their paths through an Artifact output"
+            )
+            tb = "".join(traceback.format_exception(problem))
+            return Failed(
+                kind="user", error=error, traceback=tb, retryable=False, duration=outcome.duration
+            )
+    return outcome
 
 
 class Recorder:

@@ -15,9 +15,10 @@ from typing import Any
 import anyio
 
 from dflow_async._cache import StepCache
+from dflow_async._codec import plain
 from dflow_async._compile import walk_templates
 from dflow_async._journal import JournalError
-from dflow_async._recorder import Recorder
+from dflow_async._recorder import CACHED, Recorder, refuse_unrecordable
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
 from dflow_async._worker import arun_attempt
@@ -103,6 +104,12 @@ class _Shell:
         if self.error is not None:
             return []
         try:
+            if (
+                self.recorder is not None
+                and type(outcome) is Succeeded
+                and not plain(outcome.outputs)  # (a step of scalars: nothing to check)
+            ):
+                outcome = refuse_unrecordable(unit.spec, outcome)
             with self.lock:
                 if self.closed:  # checked under the lock: a cancelled run stays still
                     return []
@@ -125,6 +132,18 @@ class _Shell:
         except BaseException as exc:  # surface it in the run, not in a worker's log
             self.to_loop(self.fail, exc)
             return []
+
+    def accept(self, unit: Unit, outcome: AttemptOutcome, cached: bool = False) -> AttemptOutcome:
+        """``outcome``, or a failure of its step if the journal (or, ``cached``, the step
+        cache) could not record one of its outputs: checked before anything consumes them
+        (finished_in_thread makes the same check)."""
+        if type(outcome) is not Succeeded or plain(outcome.outputs):
+            return outcome
+        if self.recorder is not None:
+            return refuse_unrecordable(unit.spec, outcome)
+        if cached:
+            return refuse_unrecordable(unit.spec, outcome, CACHED)
+        return outcome
 
     def to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed (a cancelled run)
@@ -160,7 +179,7 @@ class _Shell:
             try:
                 yielded = ctx.run(coro.send, None)
             except StopIteration as stop:
-                self.advance(self.state.unit_finished, unit, stop.value)
+                self.advance(self.state.unit_finished, unit, self.accept(unit, stop.value))
                 started += 1
                 if started % _LAUNCH_BATCH == 0:
                     await asyncio.sleep(0)  # let timers, I/O and threads' results in
@@ -170,7 +189,7 @@ class _Shell:
             else:
                 self.launcher_active = False
             outcome = await _carry_on(coro, ctx, yielded)
-            self.advance(self.state.unit_finished, unit, outcome)
+            self.advance(self.state.unit_finished, unit, self.accept(unit, outcome))
             return
         self.launcher_active = False
 
@@ -186,7 +205,7 @@ class _Shell:
                 unit.sr.record.cached = True
                 self.advance(self.state.unit_finished, unit, Succeeded(outputs=tuple(hit)))
                 return
-        outcome = await self.attempt(unit)
+        outcome = self.accept(unit, await self.attempt(unit), key is not None)
         if key is not None and cache is not None and isinstance(outcome, Succeeded):
             await anyio.to_thread.run_sync(cache.put, key, outcome.outputs)
         self.advance(self.state.unit_finished, unit, outcome)
