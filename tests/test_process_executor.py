@@ -71,6 +71,20 @@ def make_lock() -> Any:
     return threading.Lock()
 
 
+@op
+def counted_one(marker_dir: str) -> int:
+    with open(Path(marker_dir) / "one", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return 1
+
+
+@op
+def lock_until_fixed(x: int, marker_dir: str) -> Any:
+    with open(Path(marker_dir) / "lock", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return x + 1 if (Path(marker_dir) / "fixed").exists() else threading.Lock()
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
@@ -269,6 +283,41 @@ def test_unpicklable_op_and_output(tmp_path: Path) -> None:
         assert "'result'" in returned.error and "pickle" in returned.error
 
     anyio.run(main)
+
+
+def test_an_unpicklable_output_fails_its_step_in_a_run_that_resumes(tmp_path: Path) -> None:
+    """The worker process cannot send the value back: the step fails (a user failure, not
+    retried), the run fails, and a resume reruns only that step."""
+    from dflow_async import RetryPolicy, Step, Workflow
+    from dflow_async._journal import read_run
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def build() -> Workflow:
+        wf = Workflow("unpicklable-proc", executor="process", store=str(tmp_path / "store"))
+        one = Step("one", counted_one, parameters={"marker_dir": str(marks)})
+        params = {"x": one.outputs.parameters["result"], "marker_dir": str(marks)}
+        policy = RetryPolicy(max_retries=2, backoff=0, jitter=0)
+        wf.add(one)
+        wf.add(Step("lock", lock_until_fixed, parameters=params, retries=policy))
+        return wf
+
+    result = build().run()
+    assert result.status == "Failed"
+    (rec,) = result.query_step(name="lock")
+    assert rec.phase == "Failed" and rec.attempts == 1, rec.errors
+    error = rec.error or ""
+    assert error.startswith("attempt 0: [user] step 'lock' returned a value of type _thread.lock")
+    assert "output 'result'" in error and "could not be pickled" in error
+    assert "Return picklable values" in error and "Artifact output" in error
+    assert read_run(result.run_dir).status == "Failed"
+    (marks / "fixed").write_text("")
+    resumed = build().run(resume=result.run_id)
+    assert resumed.status == "Succeeded"
+    assert resumed.query_step(name="lock")[0].outputs.parameters["result"] == 2
+    runs = [len((marks / name).read_text().split()) for name in ("one", "lock")]
+    assert runs == [1, 2]
 
 
 def test_aclose_is_idempotent_and_final(tmp_path: Path) -> None:

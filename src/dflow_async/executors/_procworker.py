@@ -89,6 +89,7 @@ def _serve(data: bytes) -> bytes:
     from dflow_async._worker import failure_from_exception, run_attempt
 
     outcome: Any
+    spec: Any = None
     try:
         spec = cloudpickle.loads(data)
     except Exception as exc:
@@ -109,10 +110,10 @@ def _serve(data: bytes) -> bytes:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    return _dump_outcome(outcome)
+    return _dump_outcome(outcome, spec)
 
 
-def _dump_outcome(outcome: Any) -> bytes:
+def _dump_outcome(outcome: Any, spec: Any = None) -> bytes:
     try:
         return bytes(cloudpickle.dumps(outcome))
     except Exception as exc:
@@ -128,11 +129,22 @@ def _dump_outcome(outcome: Any) -> bytes:
                 try:
                     cloudpickle.dumps(value)
                 except Exception as exc:
-                    where = f" of slice {position}" if len(outcome.outputs) > 1 else ""
+                    step = "the step" if spec is None else f"step {spec.step!r}"
+                    index = None if spec is None else spec.slices[position].index
+                    if index is not None:
+                        step += f" (slice {index})"
+                    cls = type(value)
+                    what = cls.__qualname__
+                    if cls.__module__ != "builtins":
+                        what = f"{cls.__module__}.{what}"
                     error = (
-                        f"output {name!r}{where} could not be pickled to send it back from the "
-                        f"worker process ({type(exc).__name__}: {exc}); return picklable values "
-                        "or use executor='inline'"
+                        f"{step} returned a value of type {what} "
+                        f"for its output {name!r}, which could not be pickled to send it "
+                        f"back from the worker process ({type(exc).__name__}: {exc}). Return "
+                        "picklable values (plain data, dataclasses, arrays), or write files and "
+                        "return their paths through an Artifact output (executor='inline' "
+                        "takes unpicklable values only in a run with journal=False, which "
+                        "cannot be resumed)"
                     )
                     tb = traceback.format_exc()
                     kind = "user"
