@@ -828,3 +828,22 @@ def test_without_journal_an_unpicklable_output_is_kept_and_a_cache_refuses_it(
         assert result.status == "Failed" and rec.phase == "Failed"
         assert "[user] step 'bad' returned a value of type dict" in (rec.error or "")
         assert ("cache=True" in (rec.error or "")) is not journal
+
+
+def test_a_reused_record_the_journal_cannot_hold_stops_the_run_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No step of the run returned it, so no step can fail for it: the journal's writer says
+    which step's outputs it could not record (it used to raise the bare pickling error)."""
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "calls.txt"
+    first = _keyed(log).run(journal=False)
+    (reused,) = first.query_step(key="a-1")
+    reused.modify_output_parameter("result", threading.Lock())
+    wf = _keyed(log)
+    with pytest.raises(BaseExceptionGroup) as info:
+        wf.run(reuse_step=[reused], run_id="reused-lock")
+    assert info.group_contains(JournalError, match="the outputs of step 'a' cannot be recorded")
+    assert read_run(wf.store_path() / "runs" / "reused-lock").status == "Cancelled"

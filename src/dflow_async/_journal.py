@@ -247,7 +247,7 @@ class Journal:
         steps, units, events, meta = burst
         blob = self.blob_dir
         step_rows = [_step_row(rec, seq, blob) for rec, seq in steps.values()]
-        unit_rows = [(p, u, encode(o, blob)) for p, u, o in units]
+        unit_rows = [(p, u, _encode_outputs(o, blob, p)) for p, u, o in units]
         with _tx(self._conn):
             current = self._conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
             if current is None or int(current[0]) != self.epoch:
@@ -409,8 +409,10 @@ def _step_row(rec: StepRecord, seq: int, blob: Path) -> tuple[Any, ...]:
     phase = rec.phase
     outputs = None
     if phase == "Succeeded":
-        outputs = encode(
-            {"parameters": rec.outputs.raw_parameters, "artifacts": rec.outputs.artifacts}, blob
+        outputs = _encode_outputs(
+            {"parameters": rec.outputs.raw_parameters, "artifacts": rec.outputs.artifacts},
+            blob,
+            rec.path,
         )
     return (
         rec.path,
@@ -428,6 +430,21 @@ def _step_row(rec: StepRecord, seq: int, blob: Path) -> tuple[Any, ...]:
         outputs,
         "\n".join(rec.workdirs) if rec.workdirs else None,  # step names cannot hold newlines
     )
+
+
+def _encode_outputs(value: Any, blob: Path, path: str) -> str:
+    try:
+        return encode(value, blob)
+    except Exception as exc:
+        # The scheduler refuses the outputs of a step it runs that cannot be recorded (the
+        # step fails); what reaches here came another way (a reuse_step record from a run
+        # without a journal, a value changed after its step ended): nothing to fail but the run.
+        raise JournalError(
+            f"the outputs of step {path!r} cannot be recorded in the run's journal "
+            f"({type(exc).__name__}: {exc}), so the run stops (what it recorded before is "
+            "kept). The journal pickles what JSON cannot hold, so that a resumed run can reuse "
+            "it: outputs, reused records' included, must be picklable"
+        ) from exc
 
 
 def _json(value: Any) -> str | None:
