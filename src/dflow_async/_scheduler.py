@@ -18,7 +18,7 @@ from dflow_async._cache import StepCache
 from dflow_async._codec import plain
 from dflow_async._compile import walk_templates
 from dflow_async._journal import JournalError
-from dflow_async._recorder import CACHED, Recorder, refuse_unrecordable
+from dflow_async._recorder import CACHED, JOURNALED, Recorder, refuse_unrecordable
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
 from dflow_async._worker import arun_attempt
@@ -137,13 +137,10 @@ class _Shell:
         """``outcome``, or a failure of its step if the journal (or, ``cached``, the step
         cache) could not record one of its outputs: checked before anything consumes them
         (finished_in_thread makes the same check)."""
-        if type(outcome) is not Succeeded or plain(outcome.outputs):
+        journaled = self.recorder is not None
+        if not (journaled or cached) or type(outcome) is not Succeeded or plain(outcome.outputs):
             return outcome
-        if self.recorder is not None:
-            return refuse_unrecordable(unit.spec, outcome)
-        if cached:
-            return refuse_unrecordable(unit.spec, outcome, CACHED)
-        return outcome
+        return refuse_unrecordable(unit.spec, outcome, JOURNALED if journaled else CACHED)
 
     def to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed (a cancelled run)
