@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path, PurePath
 from typing import Any
 
-__all__ = ["decode", "encode", "plain", "unrecordable"]
+__all__ = ["decode", "encode", "plain", "type_label", "unrecordable"]
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -71,6 +71,13 @@ def plain(outputs: Any) -> bool:
             if type(value) not in _SCALARS:
                 return False
     return True
+
+
+def type_label(value: Any) -> str:
+    """``value``'s class as a message names it: ``int``, ``threading.Lock``."""
+    cls = type(value)
+    name = cls.__qualname__
+    return name if cls.__module__ == "builtins" else f"{cls.__module__}.{name}"
 
 
 def unrecordable(value: Any) -> Exception | None:

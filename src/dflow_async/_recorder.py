@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from dflow_async._codec import unrecordable
+from dflow_async._codec import type_label, unrecordable
 from dflow_async._events import EventHook
 from dflow_async._journal import Journal
 from dflow_async._records import StepRecord
@@ -46,10 +46,7 @@ def refuse_unrecordable(
             problem = unrecordable(value)
             if problem is None:
                 continue
-            cls = type(value)
-            what = cls.__qualname__
-            if cls.__module__ != "builtins":
-                what = f"{cls.__module__}.{what}"
+            what = type_label(value)
             where = f"step {spec.step!r}"
             if piece.index is not None:
                 where += f" (slice {piece.index})"

@@ -21,6 +21,7 @@ from typing import Any
 
 import cloudpickle
 
+from dflow_async._codec import type_label
 from dflow_async._spec import AttemptSpec, Failed, FailureKind, Succeeded
 
 __all__ = ["frame_messages", "lost_outcome", "worker_main"]
@@ -133,10 +134,7 @@ def _dump_outcome(outcome: Any, spec: Any = None) -> bytes:
                     index = None if spec is None else spec.slices[position].index
                     if index is not None:
                         step += f" (slice {index})"
-                    cls = type(value)
-                    what = cls.__qualname__
-                    if cls.__module__ != "builtins":
-                        what = f"{cls.__module__}.{what}"
+                    what = type_label(value)
                     error = (
                         f"{step} returned a value of type {what} "
                         f"for its output {name!r}, which could not be pickled to send it "
