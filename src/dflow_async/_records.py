@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from dflow_async._stored import BigValue
 
 __all__ = ["Phase", "StepOutputValues", "StepRecord"]
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
+PHASES: tuple[str, ...] = get_args(Phase)
 DONE_PHASES = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
 
 
@@ -57,6 +59,16 @@ class StepOutputValues:
 
     def __repr__(self) -> str:
         return f"StepOutputValues(parameters={self._parameters!r}, artifacts={self.artifacts!r})"
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the option closest to a misspelt ``word``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, options, n=1)
+    if not close:  # "X" for "x", "SUCCEEDED": too unlike for difflib, the same but for case
+        close = [o for o in options if o.lower() == word.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _has_big(value: Any) -> bool:

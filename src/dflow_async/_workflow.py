@@ -19,7 +19,7 @@ from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._journal import Journal, JournalError
 from dflow_async._op import OP
 from dflow_async._recorder import Recorder
-from dflow_async._records import StepRecord
+from dflow_async._records import PHASES, StepRecord, did_you_mean
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
@@ -400,7 +400,8 @@ class Result:
     ) -> list[StepRecord]:
         """Step records matching every given filter, in start order.
 
-        ``name`` matches a step's name or its full path (``"loop/next/plus1"``).
+        ``name`` matches a step's name or its full path (``"loop/next/plus1"``); ``phase`` is
+        one of Pending, Running, Succeeded, Failed, Skipped, Cancelled (another is refused).
         """
         return select_records(self.records, name=name, key=key, phase=phase, predicate=predicate)
 
@@ -426,9 +427,11 @@ def select_records(
     phase: str | Sequence[str] | None = None,
     predicate: Callable[[StepRecord], bool] | None = None,
 ) -> list[StepRecord]:
-    names = _as_set(name)
-    keys = _as_set(key)
-    phases = _as_set(phase)
+    names = _as_set(name, "name")
+    keys = _as_set(key, "key")
+    phases = _as_set(phase, "phase")
+    if phases is not None and not phases.issubset(PHASES):
+        _refuse_phase(phases)
     found = []
     for rec in records:
         if names is not None and rec.name not in names and rec.path not in names:
@@ -443,12 +446,31 @@ def select_records(
     return found
 
 
-def _as_set(value: str | Sequence[str] | None) -> set[str] | None:
+def _as_set(value: str | Sequence[str] | None, label: str) -> set[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
         return {value}
-    return set(value)
+    # a Step (or a list of them) for name= would match nothing, silently
+    values = set(value) if isinstance(value, Iterable) else None
+    if values is None or not all(isinstance(v, str) for v in values):
+        wrong = value if values is None else next(v for v in values if not isinstance(v, str))
+        hint = f" (pass its name, {wrong.name!r})" if isinstance(wrong, Step) else ""
+        raise TypeError(
+            f"query_step({label}=...) takes a string or a list of strings, got "
+            f"{type(wrong).__name__} {wrong!r:.60}{hint}"
+        )
+    return values
+
+
+def _refuse_phase(phases: set[str]) -> None:
+    """A misspelt phase (``"Succeded"``) would match no step, silently."""
+    wrong = sorted(phases.difference(PHASES))[0]
+    hint = did_you_mean(wrong, PHASES)
+    raise ValueError(
+        f"query_step(phase=...): unknown phase {wrong!r}{hint} (the phases are: "
+        f"{', '.join(PHASES)})"
+    )
 
 
 def _run_id(name: str, run_id: str | None, resume: str | None) -> str:
