@@ -3,12 +3,13 @@ error that says what was wrong and what to do."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 import dflow_async
-from dflow_async import Artifact, Result, Run, Step, Workflow, op
+from dflow_async import Artifact, BigParameter, FatalError, Result, Run, Step, Workflow, op
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -40,26 +41,33 @@ def test_core_never_imports_heavy_backends() -> None:
 
 
 @op
-def _make(n: int) -> {"x": int, "f": Artifact(Path)}:  # type: ignore[valid-type]
+def _make(n: int) -> {"x": int, "big": BigParameter(list), "f": Artifact(Path)}:  # type: ignore[valid-type]
     out = Path(f"out-{n}.txt")
     out.write_text(str(n))
-    return {"x": n, "f": out}
+    return {"x": n, "big": [n] * 3, "f": out}
+
+
+@op
+def _fail() -> int:
+    raise FatalError("no")
 
 
 @pytest.fixture
 def ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Step, Result]:
-    """A finished run of one step ``mk`` with an output parameter ``x`` and artifact ``f``."""
+    """A finished run of a step ``mk`` with output parameters ``x`` and ``big`` (a
+    BigParameter) and an artifact ``f``, and of a step ``bad`` that failed."""
     monkeypatch.chdir(tmp_path)
     wf = Workflow("api")
     mk = Step("mk", _make, parameters={"n": 3})
-    wf.add(mk)
+    wf.add([mk, Step("bad", _fail, continue_on_failed=True)])
     return mk, wf.run().raise_for_status()
 
 
 def test_query_step_refuses_an_unknown_phase(ran: tuple[Step, Result]) -> None:
     mk, result = ran
     assert [r.name for r in result.query_step(phase="Succeeded")] == ["mk"]
-    assert result.query_step(phase=["Failed", "Skipped"]) == []
+    assert [r.name for r in result.query_step(phase="Failed")] == ["bad"]
+    assert result.query_step(phase=["Cancelled", "Skipped"]) == []
     with pytest.raises(ValueError, match=r"unknown phase 'Succeded'; did you mean 'Succeeded'\?"):
         result.query_step(phase="Succeded")
     with pytest.raises(ValueError, match="the phases are: Pending, Running, Succeeded, Failed"):
@@ -72,3 +80,35 @@ def test_query_step_refuses_an_unknown_phase(ran: tuple[Step, Result]) -> None:
         result.query_step(name=mk)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"query_step\(name=...\) .* got Step"):
         result.query_step(name=[mk])  # type: ignore[list-item]
+
+
+def test_a_missing_output_of_a_step_record_names_the_step(ran: tuple[Step, Result]) -> None:
+    _, result = ran
+    run = Run.open(result.run_id)
+    taken = [result.query_step(name="mk")[0], run.query_step("mk")[0]]
+    taken += [r for r in run.records if r.name == "mk"]
+    assert [r.path for r in taken] == ["mk"] * 3
+    for rec in taken:
+        params, arts = rec.outputs.parameters, rec.outputs.artifacts
+        assert params["x"] == 3 and params["big"] == [3, 3, 3]  # a BigParameter, loaded
+        assert params == {"x": 3, "big": [3, 3, 3]} and set(arts) == {"f"}
+        # a Mapping still: in, .get, iteration raise nothing
+        assert "missing" not in params and params.get("missing") is None
+        assert arts.get("missing", 0) == 0 and sorted(params) == ["big", "x"]
+        with pytest.raises(KeyError) as err:
+            params["X"]
+        assert err.value.args[0] == (
+            "step 'mk' has no output parameter 'X'; did you mean 'x'? (it has: big, x)"
+        )
+        with pytest.raises(KeyError, match=r"step 'mk' has no output artifact 'g' \(it has: f\)"):
+            arts["g"]
+        # records travel (reuse_step= in another process): the names go along
+        again = pickle.loads(pickle.dumps(rec))
+        assert again.outputs.parameters == params
+        with pytest.raises(KeyError, match="step 'mk' has no output artifact 'ff'; did you"):
+            again.outputs.artifacts["ff"]
+    (bad,) = [r for r in result.records if r.name == "bad"]
+    with pytest.raises(KeyError, match=r"'bad' has no output parameter 'x' \(it has none: its"):
+        bad.outputs.parameters["x"]
+    with pytest.raises(KeyError, match="phase is Failed"):  # a predicate reads named outputs
+        result.query_step(predicate=lambda r: r.outputs.parameters["x"] > 0)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from dflow_async._stored import BigValue
 
-__all__ = ["Phase", "StepOutputValues", "StepRecord"]
+__all__ = ["Phase", "StepOutputValues", "StepRecord", "name_outputs"]
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -38,7 +38,10 @@ class StepOutputValues:
         raw = self._parameters
         for value in raw.values():
             if _has_big(value):
-                return {n: _loaded(v) for n, v in raw.items()}
+                loaded = {n: _loaded(v) for n, v in raw.items()}
+                if type(raw) is _NamedParameters:
+                    return _named(_NamedParameters, loaded, raw.about)
+                return loaded
         return raw
 
     @parameters.setter
@@ -69,6 +72,63 @@ def did_you_mean(word: str, options: Sequence[str]) -> str:
     if not close:  # "X" for "x", "SUCCEEDED": too unlike for difflib, the same but for case
         close = [o for o in options if o.lower() == word.lower()]
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _NamedOutputs(dict[str, Any]):
+    """A step's output parameters or artifacts as a run's records give them to users: a name
+    the step has no output of raises a KeyError that names the step and the outputs it has
+    (``in`` and ``.get`` are a dict's: they raise nothing)."""
+
+    __slots__ = ("about",)
+    kind = ""
+    about: tuple[str, str]  # the step's path and phase
+
+    def __missing__(self, key: Any) -> Any:
+        path, phase = self.about
+        have = sorted(self)
+        hint = did_you_mean(key, have) if isinstance(key, str) else ""
+        if have:
+            listed = f"it has: {', '.join(have)}"
+        else:
+            listed = "it has none" + ("" if phase == "Succeeded" else f": its phase is {phase}")
+        raise KeyError(f"step {path!r} has no output {self.kind} {key!r}{hint} ({listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_named, (type(self), dict(self), self.about))
+
+
+class _NamedParameters(_NamedOutputs):
+    __slots__ = ()
+    kind = "parameter"
+
+
+class _NamedArtifacts(_NamedOutputs):
+    __slots__ = ()
+    kind = "artifact"
+
+
+def _named(
+    cls: type[_NamedOutputs], values: dict[str, Any], about: tuple[str, str]
+) -> _NamedOutputs:
+    named = cls(values)
+    named.about = about
+    return named
+
+
+def name_outputs(records: Iterable[StepRecord]) -> None:
+    """Give the records' outputs their step's name, for the KeyError of a missing one. Done
+    when users take records (``query_step``, ``.records``), not as steps end: the journal
+    encodes plain dicts fastest, and a run needs no names."""
+    for rec in records:
+        values = rec.outputs
+        raw = values._parameters
+        if type(raw) is not _NamedParameters:
+            raw = values._parameters = _NamedParameters(raw)
+            raw.about = (rec.path, rec.phase)
+        raw = values.artifacts
+        if type(raw) is not _NamedArtifacts:
+            raw = values.artifacts = _NamedArtifacts(raw)
+            raw.about = (rec.path, rec.phase)
 
 
 def _has_big(value: Any) -> bool:

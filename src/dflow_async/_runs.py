@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dflow_async._journal import JOURNAL_NAME, LOCK_NAME, JournalError, RunSnapshot, read_run
-from dflow_async._records import StepRecord
+from dflow_async._records import StepRecord, name_outputs
 
 __all__ = ["Run", "list_runs"]
 
@@ -33,8 +33,16 @@ class Run:
         self.run_id = snapshot.run_id
         self.run_dir = snapshot.run_dir
         self.meta = snapshot.meta
-        self.records = snapshot.records
-        _attach_store(self.records, self.meta.get("store"), storage_options)
+        self._records = snapshot.records
+        self._named = False
+        _attach_store(self._records, self.meta.get("store"), storage_options)
+
+    @property
+    def records(self) -> list[StepRecord]:
+        if not self._named:  # named when taken: a run is mostly queried
+            name_outputs(self._records)
+            self._named = True
+        return self._records
 
     @classmethod
     def open(
@@ -88,10 +96,10 @@ class Run:
     ) -> list[StepRecord]:
         from dflow_async._workflow import select_records
 
-        return select_records(self.records, name=name, key=key, phase=phase)
+        return select_records(self._records, name=name, key=key, phase=phase)
 
     def __repr__(self) -> str:
-        return f"<Run {self.run_id} {self.status}: {len(self.records)} steps>"
+        return f"<Run {self.run_id} {self.status}: {len(self._records)} steps>"
 
 
 def driver_alive(run_dir: Path) -> bool | None:

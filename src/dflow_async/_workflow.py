@@ -19,7 +19,7 @@ from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._journal import Journal, JournalError
 from dflow_async._op import OP
 from dflow_async._recorder import Recorder
-from dflow_async._records import PHASES, StepRecord, did_you_mean
+from dflow_async._records import PHASES, StepRecord, did_you_mean, name_outputs
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
@@ -383,8 +383,17 @@ class Result:
         self.run_id = run_id
         self.run_dir = run_dir
         self.status = status
-        self.records = records
+        self._records = records
+        self._named = False
         self.outputs = outputs
+
+    @property
+    def records(self) -> list[StepRecord]:
+        """Every step's record, in start order."""
+        if not self._named:  # named when taken: most results are only queried
+            name_outputs(self._records)
+            self._named = True
+        return self._records
 
     @property
     def succeeded(self) -> bool:
@@ -403,11 +412,11 @@ class Result:
         ``name`` matches a step's name or its full path (``"loop/next/plus1"``); ``phase`` is
         one of Pending, Running, Succeeded, Failed, Skipped, Cancelled (another is refused).
         """
-        return select_records(self.records, name=name, key=key, phase=phase, predicate=predicate)
+        return select_records(self._records, name=name, key=key, phase=phase, predicate=predicate)
 
     def raise_for_status(self) -> Result:
         if self.status != "Succeeded":
-            failed = [r for r in self.records if r.phase == "Failed"]
+            failed = [r for r in self._records if r.phase == "Failed"]
             detail = "; ".join(f"{r.path}: {r.error}" for r in failed[:5])
             raise WorkflowFailedError(
                 f"workflow {self.name!r} (run {self.run_id}) {self.status.lower()}"
@@ -416,7 +425,7 @@ class Result:
         return self
 
     def __repr__(self) -> str:
-        return f"<Result {self.run_id} {self.status}: {len(self.records)} steps>"
+        return f"<Result {self.run_id} {self.status}: {len(self._records)} steps>"
 
 
 def select_records(
@@ -440,9 +449,10 @@ def select_records(
             continue
         if phases is not None and rec.phase not in phases:
             continue
-        if predicate is not None and not predicate(rec):
-            continue
         found.append(rec)
+    name_outputs(found)  # before the predicate, which may read outputs
+    if predicate is not None:
+        return [rec for rec in found if predicate(rec)]
     return found
 
 
