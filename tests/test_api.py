@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 import dflow_async
-from dflow_async import Artifact, BigParameter, FatalError, Result, Run, Step, Workflow, op
+from dflow_async import (
+    Artifact,
+    BigParameter,
+    FatalError,
+    Result,
+    Run,
+    Step,
+    Workflow,
+    download_artifact,
+    op,
+)
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -112,3 +122,31 @@ def test_a_missing_output_of_a_step_record_names_the_step(ran: tuple[Step, Resul
         bad.outputs.parameters["x"]
     with pytest.raises(KeyError, match="phase is Failed"):  # a predicate reads named outputs
         result.query_step(predicate=lambda r: r.outputs.parameters["x"] > 0)
+
+
+def test_download_artifact_says_what_it_takes(ran: tuple[Step, Result], tmp_path: Path) -> None:
+    mk, result = ran
+    (rec,) = result.query_step(name="mk")
+    dest = tmp_path / "dl"
+    (copy,) = download_artifact(rec.outputs.artifacts["f"], dest)
+    assert copy.read_text() == "3"
+    wrong = {
+        # a parameter's value, here or inside a list
+        rec.outputs.parameters["x"]: r"got int 3, which holds no files \(a parameter's value\?\)",
+        (rec.outputs.artifacts["f"], 7): r"got int 7, which holds no files",
+        # workflow-time references: what the run gives instead
+        mk.outputs.artifacts["f"]: (
+            r"got <mk.outputs.artifacts\['f'\]>, .* no files until the workflow runs; run it, "
+            r"then download result.query_step\(name='mk'\)\[0\].outputs.artifacts\['f'\]$"
+        ),
+        mk.outputs.parameters["x"]: (
+            r"got <mk.outputs.parameters\['x'\]>, output parameter 'x' of step 'mk': a "
+            r"parameter holds no files .*outputs.parameters\['x'\]\); it takes an artifact"
+        ),
+        mk: r"got step 'mk' itself: .*query_step\(name='mk'\)\[0\].outputs.artifacts\[name\]",
+        rec: r"got the record of step 'mk': pass one of its artifacts, .* \(it has: f\)",
+    }
+    for value, message in wrong.items():
+        with pytest.raises(TypeError, match="^download_artifact: " + message):
+            download_artifact(value, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["out-3.txt"]  # nothing else was copied

@@ -108,9 +108,58 @@ def _leaves(value: Any, dest: Path) -> list[tuple[Path, Path | None]]:
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _leaves(v, dest / str(k))]
     if isinstance(value, list | tuple):
-        names = [Path(v).name for v in value if not isinstance(v, list | tuple | dict | None)]
+        names = [Path(v).name for v in value if isinstance(v, str | os.PathLike)]
         clash = len(set(names)) < len(names)
         return [
             p for i, v in enumerate(value) for p in _leaves(v, dest / str(i) if clash else dest)
         ]
-    return [(dest, value if isinstance(value, Path) else Path(value))]
+    if isinstance(value, Path):
+        return [(dest, value)]
+    if isinstance(value, str | os.PathLike):
+        return [(dest, Path(value))]
+    raise _not_an_artifact(value)
+
+
+def _not_an_artifact(value: Any) -> TypeError:
+    """What ``download_artifact`` says of a value that holds no files: a parameter's value,
+    a workflow-time reference (``step.outputs.artifacts["y"]``), a whole step record."""
+    from dflow_async._graph import OutputRef, Step
+    from dflow_async._records import StepRecord
+    from dflow_async._refs import Ref
+
+    takes = (
+        "it takes an artifact of a finished run, a step record's outputs.artifacts[name] "
+        "(result.query_step(name=...)[0].outputs.artifacts['y']): a path, or a list/dict "
+        "of them"
+    )
+    if isinstance(value, OutputRef):
+        step, name = value.step.name, value.name
+        if value.kind == "artifacts":
+            got = (
+                f"{value!r}, the workflow's reference to an output of step {step!r}: it has "
+                "no files until the workflow runs; run it, then download "
+                f"result.query_step(name={step!r})[0].outputs.artifacts[{name!r}]"
+            )
+        else:
+            got = (
+                f"{value!r}, output parameter {name!r} of step {step!r}: a parameter holds "
+                f"no files (its value, once the workflow ran, is result.query_step(name="
+                f"{step!r})[0].outputs.parameters[{name!r}]); {takes}"
+            )
+    elif isinstance(value, Ref):
+        got = f"{value!r}, a reference that has a value only while the workflow runs; {takes}"
+    elif isinstance(value, StepRecord):
+        have = ", ".join(sorted(value.outputs.artifacts)) or "none"
+        got = (
+            f"the record of step {value.path!r}: pass one of its artifacts, "
+            f"record.outputs.artifacts[name] (it has: {have})"
+        )
+    elif isinstance(value, Step):
+        got = (
+            f"step {value.name!r} itself: once the workflow ran, download one of its output "
+            f"artifacts, result.query_step(name={value.name!r})[0].outputs.artifacts[name]"
+        )
+    else:
+        guess = " (a parameter's value?)" if isinstance(value, int | float | bytes) else ""
+        got = f"{type(value).__name__} {value!r:.60}, which holds no files{guess}; {takes}"
+    return TypeError(f"download_artifact: got {got}")
