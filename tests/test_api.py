@@ -10,9 +10,12 @@ import pytest
 
 import dflow_async
 from dflow_async import (
+    OP,
+    OPIO,
     Artifact,
     BigParameter,
     FatalError,
+    OPIOSign,
     Result,
     Run,
     Step,
@@ -150,3 +153,30 @@ def test_download_artifact_says_what_it_takes(ran: tuple[Step, Result], tmp_path
         with pytest.raises(TypeError, match="^download_artifact: " + message):
             download_artifact(value, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["out-3.txt"]  # nothing else was copied
+
+
+# ---------------------------------------------------------------- @op
+
+
+class _Double(OP):
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"a": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"b": int})
+
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"b": 2 * op_in["a"]})
+
+
+def test_op_refuses_what_is_an_op_already() -> None:
+    with pytest.raises(TypeError, match=r"^@op got '_Double', which is already an OP class: use"):
+        op(_Double)
+    with pytest.raises(TypeError, match="an instance of OP class '_Double', which is already"):
+        op(_Double())
+    with pytest.raises(TypeError, match="@op function '_make', which is already an OP: use it"):
+        op(_make)
+    with pytest.raises(TypeError, match="@op decorates a function, got 3"):
+        op(3)  # type: ignore[arg-type]

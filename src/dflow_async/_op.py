@@ -319,8 +319,7 @@ def op(fn: Callable[..., Any]) -> FunctionOP:
     annotation: a dict literal ``{"name": type}``, a ``TypedDict``, or a single type (one output
     named ``result``). ``Artifact(Path)`` or ``Annotated[Path, Artifact]`` marks artifact ports.
     """
-    if not callable(fn):
-        raise TypeError(f"@op decorates a function, got {fn!r}")
+    _refuse_op(fn)
     try:
         hints = inspect.get_annotations(fn, eval_str=True)
     except Exception as exc:  # a NameError in a string annotation, typically
@@ -338,6 +337,30 @@ def op(fn: Callable[..., Any]) -> FunctionOP:
         inputs[name] = port
     outputs, single = _outputs_from_annotation(fn, hints.get("return", inspect.Signature.empty))
     return FunctionOP(fn, inputs, outputs, single)
+
+
+def _refuse_op(fn: Any) -> None:
+    """``@op`` makes OPs of functions: an OP (class, instance, another library's) is one
+    already, and a non-callable none at all."""
+    if isinstance(fn, type) and (
+        issubclass(fn, OP) or (hasattr(fn, "get_input_sign") and hasattr(fn, "execute"))
+    ):
+        raise TypeError(
+            f"@op got {fn.__qualname__!r}, which is already an OP class: use it directly as a "
+            f"Step template (Step(name, {fn.__name__}, parameters={{...}})), without @op"
+        )
+    if isinstance(fn, OP):
+        what = (
+            f"@op function {fn.__qualname__!r}"
+            if isinstance(fn, FunctionOP)
+            else f"an instance of OP class {type(fn).__qualname__!r}"
+        )
+        raise TypeError(
+            f"@op got {what}, which is already an OP: use it directly as a Step template, "
+            "without @op again"
+        )
+    if not callable(fn):
+        raise TypeError(f"@op decorates a function, got {fn!r}")
 
 
 def _outputs_from_annotation(fn: Callable[..., Any], ann: Any) -> tuple[dict[str, Port], bool]:
