@@ -3,6 +3,7 @@ error that says what was wrong and what to do."""
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -180,3 +181,56 @@ def test_op_refuses_what_is_an_op_already() -> None:
         op(_make)
     with pytest.raises(TypeError, match="@op decorates a function, got 3"):
         op(3)  # type: ignore[arg-type]
+
+
+def _scaled(factor: int, x: int, offset: int = 0) -> {"y": int}:  # type: ignore[valid-type]
+    """Scale x."""
+    return {"y": factor * x + offset}
+
+
+class _Adder:
+    def __call__(self, a: int, b: int) -> int:
+        return a + b
+
+
+async def _ascaled(factor: int, x: int) -> int:
+    return factor * x
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_op_of_a_partial(executor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    triple = op(functools.partial(_scaled, 3, offset=1))
+    # named and documented after the function; inputs: what the partial leaves, a bound
+    # keyword staying an input with its value as default; outputs: the function's annotation
+    assert (triple.__name__, triple.__doc__) == ("_scaled", "Scale x.")
+    assert repr(triple).endswith("._scaled>")
+    assert list(triple.input_ports()) == ["x", "offset"]
+    assert triple.input_ports()["offset"].default == 1
+    assert list(triple.output_ports()) == ["y"]
+    double = op(functools.partial(_scaled, factor=2))  # a keyword for a positional parameter
+    assert list(double.input_ports()) == ["factor", "x", "offset"]
+    assert double.input_ports()["factor"].default == 2
+    anew = op(functools.partial(_ascaled, 5))
+    assert anew.is_async and list(anew.output_ports()) == ["result"]
+    assert op(functools.partial(_make, n=4)).__name__ == "_make"  # a partial of an @op
+    with pytest.raises(TypeError, match=r"@op decorates a function \(or a functools.partial"):
+        op(functools.partial(_Adder(), 1))  # a callable object has no name, no annotations
+    wf = Workflow("partials", executor=executor)
+    wf.add(
+        [
+            Step("t", triple, parameters={"x": 2}),
+            Step("t0", triple, parameters={"x": 2, "offset": 0}),
+            Step("d", double, parameters={"x": 2}),
+            Step("a", anew, parameters={"x": 2}),
+            Step("c3", triple, parameters={"x": 1}, cache=True),
+        ]
+    )
+    # after c3: the same function and inputs, other bound arguments, so not c3's cache entry
+    quadruple = op(functools.partial(_scaled, 4, offset=1))
+    wf.add(Step("c4", quadruple, parameters={"x": 1}, cache=True))
+    result = wf.run().raise_for_status()
+    got = {r.name: r.outputs.parameters for r in result.records}
+    assert got["t"]["y"] == 7 and got["t0"]["y"] == 6 and got["d"]["y"] == 4
+    assert got["a"]["result"] == 10
+    assert (got["c3"]["y"], got["c4"]["y"]) == (4, 5)

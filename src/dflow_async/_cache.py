@@ -8,6 +8,7 @@ artifacts by the sha256 of their content. Entries are small JSON files under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -29,6 +30,15 @@ _CODE_DIGESTS: dict[int, str] = {}
 def code_digest(op: OP) -> str:
     """The OP's identity, version and source text: editing the OP's code misses the cache."""
     target: Any = op.fn if isinstance(op, FunctionOP) else type(op)
+    if isinstance(target, functools.partial):
+        # what the partial binds is code too: op(partial(f, 3)) is not op(partial(f, 4)).
+        # Not kept by id: a partial made for one run may be gone by the next, its id reused
+        bound = _value_digest([list(target.args), sorted(target.keywords.items())])
+        return hashlib.sha256(f"{_code_digest(op, target.func)}\0{bound}".encode()).hexdigest()
+    return _code_digest(op, target)
+
+
+def _code_digest(op: OP, target: Any) -> str:
     cached = _CODE_DIGESTS.get(id(target))
     if cached is not None:
         return cached

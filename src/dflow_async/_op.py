@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import sys
 import typing
@@ -225,10 +226,12 @@ class FunctionOP(OP):
         self._outputs = outputs
         self._single = single_output
         self._is_async = inspect.iscoroutinefunction(fn)
-        self.__name__ = fn.__name__
-        self.__qualname__ = fn.__qualname__
-        self.__module__ = fn.__module__
-        self.__doc__ = fn.__doc__
+        # a functools.partial is named after its function, and has its docstring
+        named = fn.func if isinstance(fn, functools.partial) else fn
+        self.__name__ = named.__name__
+        self.__qualname__ = named.__qualname__
+        self.__module__ = named.__module__
+        self.__doc__ = named.__doc__
 
     def get_input_sign(self) -> OPIOSign:  # type: ignore[override]
         return OPIOSign(self._inputs)
@@ -318,17 +321,34 @@ def op(fn: Callable[..., Any]) -> FunctionOP:
     Inputs come from the parameters (defaults make them optional); outputs from the return
     annotation: a dict literal ``{"name": type}``, a ``TypedDict``, or a single type (one output
     named ``result``). ``Artifact(Path)`` or ``Annotated[Path, Artifact]`` marks artifact ports.
+
+    ``fn`` may be a ``functools.partial`` of such a function: the OP takes the parameters the
+    partial leaves (a keyword it binds stays an input, with that value as its default) and has
+    the function's name, annotations and outputs.
     """
     _refuse_op(fn)
+    if isinstance(fn, functools.partial):
+        inner = fn.func.fn if isinstance(fn.func, FunctionOP) else fn.func  # partial(an @op)
+        fn = functools.partial(inner, *fn.args, **fn.keywords)
+        named: Any = inner
+    else:
+        named = fn
+    if not hasattr(named, "__qualname__"):  # an object with __call__: no name, no signs
+        raise TypeError(
+            f"@op decorates a function (or a functools.partial of one), got {named!r}: write "
+            "an OP class for a callable object, or decorate a function that calls it"
+        )
     try:
-        hints = inspect.get_annotations(fn, eval_str=True)
+        hints = inspect.get_annotations(named, eval_str=True)
     except Exception as exc:  # a NameError in a string annotation, typically
-        raise SignatureError(f"cannot read the annotations of {fn.__qualname__!r}: {exc}") from exc
+        raise SignatureError(
+            f"cannot read the annotations of {named.__qualname__!r}: {exc}"
+        ) from exc
     inputs: dict[str, Port] = {}
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise SignatureError(
-                f"@op function {fn.__qualname__!r} cannot take *args/**kwargs ({name!r}): "
+                f"@op function {named.__qualname__!r} cannot take *args/**kwargs ({name!r}): "
                 "every input must be a named port"
             )
         port = as_port(hints.get(name, Any))
