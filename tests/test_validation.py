@@ -795,3 +795,49 @@ def test_slices_refuses_a_misspelled_keyword_and_suggests_the_right_one() -> Non
         Slices(input_parameter=["x"], pool_sise=1)
     with pytest.raises(TypeError, match=r"'input_parameters'; did you mean 'input_parameter'"):
         Slices(input_parameters=["x"])
+
+
+def test_a_when_string_is_parsed_before_any_step_runs() -> None:
+    a = "{{steps.a.outputs.parameters.result}}"
+    fine = {  # each evaluated as it would be when its step's turn comes
+        "lt": (f"{a} < 3 && !false", True),
+        "quoted": (f"'{a}' == '1'", True),
+        "member": (f"{a} in [2, 3]", False),
+        "arith": (f"-{a} * 2 + 1 == -1 || {a} % 2 == 0", True),
+        "literal": ("true", True),
+    }
+    bad = {
+        "syntax": f"{a} <<< 3",
+        "power": f"{a} ** 2 > 3",
+        "word": f"{a} == heads",
+        "identity": f"{a} is 1",
+        "shape": "{{steps.a.outputs.result}} == 1",
+        "call": f"len({a}) > 0",
+    }
+
+    def build(conditions: dict[str, typing.Any]) -> Workflow:
+        wf = Workflow("w")
+        wf.add(Step("a", take_int, parameters={"x": 1}))
+        wf.add([Step(n, take_int, parameters={"x": 2}, when=c) for n, c in conditions.items()])
+        return wf
+
+    found = problems(build({**{n: c for n, (c, _) in fine.items()}, **bad, "int": 3}))
+    assert found == [
+        f"step w.syntax: when= cannot parse condition '{a} <<< 3': invalid syntax; a condition "
+        'compares placeholders and literals, e.g. "{{steps.a.outputs.parameters.n}} < 3 && '
+        "'{{inputs.parameters.mode}}' == 'fast'\"",
+        f"step w.power: when= condition '{a} ** 2 > 3' uses an unsupported construct (Pow)",
+        f"step w.word: when= condition '{a} == heads' uses the bare word 'heads', neither a "
+        "placeholder nor a literal (quote a string: 'heads')",
+        f"step w.identity: when= condition '{a} is 1' uses an unsupported comparison (Is; use "
+        "== or !=)",
+        "step w.shape: when= condition '{{steps.a.outputs.result}} == 1' uses an unknown "
+        "placeholder {{steps.a.outputs.result}} (placeholders are {{inputs.parameters.NAME}}, "
+        "{{steps.STEP.outputs.parameters.NAME}}, artifacts likewise, and {{item}})",
+        f"step w.call: when= condition 'len({a}) > 0' uses an unsupported construct (Call)",
+        "step w.int: when= must be a condition (references compared: a.outputs.parameters['n'] "
+        "< 3), a condition string, a callable taking the step's inputs, or a bool; got int (3)",
+    ], found
+    result = build({n: c for n, (c, _) in fine.items()}).run().raise_for_status()
+    ran = {r.name: r.phase == "Succeeded" for r in result.records if r.name != "a"}
+    assert ran == {n: runs for n, (_, runs) in fine.items()}

@@ -34,6 +34,7 @@ from dflow_async._refs import (
     ItemRef,
     Ref,
     Scan,
+    check_condition,
     iter_refs,
     path_steps,
     scan,
@@ -770,8 +771,8 @@ class _Compiler:
         scans = binding_scans
         own_item = False  # whether when, with_param or key uses the item
         if when is not None or with_param is not None or key is not None:
-            if callable(when) and not isinstance(when, Ref):
-                self.when_callable(when, where)
+            if when is not None and not isinstance(when, Ref | bool):
+                self.when_value(when, where)
             own = [scan(v) for v in (when, with_param, key) if v is not None]
             own_item = any(item for _, _, item in own)
             scans = [*own, *binding_scans]
@@ -802,6 +803,29 @@ class _Compiler:
         # a binding's value uses the item exactly when it is one of the item_bindings
         if not node.fan_out and (own_item or node.item_bindings):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
+
+    def when_value(self, when: Any, where: str) -> None:
+        """A ``when=`` that is neither a reference nor a bool: a condition string is parsed
+        now, a callable's signature checked; what the step would fail on when its turn
+        comes, after the steps before it ran, is reported with every other problem."""
+        if isinstance(when, str):
+            problem = check_condition(when)
+            if problem is not None and problem.startswith("cannot parse"):
+                problem += (
+                    "; a condition compares placeholders and literals, e.g. "
+                    "\"{{steps.a.outputs.parameters.n}} < 3 && '{{inputs.parameters.mode}}' "
+                    "== 'fast'\""
+                )
+            if problem is not None:
+                self.problem(f"{where}: when= {problem}")
+        elif callable(when):
+            self.when_callable(when, where)
+        else:
+            self.problem(
+                f"{where}: when= must be a condition (references compared: "
+                "a.outputs.parameters['n'] < 3), a condition string, a callable taking the "
+                f"step's inputs, or a bool; got {type(when).__name__} ({when!r:.60})"
+            )
 
     def when_callable(self, when: Callable[..., Any], where: str) -> None:
         """A ``when=`` callable is called with one dict of the step's inputs: one that cannot

@@ -354,6 +354,28 @@ def path_steps(paths: Iterable[str]) -> list[str]:
     return names
 
 
+def placeholder_problem(path: str) -> str | None:
+    """Why :func:`resolve_placeholder` could never resolve ``{{path}}`` (None: its shape is
+    right; whether the step, input or output it names exists is another question)."""
+    parts = path.split(".")
+    head = parts[0]
+    if path.startswith("=expr:") or head == "item":
+        return None
+    if head == "inputs" and len(parts) == 3 and parts[1] in ("parameters", "artifacts"):
+        return None
+    if (
+        head in ("steps", "tasks")
+        and len(parts) == 5
+        and parts[2] == "outputs"
+        and parts[3] in ("parameters", "artifacts")
+    ):
+        return None
+    return (
+        f"unknown placeholder {{{{{path}}}}} (placeholders are {{{{inputs.parameters.NAME}}}}, "
+        "{{steps.STEP.outputs.parameters.NAME}}, artifacts likewise, and {{item}})"
+    )
+
+
 def resolve_placeholder(path: str, scope: Scope) -> Any:
     if path.startswith("=expr:"):
         return _formatted_ref(path).evaluate(scope)
@@ -463,18 +485,44 @@ def safe_condition(text: str, scope: Scope) -> Any:
     ``&& || !`` become Python's, and the result is computed by walking the AST with a short
     list of allowed nodes: comparisons, boolean and arithmetic operators, literals.
     """
-    import ast
-
     values: dict[str, Any] = {}
 
-    def bind(match: re.Match[str]) -> str:
+    def bind(path: str) -> str:
         name = f"_v{len(values)}"
-        value = resolve_placeholder(match.group(1), scope)
-        # Argo compares the text of parameters: a quoted placeholder ("{{x}}") stays a string
-        values[name] = value
+        values[name] = resolve_placeholder(path, scope)
         return name
 
-    source = _PLACEHOLDER.sub(bind, text)
+    return _eval_node(_condition_tree(text, bind), values, text)
+
+
+def check_condition(text: str) -> str | None:
+    """What :func:`safe_condition` would refuse in ``text`` whatever the values (it does not
+    parse, or uses a construct it does not evaluate), found without evaluating it: validation
+    reports it before any step runs. None: nothing."""
+    names: set[str] = set()
+
+    def bind(path: str) -> str:
+        problem = placeholder_problem(path)
+        if problem is not None:
+            raise ValueError(f"condition {text!r} uses an {problem}")
+        name = f"_v{len(names)}"
+        names.add(name)
+        return name
+
+    try:
+        _check_node(_condition_tree(text, bind), names, text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _condition_tree(text: str, bind: Callable[[str], str]) -> Any:
+    """The AST of a condition string, each placeholder replaced by the name ``bind`` gives
+    for its path (in order)."""
+    import ast
+
+    source = _PLACEHOLDER.sub(lambda match: bind(match.group(1)), text)
+    # Argo compares the text of parameters: a quoted placeholder ("{{x}}") stays a string
     source = re.sub(r"([\"'])(_v\d+)\1", r"str(\2)", source)
     source = source.replace("&&", " and ").replace("||", " or ")
     source = re.sub(r"!(?!=)", " not ", source)
@@ -484,7 +532,7 @@ def safe_condition(text: str, scope: Scope) -> Any:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"cannot parse condition {text!r}: {exc.msg}") from None
-    return _eval_node(tree.body, values, text)
+    return tree.body
 
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {}
@@ -563,3 +611,50 @@ def _eval_node(node: Any, values: dict[str, Any], text: str) -> Any:
     if isinstance(node, ast.List | ast.Tuple):
         return [_eval_node(e, values, text) for e in node.elts]
     raise ValueError(f"condition {text!r} uses an unsupported construct ({type(node).__name__})")
+
+
+def _check_node(node: Any, names: set[str], text: str) -> None:
+    """:func:`_eval_node`'s refusals, without values: what it evaluates, it accepts."""
+    import ast
+
+    if not _BINOPS:
+        _init_ops()
+    children: list[Any]
+    if isinstance(node, ast.Constant):
+        return
+    if isinstance(node, ast.Name):
+        if node.id in names or node.id in ("True", "False", "None"):
+            return
+        raise ValueError(
+            f"condition {text!r} uses the bare word {node.id!r}, neither a placeholder nor a "
+            f"literal (quote a string: '{node.id}')"
+        )
+    if isinstance(node, ast.BoolOp):
+        children = node.values
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        children = [node.operand]
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        children = [node.left, node.right]
+    elif isinstance(node, ast.Compare):
+        for op_ in node.ops:
+            if type(op_) not in _CMPOPS:  # evaluated, it would be false whatever the values
+                raise ValueError(
+                    f"condition {text!r} uses an unsupported comparison ({type(op_).__name__}; "
+                    "use == or !=)"
+                )
+        children = [node.left, *node.comparators]
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "str"
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        children = node.args
+    elif isinstance(node, ast.List | ast.Tuple):
+        children = node.elts
+    else:
+        what = type(getattr(node, "op", node)).__name__
+        raise ValueError(f"condition {text!r} uses an unsupported construct ({what})")
+    for child in children:
+        _check_node(child, names, text)
