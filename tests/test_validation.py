@@ -841,3 +841,52 @@ def test_a_when_string_is_parsed_before_any_step_runs() -> None:
     result = build({n: c for n, (c, _) in fine.items()}).run().raise_for_status()
     ran = {r.name: r.phase == "Succeeded" for r in result.records if r.name != "a"}
     assert ran == {n: runs for n, (_, runs) in fine.items()}
+
+
+def test_placeholders_must_name_outputs_their_step_has() -> None:
+    # as a reference must: at run time an undeclared output reads as not produced, and the
+    # step that reads it was skipped without a word
+    dag = DAG("d")
+    late = Step("late", needs, parameters={"x": 1, "label": "z"})  # added after its readers
+    a = Step("a", needs, parameters={"x": 1, "label": "a"})
+    a_y = a.outputs.parameters["y"]
+    dag.add(a)
+    dag.add(Step("param", needs, parameters={"x": 1, "label": "{{steps.a.outputs.parameters.q}}"}))
+    dag.add(Step("key", needs, parameters={"x": 1, "label": "l"}, key="k-%s" % a_y))
+    dag.add(
+        Step(
+            "badkey",
+            needs,
+            parameters={"x": 1, "label": "l"},
+            key="k-{{tasks.a.outputs.parameters.z}}",
+        )
+    )
+    dag.add(
+        Step(
+            "when",
+            needs,
+            parameters={"x": 1, "label": "l"},
+            when="{{steps.a.outputs.artifacts.y}} > 0",
+        )
+    )
+    dag.add(Step("expr", needs, parameters={"x": 1, "label": f"n-{a.outputs.parameters['w'] + 1}"}))
+    dag.add(
+        Step("later", needs, parameters={"x": 1, "label": "{{steps.late.outputs.parameters.v}}"})
+    )
+    dag.add(
+        Step("fine", needs, parameters={"x": 1, "label": "{{steps.late.outputs.parameters.y}}"})
+    )
+    dag.add(late)
+    found = problems(Workflow("w", dag=dag))
+    assert found == [
+        "step d.param: placeholder {{steps.a.outputs.parameters.q}}: step 'a' has no output "
+        "parameter 'q' (it has: ['y'])",
+        "step d.badkey: placeholder {{tasks.a.outputs.parameters.z}}: step 'a' has no output "
+        "parameter 'z' (it has: ['y'])",
+        "step d.when: placeholder {{steps.a.outputs.artifacts.y}}: step 'a' has no output "
+        "artifact 'y' (it has: none)",
+        "step d.expr: placeholder {{steps.a.outputs.parameters.w}}: step 'a' has no output "
+        "parameter 'w' (it has: ['y'])",
+        "step d.later: placeholder {{steps.late.outputs.parameters.v}}: step 'late' has no "
+        "output parameter 'v' (it has: ['y'])",
+    ], found

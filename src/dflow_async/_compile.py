@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
@@ -786,10 +786,12 @@ class _Compiler:
                 self.check_ref(ct, ref, where, node.index)
                 if isinstance(ref, OutputRef):
                     producers.add(ref.step.name)
-            for name in path_steps(paths) if paths else ():
-                producers.add(name)
-                if name not in ct.by_name:
-                    self.problem(f"{where}: placeholder refers to unknown step {name!r}")
+            if paths:
+                for name in path_steps(paths):
+                    producers.add(name)
+                    if name not in ct.by_name:
+                        self.problem(f"{where}: placeholder refers to unknown step {name!r}")
+                self.placeholder_outputs(ct, paths, where, node.index)
         by_name = ct.by_name
         for dep in step.dependencies:
             name = dep.name if isinstance(dep, Step) else dep
@@ -803,6 +805,39 @@ class _Compiler:
         # a binding's value uses the item exactly when it is one of the item_bindings
         if not node.fan_out and (own_item or node.item_bindings):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
+
+    def placeholder_outputs(
+        self, ct: CompiledTemplate, paths: Sequence[str], where: str, reader: int
+    ) -> None:
+        """``{{steps.a.outputs.parameters.n}}`` in a string must name an output step ``a``
+        has, as a reference must: at run time an undeclared one reads as not produced, and
+        skips the step silently. ``reader`` as for :meth:`check_ref`."""
+        for path in paths:
+            parts = path.split(".")
+            if (
+                len(parts) != 5
+                or parts[0] not in ("steps", "tasks")
+                or parts[2] != "outputs"
+                or parts[3] not in ("parameters", "artifacts")
+            ):
+                continue
+            idx = ct.by_name.get(parts[1])
+            if idx is None:
+                continue  # an unknown step: reported
+            producer = ct.nodes[idx]
+            if producer.index > reader:  # not compiled yet: checked after the template's steps
+                self._later.append(partial(self.placeholder_outputs, ct, [path], where, ct.n_steps))
+                continue
+            if producer.op is None and producer.sub is None:
+                continue  # its OP failed to load (reported): its outputs are unknown
+            kind, name = parts[3], parts[4]
+            out = producer.outputs.get(name)
+            if out is None or out.kind != kind:
+                have = sorted(n for n, i in producer.outputs.items() if i.kind == kind)
+                self.problem(
+                    f"{where}: placeholder {{{{{path}}}}}: step {parts[1]!r} has no output "
+                    f"{kind[:-1]} {name!r} (it has: {have or 'none'})"
+                )
 
     def when_value(self, when: Any, where: str) -> None:
         """A ``when=`` that is neither a reference nor a bool: a condition string is parsed
