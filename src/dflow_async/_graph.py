@@ -12,6 +12,7 @@ from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from dflow_async._op import MISSING
+from dflow_async._records import did_you_mean
 from dflow_async._refs import Ref, Scope
 
 __all__ = [
@@ -398,12 +399,9 @@ class Slices:
         **unknown: Any,
     ) -> None:
         if unknown:  # a typo (pool_sise=) would otherwise run with no limit, silently
-            import difflib
-
             name = next(iter(unknown))
             known = [f.name for f in fields(self) if f.name != "extra"]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {known})"
+            hint = did_you_mean(name, known) or f" (it takes: {known})"
             raise TypeError(f"Slices() got an unexpected keyword argument {name!r}{hint}")
         set_ = object.__setattr__
         set_(self, "slices", slices)
