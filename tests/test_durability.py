@@ -335,6 +335,18 @@ def test_reuse_step_skips_matching_keys_and_takes_modified_outputs(tmp_path, mon
     assert third.status == "Succeeded"
 
 
+def test_modifying_an_output_a_record_does_not_have_is_refused(tmp_path, monkeypatch) -> None:
+    """A misspelt name would be ignored by the run that reuses the record (the old value
+    used, silently); Dflow refuses it too."""
+    monkeypatch.chdir(tmp_path)
+    record = _keyed(tmp_path / "calls.txt").run().query_step(key="a-1")[0]
+    with pytest.raises(KeyError, match=r"step 'a' has no output parameter 'reslt'.*'result'"):
+        record.modify_output_parameter("reslt", 7)
+    with pytest.raises(KeyError, match=r"no output artifact 'out' to modify.*it has: none"):
+        record.modify_output_artifact("out", tmp_path)
+    assert record.outputs.parameters == {"result": 10}  # unchanged
+
+
 CACHE_WF = """
 import os
 from dflow_async import Workflow, Step, op

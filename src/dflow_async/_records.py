@@ -208,14 +208,26 @@ class StepRecord:
         return self.errors[-1] if self.errors else None
 
     def modify_output_parameter(self, name: str, value: Any) -> StepRecord:
-        """Change an output before reusing this record (``reuse_step=``), as in Dflow."""
+        """Change an output before reusing this record (``reuse_step=``), as in Dflow, which
+        refuses a name the step has no output of: a misspelt one would be ignored by the run
+        that reuses the record, and the old value used."""
+        self._refuse_unknown(name, self.outputs.raw_parameters, "parameter")
         self.outputs.raw_parameters[name] = value
         return self
 
     def modify_output_artifact(self, name: str, artifact: Any) -> StepRecord:
         """Point an output artifact elsewhere before reusing this record."""
+        self._refuse_unknown(name, self.outputs.artifacts, "artifact")
         self.outputs.artifacts[name] = artifact
         return self
+
+    def _refuse_unknown(self, name: str, have: dict[str, Any], kind: str) -> None:
+        if name not in have:
+            listed = ", ".join(sorted(have)) or "none"
+            raise KeyError(
+                f"step {self.path!r} has no output {kind} {name!r} to modify"
+                f"{did_you_mean(name, sorted(have))} (it has: {listed})"
+            )
 
     def artifact_paths(self, name: str) -> list[Path]:
         from dflow_async._op import artifact_paths
