@@ -321,3 +321,114 @@ def test_a_sub_workflow_fans_out_over_a_big_list_it_takes_as_input(tmp_path: Pat
     assert result.status == "Succeeded", [r.errors for r in result.records]
     (rec,) = result.query_step(name="each")
     assert rec.outputs.parameters["result"] == [2, 4, 6] and rec.key == "5"
+
+
+# -- a fan-out's BigParameter outputs, stacked into a list ------------------------------------
+
+
+@op
+def make_big(i: int) -> {"v": BigParameter(dict)}:  # type: ignore[valid-type]
+    return {"v": {"i": i}}
+
+
+@op
+def show_list(s: list) -> str:
+    return repr(s)
+
+
+@op
+def show_big_list(s: BigParameter(list)) -> str:  # type: ignore[valid-type]
+    return repr(s)
+
+
+@op
+async def show_list_async(s: list) -> str:
+    return repr(s)
+
+
+@op
+def show_dict(s: dict) -> str:
+    return repr(s)
+
+
+@op
+def tenfold(x: dict) -> int:
+    return 10 * x["i"]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_a_fan_outs_stacked_big_outputs_reach_their_consumers_as_values(
+    executor: str, tmp_path: Path
+) -> None:
+    """Each slice stores its BigParameter output; the stacked list holds their references,
+    and every consumer (an OP's port of any kind, the scheduler's fan-outs, conditions and
+    keys) gets the values in it, not the references."""
+    from dflow_async._stored import BigValue
+
+    wf = Workflow("bigstack", store=str(tmp_path), executor=executor)
+    sliced = Slices(input_parameter=["i"], output_parameter=["v"])
+    mk = Step("mk", make_big, parameters={"i": [1, 2]}, slices=sliced)
+    wf.add(mk)
+    v = mk.outputs.parameters["v"]
+    over = Slices(input_parameter=["x"], output_parameter=["result"])
+    wf.add(
+        [
+            Step("list", show_list, parameters={"s": v}),
+            Step("big", show_big_list, parameters={"s": v}),
+            Step("async", show_list_async, parameters={"s": v}),
+            Step("literal", show_list, parameters={"s": [v, 3]}),
+            Step("in_dict", show_dict, parameters={"s": {"a": v}}),
+            Step("sliced", tenfold, parameters={"x": v}, slices=over),
+            Step("items", tenfold, parameters={"x": item}, with_param=v, key=f"k-{item['i']}"),
+            Step("yes", one, when=v[1]["i"] == 2),
+            Step("no", one, when=v[1]["i"] == 3),
+            Step("call", show_list, parameters={"s": v}, when=lambda ins: ins["s"][0]["i"] == 1),
+            Step("keyed", one, key=f"key-{v[0]['i']}"),
+        ]
+    )
+    result = wf.run()
+    assert result.status == "Succeeded", [(r.name, r.errors) for r in result.records]
+    values = [{"i": 1}, {"i": 2}]
+    got = {r.name: r.outputs.parameters.get("result") for r in result.records}
+    assert got["list"] == got["big"] == got["async"] == repr(values)
+    assert got["literal"] == repr([values, 3])
+    assert got["in_dict"] == repr({"a": values})
+    assert got["sliced"] == got["items"] == [10, 20]
+    assert [r.key for r in result.records if r.name.startswith("items[")] == ["k-1", "k-2"]
+    phases = {r.name: r.phase for r in result.records}
+    assert (phases["yes"], phases["no"], phases["call"]) == ("Succeeded", "Skipped", "Succeeded")
+    assert result.query_step(name="keyed")[0].key == "key-1"
+    # the producer's record keeps the references (a consumer loaded copies), users the values
+    (rec,) = result.query_step(name="mk")
+    assert [type(b) for b in rec.outputs.raw_parameters["v"]] == [BigValue, BigValue]
+    assert rec.outputs.parameters["v"] == values
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_a_fan_out_of_fan_outs_stacks_big_outputs_into_lists_of_values(
+    executor: str, tmp_path: Path
+) -> None:
+    """A sub-workflow fanned out, whose output is its own fan-out's stacked BigParameter
+    outputs: a list of lists of references, loaded for the consumer, the records and the
+    records of the run read back from its journal."""
+    from dflow_async import Run, Steps
+
+    sub = Steps("sub", inputs={"base": 0})
+    sliced = Slices(input_parameter=["i"], output_parameter=["v"])
+    inner = Step(
+        "inner", make_big, parameters={"i": [sub.inputs.parameters["base"], 5]}, slices=sliced
+    )
+    sub.add(inner)
+    sub.outputs.parameters["v"] = inner.outputs.parameters["v"]
+    wf = Workflow("bignested", store=str(tmp_path), executor=executor)
+    outer_slices = Slices(input_parameter=["base"], output_parameter=["v"])
+    outer = Step("outer", sub, parameters={"base": [1, 2]}, slices=outer_slices)
+    wf.add(outer)
+    wf.add(Step("show", show_list, parameters={"s": outer.outputs.parameters["v"]}))
+    result = wf.run()
+    assert result.status == "Succeeded", [(r.name, r.errors) for r in result.records]
+    values = [[{"i": 1}, {"i": 5}], [{"i": 2}, {"i": 5}]]
+    assert result.query_step(name="show")[0].outputs.parameters["result"] == repr(values)
+    assert result.query_step(name="outer")[0].outputs.parameters["v"] == values
+    again = Run.open(result.run_dir)
+    assert again.query_step(name="outer")[0].outputs.parameters["v"] == values

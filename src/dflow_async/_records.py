@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from dflow_async._stored import BigValue
+from dflow_async._stored import BigValue, holds_big, with_values
 
 __all__ = ["Phase", "StepOutputValues", "StepRecord", "name_outputs"]
 
@@ -132,16 +132,17 @@ def name_outputs(records: Iterable[StepRecord]) -> None:
 
 
 def _has_big(value: Any) -> bool:
-    # a fan-out stacks its slices' values into a list
-    if type(value) is list:
-        return any(type(v) is BigValue for v in value)
-    return type(value) is BigValue
+    # a fan-out stacks its slices' values into a list (a fan-out of fan-outs, lists of lists)
+    t = type(value)
+    return t is BigValue or ((t is list or t is dict or t is tuple) and holds_big(value))
 
 
 def _loaded(value: Any) -> Any:
-    if type(value) is list:
-        return [v.value if type(v) is BigValue else v for v in value]
-    return value.value if type(value) is BigValue else value
+    return with_values(value, _value_of)
+
+
+def _value_of(big: BigValue) -> Any:
+    return big.value
 
 
 @dataclass(slots=True, eq=False, init=False)

@@ -124,13 +124,14 @@ def _attach_store(
     """The journal keeps BigParameter outputs as bare references: point them at the run's
     store, so that ``record.outputs.parameters`` can load their values."""
     from dflow_async._store import ArtifactStore
-    from dflow_async._stored import BigValue
+    from dflow_async._stored import big_values
 
     store = None
     for record in records:
         for value in record.outputs.raw_parameters.values():
-            for v in value if type(value) is list else (value,):
-                if type(v) is BigValue and v.store is None and url:
+            # in a fan-out's stacked list too (lists of lists for a fan-out of fan-outs)
+            for v in big_values(value):
+                if v.store is None and url:
                     if store is None:
                         store = ArtifactStore(url, storage_options)
                     v.store = store

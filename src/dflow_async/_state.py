@@ -22,7 +22,7 @@ from dflow_async._op import MISSING
 from dflow_async._records import StepRecord
 from dflow_async._refs import Ref, Scope, Unavailable, evaluate, render, safe_condition
 from dflow_async._spec import AttemptSpec, Failed, SliceInput
-from dflow_async._stored import BigValue, InputFetchError, read_big
+from dflow_async._stored import BigValue, InputFetchError, holds_big, read_big, with_values
 
 __all__ = ["Finish", "Retry", "RunState", "Unit"]
 
@@ -168,15 +168,22 @@ class _Using:
         self.loaded: dict[str, Any] | None = None  # by digest
 
     def input_value(self, name: str, kind: str) -> Any:
-        value = self.sr.trun.input_value(name, kind)
-        if type(value) is BigValue:
-            return self.load(value, f"the template input {name!r}")
-        return value
+        return self.loaded_value(
+            self.sr.trun.input_value(name, kind), f"the template input {name!r}"
+        )
 
     def output_value(self, step: str, name: str, kind: str) -> Any:
         value = self.sr.trun.output_value(step, name, kind)
-        if type(value) is BigValue:
-            return self.load(value, f"the output {name!r} of step {step!r}")
+        return self.loaded_value(value, f"the output {name!r} of step {step!r}")
+
+    def loaded_value(self, value: Any, what: str) -> Any:
+        """``value`` with its BigValues loaded: itself one, or in a list or dict (a fan-out
+        stacks its slices' BigParameter outputs into a list)."""
+        t = type(value)
+        if t is BigValue:
+            return self.load(value, what)
+        if (t is list or t is dict or t is tuple) and holds_big(value):
+            return with_values(value, lambda big: self.load(big, what))
         return value
 
     def item_value(self) -> Any:
@@ -537,12 +544,7 @@ class RunState:
         elif isinstance(when, str):
             value = safe_condition(when, scope)
         elif callable(when):
-            value = when(
-                {
-                    k: scope.load(v, f"the input {k!r}") if type(v) is BigValue else v
-                    for k, v in inputs.items()
-                }
-            )
+            value = when({k: scope.loaded_value(v, f"the input {k!r}") for k, v in inputs.items()})
         else:
             raise TypeError(f"when= must be an expression, a callable or a bool, got {when!r}")
         if isinstance(value, Ref):

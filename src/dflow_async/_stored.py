@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -14,7 +15,16 @@ from dflow_async._store import ArtifactStore
 from dflow_async._store_ref import ArtifactRef
 from dflow_async.exceptions import ArtifactError
 
-__all__ = ["BigValue", "InputFetchError", "StoredPath", "commit", "materialise"]
+__all__ = [
+    "BigValue",
+    "InputFetchError",
+    "StoredPath",
+    "big_values",
+    "commit",
+    "holds_big",
+    "materialise",
+    "with_values",
+]
 
 
 class StoredPath(PosixPath):
@@ -194,6 +204,8 @@ class BigValue:
     __slots__ = ("_value", "ref", "store")
 
     def __init__(self, ref: ArtifactRef, store: ArtifactStore | None = None) -> None:
+        global any_big
+        any_big = True
         self.ref = ref
         self.store = store
         self._value: Any = _UNLOADED
@@ -222,6 +234,52 @@ class BigValue:
 
 _UNLOADED = object()
 
+#: whether this process ever made a BigValue (stored one, decoded one from a journal, or
+#: unpickled one: all go through ``__init__``). Until then no value can hold one, and the
+#: workers skip looking inside the lists and dicts of their inputs for them.
+any_big = False
+
+
+def holds_big(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> bool:
+    """Whether a list, tuple or dict holds a BigValue, at any depth: a fan-out stacks its
+    slices' BigParameter outputs into a list (a fan-out of fan-outs, into lists of lists),
+    and a literal list or dict of references holds the values they name."""
+    for v in value.values() if type(value) is dict else value:
+        t = type(v)
+        if t is BigValue or ((t is list or t is dict or t is tuple) and holds_big(v)):
+            return True
+    return False
+
+
+def big_values(value: Any) -> Iterator[BigValue]:
+    """The BigValues ``value`` is or holds, at any depth of lists, tuples and dicts."""
+    t = type(value)
+    if t is BigValue:
+        yield value
+    elif t is list or t is dict or t is tuple:
+        for v in value.values() if t is dict else value:
+            t = type(v)
+            if t is BigValue:
+                yield v
+            elif t is list or t is dict or t is tuple:
+                yield from big_values(v)
+
+
+def with_values(value: Any, load: Callable[[BigValue], Any]) -> Any:
+    """``value`` with every BigValue in it, at any depth of lists, tuples and dicts, replaced
+    by ``load(it)``. Containers are new ones: the given ones may be another step's recorded
+    outputs, which must keep their references."""
+    t = type(value)
+    if t is BigValue:
+        return load(value)
+    if t is list:
+        return [with_values(v, load) for v in value]
+    if t is tuple:
+        return tuple(with_values(v, load) for v in value)
+    if t is dict:
+        return {k: with_values(v, load) for k, v in value.items()}
+    return value
+
 
 def store_big(
     values: dict[str, Any], names: tuple[str, ...], store: ArtifactStore, step: str
@@ -232,15 +290,21 @@ def store_big(
 
 
 def load_big(inputs: dict[str, Any], store: ArtifactStore | None) -> dict[str, Any]:
-    """Inputs with every BigValue replaced by its value (whatever port takes it). Raises
-    InputFetchError naming the input that could not be loaded."""
+    """Inputs with every BigValue replaced by its value (whatever port takes it), also those
+    in lists and dicts (a fan-out's stacked outputs). Raises InputFetchError naming the
+    input that could not be loaded."""
     loaded = dict(inputs)
+
+    def load(big: BigValue) -> Any:
+        if big.store is None:
+            big.store = store
+        return _kept_value(big)
+
     for name, value in inputs.items():
-        if type(value) is BigValue:
-            if value.store is None:
-                value.store = store
+        t = type(value)
+        if t is BigValue or ((t is list or t is dict or t is tuple) and holds_big(value)):
             try:
-                loaded[name] = _kept_value(value)
+                loaded[name] = with_values(value, load)
             except InputFetchError as exc:
                 raise InputFetchError(
                     f"could not load the input {name!r}, a BigParameter, from the store: {exc}"

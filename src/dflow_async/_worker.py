@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from dflow_async import _stored
 from dflow_async._capture import capture_fds as fd_capture
 from dflow_async._capture import route_std_streams
 from dflow_async._op import (
@@ -46,6 +47,7 @@ from dflow_async._stored import (
     BigValue,
     InputFetchError,
     commit,
+    holds_big,
     load_big,
     materialise,
     store_big,
@@ -123,11 +125,14 @@ def _run_slice(
     inputs = piece.inputs
     # The common case, checked in one pass: no artifact ports, and every value of exactly its
     # port's declared class (so no default to fill in, and no BigValue to load: no port
-    # declares that internal class). The inputs are then passed as given, as check_opio
-    # would pass them: the call below unpacks (or OPIO-wraps) them into a new dict.
+    # declares that internal class, though a list or dict may hold some, see _has_big). The
+    # inputs are then passed as given, as check_opio would pass them: the call below unpacks
+    # (or OPIO-wraps) them into a new dict.
     if plan.in_artifacts or not exactly_typed(plan.in_types, inputs):
         inputs = own_inputs(_check_inputs(plan, piece, spec.store, where))
     elif not plan.in_immutable:
+        if _stored.any_big and _has_big(inputs):
+            inputs = load_big(inputs, spec.store)
         inputs = own_inputs(inputs)
     ctx = _context(spec, piece, where, None if capture_fds else piece.workdir)
     token = _current.set(ctx)
@@ -179,9 +184,11 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
         for piece in spec.slices:
             exact = not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs)
-            if exact:  # the common case, checked in one pass as in _run_slice: as given
+            # (values exactly of immutable classes hold no BigValue: see _run_slice)
+            big = not (exact and plan.in_immutable) and _stored.any_big and _has_big(piece.inputs)
+            if exact and not big:  # the common case, checked in one pass as in _run_slice
                 inputs = piece.inputs
-            elif io or _has_big(piece.inputs):  # fetching files, hashing: never in the loop
+            elif io or big:  # fetching files, hashing, loading values: never in the loop
                 inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
             elif plan.in_artifacts:  # no store: the paths as given
                 inputs = _check_inputs(plan, piece)
@@ -265,9 +272,12 @@ def _context(
 
 
 def _has_big(values: dict[str, Any]) -> bool:
+    """Whether an input is a BigValue, or a list or dict holding one (a fan-out's stacked
+    BigParameter outputs). Callers ask only once ``_stored.any_big`` says one may exist."""
     # a loop, not any(<generator>): this runs per attempt, and the generator costs more
-    for v in values.values():  # noqa: SIM110
-        if type(v) is BigValue:
+    for v in values.values():
+        t = type(v)
+        if t is BigValue or ((t is list or t is dict or t is tuple) and holds_big(v)):
             return True
     return False
 
@@ -276,7 +286,7 @@ def _check_inputs(
     plan: PortPlan, piece: SliceInput, store: Any = None, where: str | None = None
 ) -> dict[str, Any]:
     given = piece.inputs
-    if _has_big(given):
+    if _stored.any_big and _has_big(given):
         given = load_big(given, store)
     # a copy only where artifact ports are about to be replaced in it
     mutated = bool(plan.in_artifacts) and given is piece.inputs
