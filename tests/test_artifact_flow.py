@@ -386,6 +386,64 @@ def test_an_upload_is_a_snapshot_that_leaves_the_users_files_alone(tmp_path: Pat
     assert rec.outputs.parameters["result"] == "version-1\n"
 
 
+@op
+def pass_through(
+    f: Artifact(Path), d: Artifact(Path)
+) -> {"f": Artifact(Path), "d": Artifact(Path)}:  # type: ignore[valid-type]
+    return {"f": f, "d": d}
+
+
+@op
+def read_both(f: Artifact(Path), d: Artifact(Path)) -> str:  # type: ignore[valid-type]
+    return f.read_text() + (d / "x.txt").read_text()
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_an_input_passed_through_as_an_output_leaves_the_users_files_alone(
+    executor: str, tmp_path: Path
+) -> None:
+    """A user's own file and directory, given as plain paths and returned as outputs, are
+    copied into the store as uploads are: they keep their mode and their one link, and
+    editing them later changes nothing stored. An input that came from the store, passed
+    through again, is the stored object itself: nothing copied."""
+    import stat
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("original")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "x.txt").write_text("X")
+    for path in (mine, tree / "x.txt"):
+        os.chmod(path, 0o644)
+    store = str(tmp_path / "store")
+    wf = Workflow("passthru", store=store, executor=executor)
+    first = Step("first", pass_through, artifacts={"f": mine, "d": tree})
+    arts = first.outputs.artifacts
+    wf.add(first)
+    wf.add(Step("again", pass_through, artifacts={"f": arts["f"], "d": arts["d"]}))
+    result = wf.run()
+    assert result.status == "Succeeded", [(r.name, r.errors) for r in result.records]
+    for path in (mine, tree / "x.txt"):
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_nlink) == (0o644, 1), path
+
+    out = result.query_step(name="first")[0].outputs.artifacts
+    mine.write_text("CHANGED!")  # the same size: no size check would notice
+    (tree / "x.txt").write_text("Y")
+    objects = wf.artifact_store()
+    obj = objects.local_path(out["f"].ref)
+    assert obj is not None and obj.read_text() == "original"
+    read = Workflow("reader", store=store, executor=executor)
+    read.add(Step("read", read_both, artifacts={"f": out["f"], "d": out["d"]}))
+    (rec,) = read.run().records
+    assert rec.outputs.parameters["result"] == "originalX", rec.errors
+
+    passed = result.query_step(name="again")[0].outputs.artifacts
+    assert passed["f"].ref.digest == out["f"].ref.digest
+    assert passed["d"].ref.digest == out["d"].ref.digest
+    assert os.path.samefile(passed["f"], obj)  # the stored object, linked: not a copy
+
+
 def test_uploads_to_another_store_are_adopted_or_refused_before_the_run(tmp_path: Path) -> None:
     """upload_artifact() without store= commits to the default store; a workflow with its own
     store takes the upload's files into that store, or says why it cannot, before any step."""

@@ -126,17 +126,31 @@ def _adopt_from_home(ref: ArtifactRef, store: ArtifactStore, dest: Path, exc: Ex
     return True
 
 
-def commit(value: Any, store: ArtifactStore | None, producer: str) -> Any:
-    """Output artifact paths committed to the store; returns StoredPaths in the same shape."""
+def commit(value: Any, store: ArtifactStore | None, producer: str, workdir: str) -> Any:
+    """Output artifact paths committed to the store; returns StoredPaths in the same shape.
+
+    Only what the attempt wrote, under its ``workdir``, becomes the stored object itself
+    (hard-linked into a local store, made read-only). Any other path is an input the OP
+    passed through (a user's own file, given as a plain path): it is copied and left as it
+    was, as ``upload_artifact`` does, since linking it would make the user's file the stored
+    object, changed under its digest by the next edit. An input that came from the store is
+    under ``workdir/.inputs``, and already stored: committing it copies no bytes."""
     if store is None or value is None:
         return value
+    return _commit(value, store, producer, os.path.realpath(workdir) + os.sep)
+
+
+def _commit(value: Any, store: ArtifactStore, producer: str, own: str) -> Any:
+    if value is None:
+        return None
     if isinstance(value, dict):
-        return {k: commit(v, store, producer) for k, v in value.items()}
+        return {k: _commit(v, store, producer, own) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [commit(v, store, producer) for v in value]
+        return [_commit(v, store, producer, own) for v in value]
     if isinstance(value, StoredPath) and value.ref is not None:
         return value
-    ref = store.put(value, producer=producer)
+    link = (os.path.realpath(value) + os.sep).startswith(own)
+    ref = store.put(value, producer=producer, link=link)
     return StoredPath(value, ref)
 
 

@@ -77,7 +77,9 @@ def run_attempt(
             else:
                 with _in_dir(piece.workdir, chdir):
                     values = _run_slice(spec, piece, plan, piece.workdir, capture_fds, None)
-            outputs.append(_commit_outputs(spec, plan, values) if commits else values)
+            if commits:
+                values = _commit_outputs(spec, plan, values, piece.workdir)
+            outputs.append(values)
     except BaseException as exc:
         # sys.exit(), KeyboardInterrupt or CancelledError raised by the OP itself fail the step,
         # never the worker: a worker thread would die and its run wait for ever (a real Ctrl-C
@@ -222,7 +224,9 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             else:
                 values = _check_outputs(plan, result, piece, None, fresh)
             if io:
-                values = await anyio.to_thread.run_sync(_commit_outputs, spec, plan, values)
+                values = await anyio.to_thread.run_sync(
+                    _commit_outputs, spec, plan, values, piece.workdir
+                )
             outputs.append(values)
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
@@ -377,12 +381,15 @@ def _commit_paths(
     return Path(real)
 
 
-def _commit_outputs(spec: AttemptSpec, plan: PortPlan, values: dict[str, Any]) -> dict[str, Any]:
-    """Commit output artifacts to the store: only then may a consumer see them."""
+def _commit_outputs(
+    spec: AttemptSpec, plan: PortPlan, values: dict[str, Any], workdir: str
+) -> dict[str, Any]:
+    """Commit output artifacts to the store: only then may a consumer see them. The slice's
+    ``workdir`` holds what it wrote (its other outputs are inputs passed through)."""
     if spec.store is not None:
         for name in plan.out_artifacts:
             if values.get(name) is not None:
-                values[name] = commit(values[name], spec.store, spec.step)
+                values[name] = commit(values[name], spec.store, spec.step, workdir)
         if plan.out_big:
             store_big(values, plan.out_big, spec.store, spec.step)
     return values
