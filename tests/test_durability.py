@@ -30,6 +30,7 @@ from dflow_async import (
 )
 from dflow_async._compile import definition_digest
 from dflow_async._journal import JournalError, RunBusyError, read_run
+from dflow_async.exceptions import WorkflowValidationError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -859,3 +860,162 @@ def test_a_reused_record_the_journal_cannot_hold_stops_the_run_with_a_clear_erro
         wf.run(reuse_step=[reused], run_id="reused-lock")
     assert info.group_contains(JournalError, match="the outputs of step 'a' cannot be recorded")
     assert read_run(wf.store_path() / "runs" / "reused-lock").status == "Cancelled"
+
+
+# ---------------------------------------------------------------- what a resume goes on with
+
+# Started with parameters, killed while `gate` blocks (until the file "open" exists).
+STARTED_WF = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+from dflow_async import Step, Steps, Workflow, op
+
+HERE = Path(__file__).parent
+
+@op
+def gate(x: int) -> int:
+    if not (HERE / "open").exists():
+        (HERE / "blocked").write_text(str(os.getpid()))
+        while True:
+            time.sleep(0.05)
+    return x
+
+@op
+def show(limit: int, where: Path, pair: tuple) -> str:
+    return f"{limit} {where.as_posix()} {pair} {multiprocessing.current_process().name}"
+
+entry = Steps("entry", inputs={"limit": 10, "where": Path("default"), "pair": (0, 0)})
+p = entry.inputs.parameters
+g = Step("gate", gate, parameters={"x": p["limit"]})
+s = Step(
+    "show", show,
+    parameters={"limit": g.outputs.parameters["result"], "where": p["where"], "pair": p["pair"]},
+)
+entry.add(g)
+entry.add(s)
+wf = Workflow("started", steps=entry)
+GIVEN = {"limit": 3, "where": Path("data/in.txt"), "pair": (1, "b")}
+
+if __name__ == "__main__":
+    mode, run_id = sys.argv[1], sys.argv[2]
+    if mode == "start":
+        wf.run(run_id=run_id, parameters=GIVEN)
+    else:
+        other = {**GIVEN, "limit": 4}
+        try:
+            wf.run(resume=run_id, parameters=other)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+"""
+
+
+def _start_and_kill(tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
+    """Run ``argv`` in tmp_path until a step of it blocks (it writes "blocked"), then
+    SIGKILL it: a run that stops without a word, its journal saying Running."""
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "blocked").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the run never reached its blocking step"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.communicate()
+    (tmp_path / "blocked").unlink()
+    (tmp_path / "open").write_text("")  # a resumed run goes past the gate
+
+
+def test_a_resumed_run_goes_on_with_the_parameters_it_was_started_with(tmp_path: Path) -> None:
+    """`dflow-async resume` (which takes no parameters) used the template's defaults for
+    the steps left: one run mixed two parameter sets (limit 10 after limit 3)."""
+    (tmp_path / "flow.py").write_text(STARTED_WF)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    _start_and_kill(tmp_path, [sys.executable, "flow.py", "start", "p-1"], env)
+
+    other = subprocess.run(
+        [sys.executable, "flow.py", "resume-other", "p-1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.stdout.startswith("JournalError run p-1 was started with other parameters"), (
+        other.stdout + other.stderr
+    )
+    assert "'limit': started with 3, given 4" in other.stdout
+    assert "leave parameters= out" in other.stdout
+    journal = tmp_path / ".dflow-async" / "runs" / "p-1"
+    assert read_run(journal).meta["epoch"] == "1"  # the refused resume took nothing over
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dflow_async.cli", "resume", "p-1", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run = Run.open("p-1", store=tmp_path / ".dflow-async")
+    assert run.status == "Succeeded"
+    (show,) = run.query_step(name="show")
+    assert show.outputs.parameters["result"] == "3 data/in.txt (1, 'b') MainProcess"
+
+
+@op
+def fails_once(limit: int, where: Path, marker: str) -> str:
+    if not Path(marker).exists():
+        Path(marker).write_text("")
+        raise RuntimeError("the first attempt fails")
+    return f"{limit} {where.as_posix()}"
+
+
+def _failing_once(marker: Path) -> Workflow:
+    entry = Steps("entry", inputs={"limit": 10, "where": Path("default"), "marker": str(marker)})
+    p = entry.inputs.parameters
+    entry.add(
+        Step(
+            "use",
+            fails_once,
+            parameters={"limit": p["limit"], "where": p["where"], "marker": p["marker"]},
+        )
+    )
+    return Workflow("fails-once", steps=entry)
+
+
+def test_resume_takes_the_same_parameters_again_and_refuses_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    given = {"limit": 3, "where": Path("a/b")}
+    for run_id, again in (("same", dict(given)), ("left-out", None)):
+        wf = _failing_once(tmp_path / f"marker-{run_id}")
+        assert wf.run(run_id=run_id, parameters=given).status == "Failed"
+        with pytest.raises(JournalError, match=r"'limit': started with 3, given 4"):
+            wf.run(resume=run_id, parameters={**given, "limit": 4})
+        with pytest.raises(JournalError, match=r"'where': started with .*, given \(not given\)"):
+            wf.run(resume=run_id, parameters={"limit": 3})
+        assert Run.open(run_id).status == "Failed"  # refused: the run is as it was
+        result = wf.run(resume=run_id, parameters=again)
+        assert result.status == "Succeeded"
+        assert result.query_step(name="use")[0].outputs.parameters["result"] == "3 a/b"
+
+
+def test_a_parameter_the_journal_cannot_keep_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    wf = _failing_once(tmp_path / "marker")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run(parameters={"limit": threading.Lock()}, run_id="locked")
+    assert "gives 'limit' a _thread.lock value, which the run's journal cannot keep" in str(
+        info.value
+    )
+    assert "journal=False" in str(info.value)
+    assert not (tmp_path / ".dflow-async" / "runs" / "locked").exists()

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path, PurePath
 from typing import Any
 
-__all__ = ["decode", "encode", "plain", "type_label", "unrecordable"]
+__all__ = ["decode", "encode", "fingerprint", "plain", "type_label", "unrecordable"]
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -48,6 +48,12 @@ def encode(value: Any, blob_dir: Path | None) -> str:
     if _flat(value):  # the common case, straight to the C encoder
         return _dumps(value)
     return _dumps(_to_json(value, blob_dir))
+
+
+def fingerprint(value: Any) -> str:
+    """What encode() would write for ``value``, with each blob named by its digest but not
+    written: two values with the same fingerprint are recorded the same way."""
+    return _dumps(_to_json(value, None, digest_only=True))
 
 
 def _flat(value: Any) -> bool:
@@ -144,17 +150,19 @@ def decode(text: str | None, blob_dir: Path | None) -> Any:
     return _from_json(json.loads(text), blob_dir)
 
 
-def _to_json(value: Any, blob_dir: Path | None) -> Any:
+def _to_json(value: Any, blob_dir: Path | None, *, digest_only: bool = False) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    d = digest_only
     if isinstance(value, list):
-        return [_to_json(v, blob_dir) for v in value]
+        return [_to_json(v, blob_dir, digest_only=d) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         if any(k.startswith("__dfa_") for k in value):
-            return {"__dfa_dict": [[k, _to_json(v, blob_dir)] for k, v in value.items()]}
-        return {k: _to_json(v, blob_dir) for k, v in value.items()}
+            items = [[k, _to_json(v, blob_dir, digest_only=d)] for k, v in value.items()]
+            return {"__dfa_dict": items}
+        return {k: _to_json(v, blob_dir, digest_only=d) for k, v in value.items()}
     if isinstance(value, tuple):
-        return {"__dfa_tuple": [_to_json(v, blob_dir) for v in value]}
+        return {"__dfa_tuple": [_to_json(v, blob_dir, digest_only=d) for v in value]}
     ref = getattr(value, "ref", None)
     if isinstance(value, PurePath) and ref is not None:
         return {"__dfa_stored": [str(value), ref.to_json()]}
@@ -165,6 +173,10 @@ def _to_json(value: Any, blob_dir: Path | None) -> Any:
     to_json = getattr(value, "to_json", None)
     if callable(to_json) and type(value).__name__ == "ArtifactRef":
         return {"__dfa_ref": to_json()}
+    if digest_only:
+        import cloudpickle
+
+        return {"__dfa_blob": hashlib.sha256(cloudpickle.dumps(value)).hexdigest()}
     return {"__dfa_blob": _write_blob(value, blob_dir)}
 
 

@@ -30,7 +30,7 @@ from dflow_async._records import StepOutputValues, StepRecord
 from dflow_async._store_local import ensure_dir
 from dflow_async.exceptions import DflowAsyncError
 
-__all__ = ["Journal", "JournalError", "RunBusyError", "RunSnapshot", "read_run"]
+__all__ = ["Journal", "JournalError", "RunBusyError", "RunSnapshot", "read_meta", "read_run"]
 
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "journal.sqlite"
@@ -60,7 +60,8 @@ _ROUTINE = frozenset({"started", "succeeded", "slice_succeeded"})
 
 
 class JournalError(DflowAsyncError):
-    """The journal is missing, corrupted, from a newer version, or was taken over."""
+    """The journal is missing, corrupted, from a newer version, or was taken over; or a
+    resume does not match the run it would continue (its definition, its parameters)."""
 
 
 class RunBusyError(JournalError):
@@ -282,6 +283,19 @@ def read_run(run_dir: Path) -> RunSnapshot:
     conn = _connect(path, create=False)
     try:
         return _snapshot(conn, run_dir)
+    finally:
+        conn.close()
+
+
+def read_meta(run_dir: Path) -> dict[str, str]:
+    """A run's metadata alone (what it was started with), read without the driver lock: a
+    resume reads it before it validates the workflow, and takes the run over after that."""
+    path = run_dir / JOURNAL_NAME
+    if not path.exists():
+        raise JournalError(f"no run journal in {str(run_dir)!r}: nothing to resume")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        return _read_meta(conn, path)
     finally:
         conn.close()
 

@@ -12,11 +12,12 @@ from typing import Any
 import anyio
 
 from dflow_async._cache import StepCache
+from dflow_async._codec import decode, encode, fingerprint, type_label, unrecordable
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
 from dflow_async._events import EventHook, logging_hook, safe
 from dflow_async._gc import tuned_gc
 from dflow_async._graph import DAG, Step, Steps, Template
-from dflow_async._journal import Journal, JournalError
+from dflow_async._journal import Journal, JournalError, read_meta
 from dflow_async._op import OP
 from dflow_async._recorder import Recorder
 from dflow_async._records import PHASES, StepRecord, did_you_mean, name_outputs
@@ -216,9 +217,15 @@ class Workflow:
         reuse_step: Sequence[StepRecord] | None,
         journal: bool,
     ) -> Result:
-        compiled, executors = self._prepare(executor, parameters)
         run_id = _run_id(self.name, run_id, resume)
         run_dir = (self.store_path() / "runs" / run_id).absolute()
+        if resume is not None and journal:
+            # a resumed run goes on with what it was started with
+            recorded = read_meta(run_dir)
+            parameters = _resumed_parameters(run_id, recorded, parameters, run_dir / "values")
+        compiled, executors = self._prepare(executor, parameters)
+        if journal and resume is None:
+            _refuse_unrecordable(self.name, parameters)
         hook = _fan(_hooks(on_event, run_id))
         recorder: Recorder | None = None
         restored: list[StepRecord] = []
@@ -241,7 +248,8 @@ class Workflow:
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
-                jr = Journal.create(run_dir, meta=self._meta(run_id, digest, parameters))
+                meta = self._meta(run_id, digest, parameters, run_dir)
+                jr = Journal.create(run_dir, meta=meta)
             recorder = Recorder(jr, hook)
         elif resume is not None:
             raise ValueError("resume= needs the run's journal; do not pass journal=False")
@@ -294,8 +302,9 @@ class Workflow:
             return ArtifactStore(str(root), self.storage_options, verify=self.verify_artifacts)
         return ArtifactStore(str(self.store), self.storage_options, verify=self.verify_artifacts)
 
-    def _meta(self, run_id: str, digest: str, parameters: dict[str, Any] | None) -> dict[str, str]:
-        import json
+    def _meta(
+        self, run_id: str, digest: str, parameters: dict[str, Any] | None, run_dir: Path
+    ) -> dict[str, str]:
         import sys
         import time
 
@@ -313,7 +322,9 @@ class Workflow:
             "cwd": os.getcwd(),
             # the URL only: storage options may hold credentials, which a journal must not
             "store": self.artifact_store().url,
-            "parameters": json.dumps(parameters or {}, default=repr),
+            # as the journal keeps outputs (values JSON cannot hold as blobs beside it): a
+            # resume goes on with these
+            "run_parameters": encode(parameters or {}, run_dir / "values"),
         }
 
 
@@ -481,6 +492,77 @@ def _refuse_phase(phases: set[str]) -> None:
         f"query_step(phase=...): unknown phase {wrong!r}{hint} (the phases are: "
         f"{', '.join(PHASES)})"
     )
+
+
+def _resumed_parameters(
+    run_id: str, meta: dict[str, str], given: dict[str, Any] | None, blob_dir: Path
+) -> dict[str, Any] | None:
+    """The parameters run ``run_id`` was started with, which its resume goes on with: one
+    run never mixes two sets. Parameters given to the resume must be the same ones."""
+    text = meta.get("run_parameters")
+    if text is None:  # a journal from before runs recorded their parameters for resume
+        return given
+    recorded: dict[str, Any] = decode(text, blob_dir)
+    if given is None:
+        return recorded
+    differ = [
+        name
+        for name in sorted(set(given) | set(recorded), key=str)
+        if name not in given or name not in recorded or not _same(given[name], recorded[name])
+    ]
+    if not differ:
+        return recorded
+    missing = object()
+
+    def show(values: dict[str, Any], name: str) -> str:
+        value = values.get(name, missing)
+        return "(not given)" if value is missing else _short(value)
+
+    detail = "; ".join(
+        f"{name!r}: started with {show(recorded, name)}, given {show(given, name)}"
+        for name in differ
+    )
+    raise JournalError(
+        f"run {run_id} was started with other parameters ({detail}); a resumed run goes on "
+        "with the parameters it was started with, so leave parameters= out (or pass the same "
+        "ones). To run with new parameters, start a new run (reuse_step= can take this run's "
+        "results)"
+    )
+
+
+def _same(given: Any, recorded: Any) -> bool:
+    """Equal, or recorded alike (arrays, whose == is element-wise; BigParameter values, by
+    their reference)."""
+    try:
+        if (given == recorded) is True:
+            return True
+    except Exception:  # an array's truth value, a comparison that raises
+        pass
+    try:
+        return fingerprint(given) == fingerprint(recorded)
+    except Exception:  # cannot be pickled: not what the run recorded
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse_unrecordable(workflow: str, parameters: dict[str, Any] | None) -> None:
+    """The journal keeps the run's parameters for a resume: refuse, before the run starts,
+    a value it cannot hold (as it refuses such an output)."""
+    problems = []
+    for name, value in (parameters or {}).items():
+        exc = unrecordable(value)
+        if exc is not None:
+            problems.append(
+                f"run(parameters=...) gives {name!r} a {type_label(value)} value, which the "
+                f"run's journal cannot keep for a resume ({type(exc).__name__}: {exc}); pass "
+                "a picklable value, or run with journal=False (a run that cannot be resumed)"
+            )
+    if problems:
+        raise WorkflowValidationError(workflow, problems)
 
 
 def _run_id(name: str, run_id: str | None, resume: str | None) -> str:
