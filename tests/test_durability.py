@@ -1019,3 +1019,128 @@ def test_a_parameter_the_journal_cannot_keep_is_refused_before_the_run(
     )
     assert "journal=False" in str(info.value)
     assert not (tmp_path / ".dflow-async" / "runs" / "locked").exists()
+
+
+# Killed while `gate` blocks; then `a` and `b` each wait a moment for the other to arrive,
+# which they never do under parallelism=1.
+PLACED_WF = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+from dflow_async import Step, Workflow, op
+from dflow_async.executors import ProcessExecutor
+
+HERE = Path(__file__).parent
+
+@op
+def gate() -> int:
+    if not (HERE / "open").exists():
+        (HERE / "blocked").write_text(str(os.getpid()))
+        while True:
+            time.sleep(0.05)
+    return 0
+
+@op
+def meet(me: str, other: str) -> str:
+    (HERE / f"arrived-{me}").write_text("")
+    seen = "alone"
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and seen == "alone":
+        if (HERE / f"arrived-{other}").exists():
+            seen = "met"
+        time.sleep(0.02)
+    (HERE / f"arrived-{me}").unlink()
+    return f"{seen} {multiprocessing.current_process().name}"
+
+def build(executor):
+    wf = Workflow("placed", executor=executor)
+    wf.add(Step("gate", gate))
+    wf.add([Step(n, meet, {"me": n, "other": o}) for n, o in (("a", "b"), ("b", "a"))])
+    return wf
+
+wf = build("inline")
+
+if __name__ == "__main__":
+    mode, run_id = sys.argv[1], sys.argv[2]
+    if mode == "start-object":  # an object given to run(), not the workflow's own
+        wf.run(run_id=run_id, executor=ProcessExecutor(max_workers=1), parallelism=1)
+    elif mode == "start-own":
+        build(ProcessExecutor(max_workers=1)).run(run_id=run_id, parallelism=1)
+    elif mode == "resume-own":
+        print(build(ProcessExecutor(max_workers=1)).run(resume=run_id).status)
+    else:
+        try:
+            print(wf.run(resume=run_id).status)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+"""
+
+
+def _placed(run: Run) -> dict[str, str]:
+    return {r.name: r.outputs.parameters["result"] for r in run.query_step(name=["a", "b"])}
+
+
+def test_a_resumed_run_goes_on_with_the_executor_and_parallelism_it_was_started_with(
+    tmp_path: Path,
+) -> None:
+    """`dflow-async run -e process -p 1`, killed, then `dflow-async resume`: the steps left ran
+    on the workflow's own executor (inline) with no limit, in the driver process."""
+    (tmp_path / "flow.py").write_text(PLACED_WF)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "DFLOW_ASYNC_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "dflow_async.cli"]
+    _start_and_kill(tmp_path, [*cli, "run", "flow.py", "-q", "-e", "process", "-p", "1"], env)
+    (run_id,) = os.listdir(tmp_path / "home" / "runs")
+    resumed = subprocess.run(
+        [*cli, "resume", run_id, "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run = Run.open(run_id, store=tmp_path / "home")
+    assert _placed(run) == {"a": "alone dflow-async-worker", "b": "alone dflow-async-worker"}
+
+
+def test_resume_names_an_executor_object_it_cannot_build_again(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(PLACED_WF)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # the workflow's own executor object: its code builds it again for the resume
+    _start_and_kill(tmp_path, [sys.executable, "flow.py", "start-own", "own"], env)
+    assert run("flow.py", "resume-own", "own").stdout.split() == ["Succeeded"]
+    store = tmp_path / ".dflow-async"
+    assert _placed(Run.open("own", store=store)) == {
+        "a": "alone dflow-async-worker",
+        "b": "alone dflow-async-worker",
+    }
+
+    # one given to run(): the resume says so, and takes an executor named instead
+    (tmp_path / "open").unlink()
+    _start_and_kill(tmp_path, [sys.executable, "flow.py", "start-object", "given"], env)
+    refused = run("flow.py", "resume", "given").stdout
+    assert refused.startswith(
+        "JournalError run given was started on an executor object ('process', given to "
+        "run(executor=...)), which a resume cannot build again"
+    ), refused
+    assert "`dflow-async resume given --executor process`" in refused
+    cli = run("-m", "dflow_async.cli", "resume", "given")
+    assert cli.returncode == 2 and "cannot build again" in cli.stderr, cli.stderr
+    assert read_run(store / "runs" / "given").meta["epoch"] == "1"  # refusals took nothing over
+    inline = run("-m", "dflow_async.cli", "resume", "given", "--executor", "inline", "-q")
+    assert inline.returncode == 0, inline.stdout + inline.stderr
+    # the executor named instead, with the parallelism the run was started with
+    assert _placed(Run.open("given", store=store)) == {
+        "a": "alone MainProcess",
+        "b": "alone MainProcess",
+    }

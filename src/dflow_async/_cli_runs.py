@@ -47,11 +47,22 @@ def _open(run_id: str) -> Run:
 
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run to continue.")],
-    executor: Annotated[str | None, typer.Option("--executor", "-e")] = None,
-    parallelism: Annotated[int | None, typer.Option("--parallelism", "-p", min=1)] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor", "-e", help="Default executor for the steps left (default: the run's)."
+        ),
+    ] = None,
+    parallelism: Annotated[
+        int | None,
+        typer.Option(
+            "--parallelism", "-p", min=1, help="Max concurrent steps (default: the run's)."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Continue an interrupted run: finished steps keep their outputs and do not run again."""
+    """Continue an interrupted run: finished steps keep their outputs and do not run again;
+    the rest runs with the parameters, executor and parallelism the run was started with."""
     from dflow_async._cli_progress import RunProgress, render_summary
     from dflow_async.cli import CliError, load_workflow
 

@@ -219,10 +219,15 @@ class Workflow:
     ) -> Result:
         run_id = _run_id(self.name, run_id, resume)
         run_dir = (self.store_path() / "runs" / run_id).absolute()
+        limit = parallelism if parallelism is not None else self.parallelism
         if resume is not None and journal:
-            # a resumed run goes on with what it was started with
+            # a resumed run goes on with what it was started with, unless told otherwise
             recorded = read_meta(run_dir)
             parameters = _resumed_parameters(run_id, recorded, parameters, run_dir / "values")
+            if executor is None:
+                executor = _resumed_executor(run_id, recorded, self.executor)
+            if parallelism is None and "parallelism" in recorded:
+                limit = int(recorded["parallelism"]) if recorded["parallelism"] else None
         compiled, executors = self._prepare(executor, parameters)
         if journal and resume is None:
             _refuse_unrecordable(self.name, parameters)
@@ -248,7 +253,14 @@ class Workflow:
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
+                default = executor if executor is not None else self.executor
                 meta = self._meta(run_id, digest, parameters, run_dir)
+                meta.update(
+                    # what the run was started on, which a resume goes on with
+                    executor=default.name if isinstance(default, Executor) else str(default),
+                    executor_given="object" if isinstance(default, Executor) else "name",
+                    parallelism="" if limit is None else str(limit),
+                )
                 jr = Journal.create(run_dir, meta=meta)
             recorder = Recorder(jr, hook)
         elif resume is not None:
@@ -260,7 +272,7 @@ class Workflow:
             run_id=run_id,
             run_dir=str(run_dir),
             inputs=parameters,
-            parallelism=parallelism if parallelism is not None else self.parallelism,
+            parallelism=limit,
             on_event=recorder.on_event if recorder is not None else hook,
             on_unit=recorder.on_unit if recorder is not None else None,
             restored=restored,
@@ -527,6 +539,23 @@ def _resumed_parameters(
         "with the parameters it was started with, so leave parameters= out (or pass the same "
         "ones). To run with new parameters, start a new run (reuse_step= can take this run's "
         "results)"
+    )
+
+
+def _resumed_executor(run_id: str, meta: dict[str, str], own: str | Executor) -> str | None:
+    """The default executor run ``run_id`` was started on, for a resume that names none
+    (None: the workflow's own, as a journal from before runs recorded it)."""
+    name = meta.get("executor")
+    if name is None or meta.get("executor_given") != "object":
+        return name
+    if isinstance(own, Executor) and own.name == name:
+        return None  # the workflow's own executor object, which its code built again
+    raise JournalError(
+        f"run {run_id} was started on an executor object ({name!r}, given to "
+        "run(executor=...)), which a resume cannot build again with its settings: pass the "
+        f"executor to the resume, wf.run(resume={run_id!r}, executor=...), or name one "
+        f"(`dflow-async resume {run_id} --executor {name}` builds {name!r} with its default "
+        "settings)"
     )
 
 
