@@ -234,3 +234,46 @@ def test_op_of_a_partial(executor: str, tmp_path: Path, monkeypatch: pytest.Monk
     assert got["t"]["y"] == 7 and got["t0"]["y"] == 6 and got["d"]["y"] == 4
     assert got["a"]["result"] == 10
     assert (got["c3"]["y"], got["c4"]["y"]) == (4, 5)
+
+
+# ---------------------------------------------------------------- run ids name directories
+
+
+@pytest.mark.parametrize("name", ["../x", "team/screen", "x\ny", " ", "", ".hidden", "-x", "é"])
+def test_a_workflow_name_that_cannot_start_a_run_id_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=r"cannot start a run id .* use 1 to 248 ASCII letters"):
+        Workflow(name)
+
+
+@pytest.mark.parametrize("run_id", ["../../escaped", "a/b", "x\ny", "..", ".x", "-x", "a b"])
+def test_a_run_id_that_is_not_one_path_component_is_refused(
+    run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("w")
+    wf.add(Step("f", _make, parameters={"n": 1}))
+    for given in ("run_id", "resume"):
+        with pytest.raises(ValueError, match=rf"{given}=.* is not a run id: .* one path compon"):
+            wf.run(**{given: run_id})
+    wf.name = "no/longer/valid"  # changed after the Workflow was made
+    with pytest.raises(ValueError, match="workflow name 'no/longer/valid' cannot start a run"):
+        wf.run()
+    assert list(tmp_path.iterdir()) == []  # no run directory, here or anywhere
+
+
+def test_names_and_run_ids_of_letters_digits_dashes_dots_and_underscores_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("Hello_World-2.0")
+    wf.add(Step("f", _make, parameters={"n": 1}))
+    assert wf.run().run_id.startswith("Hello_World-2.0-")
+    long_id = "r" * 255
+    assert wf.run(run_id=long_id).status == "Succeeded"
+    assert wf.run(resume=long_id).status == "Succeeded"
+    assert {r.run_id for r in dflow_async.list_runs()} >= {long_id}
+    with pytest.raises(ValueError, match="1 to 255"):
+        wf.run(run_id="r" * 256)
+    Workflow("w" * 248)
+    with pytest.raises(ValueError, match="1 to 248"):
+        Workflow("w" * 249)

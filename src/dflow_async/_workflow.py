@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +35,14 @@ from dflow_async.exceptions import (
 from dflow_async.executors._base import Executor
 from dflow_async.executors._registry import make_executor
 
-__all__ = ["Result", "Workflow", "default_store"]
+__all__ = ["Result", "Workflow", "check_run_id", "check_workflow_name", "default_store"]
+
+# A run id names the run's directory (<store>/runs/<run id>): one path component, which no
+# shell, table or file system reads as anything else. Dflow's (Kubernetes') names fit.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SAFE_RULE = "ASCII letters, digits, '-', '_' and '.', starting with a letter, a digit or '_'"
+_MAX_RUN_ID = 255  # a file name, on every common file system
+_ID_SUFFIX = 7  # "-" and 6 hex digits: a default run id is "<workflow name>-1a2b3c"
 
 
 def default_store() -> Path:
@@ -63,6 +71,7 @@ class Workflow:
     ) -> None:
         if steps is not None and dag is not None:
             raise ValueError(f"Workflow {name!r}: pass steps= or dag=, not both")
+        check_workflow_name(name)
         self.name = name
         self.entrypoint: Template = steps or dag or Steps(name)
         if parallelism is not None and parallelism < 1:
@@ -594,10 +603,42 @@ def _refuse_unrecordable(workflow: str, parameters: dict[str, Any] | None) -> No
         raise WorkflowValidationError(workflow, problems)
 
 
+def check_workflow_name(name: Any) -> None:
+    """A workflow's name starts its default run ids, which name run directories: refuse one
+    that cannot (``"../x"``, ``"a/b"``, a newline) instead of writing outside the store."""
+    if not isinstance(name, str):
+        raise TypeError(f"a workflow's name is a string, got {type(name).__name__} {name!r}")
+    longest = _MAX_RUN_ID - _ID_SUFFIX
+    if not _SAFE_NAME.fullmatch(name) or len(name) > longest:
+        raise ValueError(
+            f"workflow name {name!r} cannot start a run id ({name + '-1a2b3c'!r} by "
+            "default; a run id names the run's directory, one path component): use 1 to "
+            f"{longest} {_SAFE_RULE}"
+        )
+
+
+def check_run_id(run_id: Any, what: str = "run_id") -> None:
+    """A run id names the run's directory: one safe path component."""
+    if not isinstance(run_id, str):
+        raise TypeError(f"{what}= takes a run id, a string; got {type(run_id).__name__}")
+    if not _SAFE_NAME.fullmatch(run_id) or len(run_id) > _MAX_RUN_ID:
+        raise ValueError(
+            f"{what}={run_id!r} is not a run id: a run id names the run's directory, one path "
+            f"component, so it is 1 to {_MAX_RUN_ID} {_SAFE_RULE}"
+        )
+
+
 def _run_id(name: str, run_id: str | None, resume: str | None) -> str:
     if resume is not None and run_id is not None and run_id != resume:
         raise ValueError("pass run_id= or resume=, not both")
-    return resume or run_id or f"{name}-{secrets.token_hex(3)}"
+    if resume is not None:
+        check_run_id(resume, "resume")
+        return resume
+    if run_id is not None:
+        check_run_id(run_id)
+        return run_id
+    check_workflow_name(name)  # it may have been changed since the Workflow was made
+    return f"{name}-{secrets.token_hex(3)}"
 
 
 def _refuse_running_loop() -> None:

@@ -268,6 +268,20 @@ def test_validation_problems_are_raised_by_submit() -> None:
         wf.submit()
 
 
+def test_names_and_ids_that_cannot_name_a_run_directory_are_refused(dflow_home: Path) -> None:
+    """Dflow names (Kubernetes names: lowercase letters, digits, '-' and '.') are run ids;
+    one that is not a single path component would put the run outside the store."""
+    with pytest.raises(ValueError, match="workflow name 'team/screen' cannot start a run id"):
+        Workflow("team/screen")
+    wf = Workflow("steps-v1.2", id="../escaped")
+    wf.add(Step("sq", PythonOPTemplate(Square), parameters={"x": 2}))
+    with pytest.raises(ValueError, match=r"id='../escaped' is not a run id"):
+        wf.submit()  # at once, not in the run's thread
+    assert not (dflow_home / ".dflow-async" / "escaped").exists()
+    ok = run_single(Step("sq", PythonOPTemplate(Square), parameters={"x": 2}))
+    assert ok.query_status() == "Succeeded"
+
+
 def test_terminate_stops_the_run() -> None:
     wf = Workflow("stop", executor="process")
     wf.add(Step("nap", PythonOPTemplate(Napper), parameters={"seconds": 30}))

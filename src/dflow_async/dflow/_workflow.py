@@ -19,6 +19,7 @@ from dflow_async._graph import Template
 from dflow_async._records import StepOutputValues, StepRecord
 from dflow_async._refs import uses_item
 from dflow_async._workflow import Workflow as _NativeWorkflow
+from dflow_async._workflow import check_run_id, check_workflow_name
 from dflow_async.dflow._adapt import KEY_PORT, ForeignOP
 from dflow_async.dflow._argo_objects import ArgoStep
 from dflow_async.dflow._config import config, storage_options, store_root, store_url
@@ -96,6 +97,7 @@ class Workflow:
             refuse("Workflow(on_exit=...) (Argo exit handlers)", "run it after wf.wait()")
         if steps is not None and dag is not None:
             raise ValueError(f"Workflow {name!r}: pass steps= or dag=, not both")
+        check_workflow_name(name)
         self.name = name
         self.entrypoint: Template | None = steps if steps is not None else dag
         self.id = id
@@ -140,6 +142,7 @@ class Workflow:
         native.validate()  # every problem, now, before anything runs
         reuse = _reuse_records(reuse_step, entry)
         self.id = self.id or f"{self.name}-{randstr()}"
+        check_run_id(self.id, "id")  # here, not in the run's thread
         self.uid = self.uid or self.id
         run = RUNS[self.id] = Run(self.id, _template_kinds(entry))
         run.thread = threading.Thread(
