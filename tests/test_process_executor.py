@@ -407,3 +407,73 @@ def test_lost_is_another_name_for_infra_in_retry_on() -> None:
     assert RetryPolicy(retry_on={"lost"}).should_retry("infra", 0)
     with pytest.raises(ValueError, match=r"unknown kinds \['oops'\]"):
         RetryPolicy(retry_on={"oops"})
+
+
+# A script that runs its workflow at import time, not under `if __name__ == "__main__":`.
+UNGUARDED = """
+import os
+from dflow_async import Step, Workflow, op
+from dflow_async.executors import ProcessExecutor
+
+@op
+def send_email(x: int) -> int:  # an inline step with a side effect
+    with open(os.environ["EMAILS"], "a") as fh:
+        fh.write(f"email from pid {os.getpid()}\\n")
+    return x
+
+@op
+def heavy(x: int) -> int:
+    return x * 2
+
+pool = ProcessExecutor(max_workers=2, mp_context=os.environ["CONTEXT"])
+wf = Workflow("unguarded")
+e = Step("email", send_email, parameters={"x": 1})
+wf.add(e)
+wf.add([
+    Step(f"heavy{i}", heavy, parameters={"x": e.outputs.parameters["result"]}, executor=pool)
+    for i in range(4)
+])
+result = wf.run()
+print(__name__, result.status)
+for record in result.query_step(phase="Failed"):
+    print(record.name, record.error)
+"""
+
+
+@pytest.mark.parametrize("context", ["forkserver", "spawn"])
+def test_a_script_that_runs_its_workflow_when_imported_is_told_to_guard_it(
+    tmp_path: Path, context: str
+) -> None:
+    """Each worker process imports the main script: unguarded, it ran the whole workflow
+    again there (the inline step's side effect twice, a second run in the store)."""
+    import sys
+
+    script = tmp_path / "flow.py"
+    script.write_text(UNGUARDED)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "EMAILS": str(tmp_path / "emails.txt")}
+    env["CONTEXT"] = context
+    done = subprocess.run(
+        [sys.executable, "flow.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "__main__ Failed", done.stdout + done.stderr  # the driver's run only
+    assert len((tmp_path / "emails.txt").read_text().splitlines()) == 1
+    assert len(os.listdir(tmp_path / ".dflow-async" / "runs")) == 1
+    advice = f"{script} runs a workflow when it is imported, and worker processes import the main"
+    guard = 'Put the code that runs the workflow under `if __name__ == "__main__":`'
+    failed = dict(line.split(" ", 1) for line in lines[1:])
+    assert sorted(failed) == ["heavy0", "heavy1", "heavy2", "heavy3"]  # not retried either
+    for error in failed.values():
+        assert error.startswith("attempt 0: [fatal] "), error
+        assert advice in error and error.endswith(guard)
+    assert "no worker process can start" in done.stdout  # no worker started after that
+    # each worker that started said why it stopped, without a traceback
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert 1 <= len(said) <= 2 and all(advice in line for line in said), done.stderr
+    assert "Traceback" not in done.stderr

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ class Workflow:
         ``journal=False`` keeps no journal (no resume, no inspection from other processes).
         """
         _refuse_running_loop()
+        _refuse_in_worker_bootstrap()
         # named here, so that a Ctrl-C can say which run to resume
         run_id = _run_id(self.name, run_id, resume)
 
@@ -210,6 +212,7 @@ class Workflow:
         journal: bool = True,
     ) -> Result:
         """Run inside the current event loop (Jupyter, an async application)."""
+        _refuse_in_worker_bootstrap()
         with tuned_gc():
             return await self._arun(
                 parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
@@ -326,7 +329,6 @@ class Workflow:
     def _meta(
         self, run_id: str, digest: str, parameters: dict[str, Any] | None, run_dir: Path
     ) -> dict[str, str]:
-        import sys
         import time
 
         source = self.source
@@ -639,6 +641,20 @@ def _run_id(name: str, run_id: str | None, resume: str | None) -> str:
         return run_id
     check_workflow_name(name)  # it may have been changed since the Workflow was made
     return f"{name}-{secrets.token_hex(3)}"
+
+
+def _refuse_in_worker_bootstrap() -> None:
+    """A new process of the process executor (multiprocessing's spawn and forkserver start
+    methods) imports the main script before it starts working. A script that runs its workflow
+    outside ``if __name__ == "__main__":`` would run it again there, in every worker, side
+    effects and all: that worker ends instead, saying why, and the driver fails the steps it
+    would have run with the same explanation."""
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is None or not getattr(mp.current_process(), "_inheriting", False):
+        return
+    from dflow_async.executors._procworker import exit_unguarded_main
+
+    exit_unguarded_main()
 
 
 def _refuse_running_loop() -> None:

@@ -28,7 +28,12 @@ import cloudpickle
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed
 from dflow_async.executors import _procworker
 from dflow_async.executors._base import AttemptHandle, Executor
-from dflow_async.executors._procworker import frame_messages, lost_outcome
+from dflow_async.executors._procworker import (
+    UNGUARDED_MAIN_EXIT,
+    frame_messages,
+    lost_outcome,
+    unguarded_main_outcome,
+)
 
 __all__ = ["ProcessExecutor"]
 
@@ -101,6 +106,8 @@ class ProcessExecutor(Executor):
         self._dying: set[_Worker] = set()  # killed, SIGKILL of their group still pending
         self._spawning = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # a worker ended importing a main script that runs a workflow: so would every other
+        self._unguarded = False
 
     # -- Executor API -------------------------------------------------------------------
 
@@ -200,6 +207,10 @@ class ProcessExecutor(Executor):
 
     def _dispatch(self) -> None:
         if self._state != "open":
+            return
+        if self._unguarded:  # starting more workers would only run the script again
+            while self._queue:
+                self._finish(self._queue.popleft(), unguarded_main_outcome(None))
             return
         while self._queue and self._idle:
             worker = self._idle.pop()
@@ -335,6 +346,8 @@ class ProcessExecutor(Executor):
             self._idle.remove(worker)
         if worker.kill_timer is None:  # lost: kill what it left behind in its group
             self._signal(worker, signal.SIGKILL)
+        if code == UNGUARDED_MAIN_EXIT:
+            self._unguarded = True
         job, worker.job = worker.job, None
         if job is not None:
             self._finish(job, lost_outcome(job.spec, worker.pid, code))

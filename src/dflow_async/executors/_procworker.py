@@ -17,16 +17,27 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
 from dflow_async._codec import type_label
 from dflow_async._spec import AttemptSpec, Failed, FailureKind, Succeeded
 
-__all__ = ["frame_messages", "lost_outcome", "worker_main"]
+__all__ = [
+    "UNGUARDED_MAIN_EXIT",
+    "exit_unguarded_main",
+    "frame_messages",
+    "lost_outcome",
+    "unguarded_main_outcome",
+    "worker_main",
+]
 
 _PR_SET_PDEATHSIG = 1
+
+#: The exit status of a worker process whose import of the main script ran a workflow (the
+#: script has no ``if __name__ == "__main__":``): the driver tells it from other deaths.
+UNGUARDED_MAIN_EXIT = 86
 
 
 def worker_main(conn: Connection) -> None:
@@ -45,6 +56,41 @@ def worker_main(conn: Connection) -> None:
             conn.send_bytes(reply)
         except OSError:
             return
+
+
+def exit_unguarded_main() -> NoReturn:
+    """Called by ``Workflow.run`` when it finds itself inside a new process importing the main
+    script (multiprocessing's spawn and forkserver children do, before they start working): the
+    script runs its workflow at import time, and every worker would run it again. Say so, and
+    end the process with the status the driver recognises."""
+    main = sys.modules.get("__mp_main__")
+    script = getattr(main, "__file__", None) or "the main script"
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"dflow-async: error in worker process {os.getpid()}: ")
+        sys.stderr.write(_unguarded(script) + "\n")
+        sys.stderr.flush()
+    os._exit(UNGUARDED_MAIN_EXIT)  # an exception would only be printed, and the status lost
+
+
+def _unguarded(script: str) -> str:
+    return (
+        f"{script} runs a workflow when it is imported, and worker processes import the main "
+        "script before they start: each of them would run the whole workflow again. Put the "
+        'code that runs the workflow under `if __name__ == "__main__":`'
+    )
+
+
+def unguarded_main_outcome(pid: int | None) -> Failed:
+    """The driver's side: a worker ended with UNGUARDED_MAIN_EXIT (None: no worker is started
+    any more, for that reason)."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) or "the main script"
+    who = "no worker process can start" if pid is None else f"worker process {pid} stopped"
+    error = f"{who}: {_unguarded(script)}"
+    return Failed(kind="fatal", error=error, retryable=False)
 
 
 def _detach() -> None:
@@ -180,6 +226,8 @@ def frame_messages(buf: bytearray) -> list[bytes]:
 
 
 def lost_outcome(spec: AttemptSpec, pid: int, code: int | None) -> Failed:
+    if code == UNGUARDED_MAIN_EXIT:
+        return unguarded_main_outcome(pid)
     if code is None:
         how = "vanished and its exit status is unknown"
     elif code < 0:
