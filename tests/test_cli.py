@@ -329,6 +329,11 @@ def test_graph_mermaid(tmp_path: Path) -> None:
         ("inner-a", "inner-b"),
         ("sub-flow", "inner-tpl"),  # the step uses the template's subgraph
     }
+    # drawing writes nothing: no store, no run directory ($DFLOW_ASYNC_HOME is tmp_path/store)
+    assert sorted(p.name for p in tmp_path.iterdir()) in (
+        ["simple.py"],
+        ["__pycache__", "simple.py"],
+    )
 
 
 def test_graph_dot(tmp_path: Path) -> None:

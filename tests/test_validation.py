@@ -890,3 +890,31 @@ def test_placeholders_must_name_outputs_their_step_has() -> None:
         "step d.later: placeholder {{steps.late.outputs.parameters.v}}: step 'late' has no "
         "output parameter 'v' (it has: ['y'])",
     ], found
+
+
+@op
+def leaves_a_mark(marker: str) -> int:
+    Path(marker).write_text("ran")
+    return 1
+
+
+def test_validation_creates_nothing_and_a_run_still_checks_its_store_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate() (and `dflow-async graph`) made ./.dflow-async/artifacts/... though it is
+    documented to write nothing."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "marker"
+    wf = Workflow("w")
+    wf.add(Step("mark", leaves_a_mark, parameters={"marker": str(marker)}))
+    wf.validate()
+    Workflow("w", steps=wf.entrypoint, store=str(tmp_path / "elsewhere")).validate()
+    assert list(tmp_path.iterdir()) == []
+    # a store that cannot be made: validation does not look, a run fails before any step
+    (tmp_path / "file").write_text("")
+    blocked = Workflow("w", steps=wf.entrypoint, store=str(tmp_path / "file" / "store"))
+    blocked.validate()
+    with pytest.raises(WorkflowValidationError, match="store: "):
+        blocked.run()
+    assert not marker.exists()
+    assert wf.run().status == "Succeeded" and marker.exists()

@@ -97,7 +97,8 @@ class Workflow:
         self, *, executor: str | Executor | None = None, parameters: dict[str, Any] | None = None
     ) -> CompiledTemplate:
         """Compile and check everything; raises WorkflowValidationError listing every problem.
-        Writes nothing (a run also takes uploads from other stores into its own)."""
+        Writes nothing, and creates no directory (a run also checks that its store can be
+        written, and takes uploads from other stores into it)."""
         return self._prepare(executor, parameters, adopt=False)[0]
 
     def _prepare(
@@ -132,7 +133,8 @@ class Workflow:
         )
         try:
             store = self.artifact_store()
-            store.check()
+            if adopt:  # a run: it fails here, before any step, on a store it cannot write;
+                store.check()  # validation alone writes nothing, not even the store's dirs
         except ArtifactError as exc:
             problems.append(f"store: {exc}")
         else:
