@@ -170,6 +170,75 @@ def test_validation_error_exits_2_with_every_problem(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
 
 
+PARAMETERS = """
+from dflow_async import InputParameter
+
+
+@op
+def describe(n: int, label: str, xs: list, flag: bool, quoted: str) -> str:
+    return f"{n!r} {label!r} {xs!r} {flag!r} {quoted!r}"
+
+
+entry = Steps("entry", inputs={"n": InputParameter(), "label": "none", "xs": [], "flag": False,
+                               "quoted": ""})
+p = entry.inputs.parameters
+entry.add(Step("describe", describe, {k: p[k] for k in ("n", "label", "xs", "flag", "quoted")}))
+wf = Workflow("params", steps=entry)
+"""
+
+
+def test_run_takes_parameters_and_its_hints_name_the_option(tmp_path: Path) -> None:
+    """`run` had no way to pass parameters, and said to pass a required one to
+    run(parameters=...)."""
+    from dflow_async import Run
+
+    write(tmp_path, "params.py", PARAMETERS)
+    proc = cli(
+        tmp_path,
+        "run",
+        "params.py",
+        "-q",
+        "--param",
+        "n=3",
+        "--param",
+        "label=hello world",  # not JSON: the string
+        "-P",
+        "xs=[1, 2]",
+        "--param",
+        "flag=true",
+        "--param",
+        'quoted="7"',  # JSON for the string "7"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = re.search(r"run id:\s+(\S+)", proc.stdout)
+    assert run_id
+    run = Run.open(run_id.group(1), store=tmp_path / "store")
+    (rec,) = run.records
+    assert rec.outputs.parameters["result"] == "3 'hello world' [1, 2] True '7'"
+
+    missing = cli(tmp_path, "run", "params.py")
+    assert missing.returncode == 2
+    assert "input 'n' has no value; give it a default (inputs={'n': ...}) or pass it with " in (
+        missing.stderr
+    )
+    assert "--param n=VALUE" in missing.stderr and "run(parameters" not in missing.stderr
+    unknown = cli(tmp_path, "run", "params.py", "--param", "n=1", "--param", "m=2")
+    assert unknown.returncode == 2
+    assert "--param m=... gives 'm', which 'entry' does not declare" in unknown.stderr
+    for bad, said in (
+        ("n", "--param takes NAME=VALUE, got 'n'"),
+        ("=1", "--param takes NAME=VALUE, got '=1'"),
+    ):
+        proc = cli(tmp_path, "run", "params.py", "--param", bad)
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    twice = cli(tmp_path, "run", "params.py", "--param", "n=1", "--param", "n=2")
+    assert twice.returncode == 2 and "--param gives 'n' twice" in twice.stderr
+    # a graph is drawn without values
+    graph = cli(tmp_path, "graph", "params.py")
+    assert graph.returncode == 0, graph.stderr
+    assert '["describe"]' in graph.stdout
+
+
 def test_unknown_executor_is_a_validation_error(tmp_path: Path) -> None:
     write(tmp_path, "simple.py", SIMPLE)
     proc = cli(tmp_path, "run", "simple.py", "--executor", "no-such-executor")

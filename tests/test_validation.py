@@ -195,8 +195,14 @@ def test_entry_inputs_need_values_and_unknown_run_parameters() -> None:
     steps = Steps("main", inputs=Inputs(parameters={"n": InputParameter()}))
     steps.add(Step("a", needs, parameters={"x": steps.inputs.parameters["n"], "label": "l"}))
     wf = Workflow("w", steps=steps)
-    assert any("input 'n' has no value" in p for p in problems(wf))
-    assert any("gives 'm'" in p for p in problems(wf, parameters={"n": 1, "m": 2}))
+    assert any(
+        "input 'n' has no value; give it a default (inputs={'n': ...}) or pass it to "
+        "run(parameters=...)" in p
+        for p in problems(wf)
+    )
+    assert any(
+        "run(parameters=...) gives 'm'" in p for p in problems(wf, parameters={"n": 1, "m": 2})
+    )
     result = wf.run(parameters={"n": 5})
     assert result.query_step(name="a")[0].outputs.parameters["y"] == 5
 

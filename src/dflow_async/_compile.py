@@ -1189,17 +1189,24 @@ def compile_template(
     default_executor: Any,
     check_executor: ExecutorCheck,
     provided: frozenset[str] = frozenset(),
+    parameters_option: str | None = None,
 ) -> tuple[CompiledTemplate, list[str]]:
     """Compile ``entry`` and every template it uses; returns the problems found (all of them).
-    ``provided`` names the entry inputs the run is given values for."""
+    ``provided`` names the entry inputs the run is given values for; ``parameters_option``
+    the command-line option that gives them (``--param``), when they do not come from Python."""
     compiler = _Compiler(default_executor, check_executor)
     compiled = compiler.template(entry)
     if compiler.literal_keyed:
         compiler.repeated_keys(compiled)
     for name, info in compiled.inputs.items():
         if info.default is MISSING and name not in provided:
+            given = (
+                f"with {parameters_option} {name}=VALUE"
+                if parameters_option
+                else "to run(parameters=...)"
+            )
             compiler.problem(
                 f"workflow entry {entry.name!r}: input {name!r} has no value; give it a default "
-                f"(inputs={{{name!r}: ...}}) or pass it to run(parameters=...)"
+                f"(inputs={{{name!r}: ...}}) or pass it {given}"
             )
     return compiled, compiler.problems

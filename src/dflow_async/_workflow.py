@@ -86,6 +86,9 @@ class Workflow:
         self.verify_artifacts = verify_artifacts
         #: "FILE.py:OBJECT" the workflow came from; recorded so `dflow-async resume` finds it
         self.source: str | None = None
+        # the command-line option that gives the run its parameters (`dflow-async run` sets
+        # "--param"), which messages name instead of run(parameters=...)
+        self._parameters_option: str | None = None
 
     def add(self, step: Step | Sequence[Step]) -> Workflow:
         self.entrypoint.add(step)  # type: ignore[attr-defined]
@@ -130,6 +133,7 @@ class Workflow:
             default_executor=default,
             check_executor=check_executor,
             provided=provided,
+            parameters_option=self._parameters_option,
         )
         try:
             store = self.artifact_store()
@@ -146,9 +150,11 @@ class Workflow:
                     f"store {store.url!r} lives in this process's memory, but executors "
                     f"{remote} run steps in other processes; use a local path or shared storage"
                 )
+        option = self._parameters_option
         for name in sorted(provided - set(compiled.inputs)):
+            given = f"{option} {name}=..." if option else "run(parameters=...)"
             problems.append(
-                f"run(parameters=...) gives {name!r}, which {self.entrypoint.name!r} does not "
+                f"{given} gives {name!r}, which {self.entrypoint.name!r} does not "
                 f"declare (inputs: {sorted(compiled.inputs) or 'none'})"
             )
         if problems:

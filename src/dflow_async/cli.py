@@ -28,7 +28,7 @@ from dflow_async._compile import CompiledTemplate, as_networkx
 from dflow_async._workflow import Workflow
 from dflow_async.exceptions import WorkflowValidationError
 
-__all__ = ["app", "load_workflow", "main", "render_graph"]
+__all__ = ["app", "load_workflow", "main", "parse_params", "render_graph"]
 
 app = typer.Typer(
     name="dflow-async",
@@ -215,6 +215,16 @@ def run(
     parallelism: Annotated[
         int | None, typer.Option("--parallelism", "-p", min=1, help="Max concurrent steps.")
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-P",
+            metavar="NAME=VALUE",
+            help="A parameter of the run (repeat for more): VALUE is read as JSON when it is "
+            'JSON (3, true, [1, 2], "3"), else taken as a string.',
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live progress and no step table.")
     ] = False,
@@ -222,14 +232,23 @@ def run(
     """Run a workflow with live progress, then print a summary (exit 1 when it fails)."""
     from dflow_async._cli_progress import RunProgress, render_summary
 
+    try:
+        parameters = parse_params(param or [])
+    except CliError as exc:
+        _fail(str(exc))
     wf = _load_or_exit(target)
+    wf._parameters_option = "--param"  # what validation messages tell to use
     err = _stderr()
     progress = RunProgress(wf.name, err, enabled=not quiet and err.is_terminal)
     run_id = f"{wf.name}-{secrets.token_hex(3)}"
     try:
         with progress:
             result = wf.run(
-                executor=executor, parallelism=parallelism, run_id=run_id, on_event=progress
+                parameters=parameters or None,
+                executor=executor,
+                parallelism=parallelism,
+                run_id=run_id,
+                on_event=progress,
             )
     except WorkflowValidationError as exc:
         _fail(str(exc))
@@ -249,6 +268,26 @@ def run(
     raise typer.Exit(0 if result.status == "Succeeded" else 1)
 
 
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``--param NAME=VALUE`` options as run parameters: VALUE as JSON when it parses (``3``,
+    ``true``, ``[1, 2]``, ``{"a": 1}``, ``"3"`` for the string), else the string as it is."""
+    import json
+
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CliError(f"--param takes NAME=VALUE, got {pair!r}")
+        if name in parameters:
+            raise CliError(f"--param gives {name!r} twice; give each parameter once")
+        try:
+            parameters[name] = json.loads(text)
+        except ValueError:
+            parameters[name] = text
+    return parameters
+
+
 class GraphFormat(StrEnum):
     mermaid = "mermaid"
     dot = "dot"
@@ -263,8 +302,10 @@ def graph(
 ) -> None:
     """Print the workflow's DAG (sub-workflows as subgraphs) as Mermaid or Graphviz dot."""
     wf = _load_or_exit(target)
+    inputs = wf.entrypoint.inputs
     try:
-        compiled = wf.validate()
+        # drawn without values: the entry's inputs count as given
+        compiled = wf.validate(parameters=dict.fromkeys([*inputs.parameters, *inputs.artifacts]))
     except WorkflowValidationError as exc:
         _fail(str(exc))
     typer.echo(render_graph(compiled, format.value, title=wf.name))
