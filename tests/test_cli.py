@@ -518,6 +518,80 @@ def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+# ---------------------------------------------------------------- resume
+
+# Runs started by `python FILE.py`: the journal records the script, not an object in it.
+BUILT_IN_A_FUNCTION = """
+import os
+
+
+@op
+def fails_first(x: int) -> int:
+    if os.environ.get("FAIL"):
+        raise RuntimeError("failing on purpose")
+    return x
+
+
+def build(name):
+    wf = Workflow(name)
+    wf.add(Step("f", fails_first, {"x": 1}))
+    return wf
+
+
+MODULE_LEVEL
+
+if __name__ == "__main__":
+    print(WHICH.run(run_id="RUN_ID").status)
+"""
+
+
+def test_resume_of_a_script_run_finds_its_workflow_or_says_to_resume_from_python(
+    tmp_path: Path,
+) -> None:
+    """`resume` said to "name the one to use as FILE.py:NAME", which resume does not take."""
+    cases = {
+        # built in a function: nothing to load; resume it from Python
+        "infunc": ("", 'build("infunc")', "no Workflow object at module level"),
+        # two at module level: the one of the run's name
+        "two": ('first = build("first")\nsecond = build("second")', "second", None),
+        "same": (
+            'a = build("same")\nb = build("same")',
+            "a",
+            "several Workflow objects at module level (a, b), not one named 'same'",
+        ),
+    }
+    for stem, (module_level, which, refusal) in cases.items():
+        body = (
+            BUILT_IN_A_FUNCTION.replace("MODULE_LEVEL", module_level)
+            .replace("WHICH", which)
+            .replace("RUN_ID", stem)
+        )
+        write(tmp_path, f"{stem}.py", body)
+        env = env_for(tmp_path)
+        started = subprocess.run(
+            [sys.executable, f"{stem}.py"],
+            cwd=tmp_path,
+            env={**env, "FAIL": "1"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert started.stdout.strip() == "Failed", started.stdout + started.stderr
+        resumed = cli(tmp_path, "resume", stem, "-q")
+        if refusal is None:
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            assert "workflow 'second' succeeded" in resumed.stdout
+            continue
+        assert resumed.returncode == 2
+        said = " ".join(resumed.stderr.split())
+        assert f"run {stem} was started from {tmp_path / (stem + '.py')}, which defines " in said
+        assert refusal in said
+        assert f"resume it from Python, where the workflow is built: wf.run(resume='{stem}')" in (
+            said
+        )
+        assert "FILE.py:NAME" not in said
+
+
 # ---------------------------------------------------------------- small commands
 
 

@@ -64,17 +64,27 @@ def resume(
     """Continue an interrupted run: finished steps keep their outputs and do not run again;
     the rest runs with the parameters, executor and parallelism the run was started with."""
     from dflow_async._cli_progress import RunProgress, render_summary
-    from dflow_async.cli import CliError, load_workflow
+    from dflow_async.cli import CliError, WorkflowChoiceError, load_workflow
 
     run = _open(run_id)
     source = run.meta.get("source", "")
+    from_python = f"resume it from Python, where the workflow is built: wf.run(resume={run_id!r})"
     if not source:
-        raise _fail(
-            f"run {run_id} does not record the file it was started from; resume it from Python "
-            f"with wf.run(resume={run_id!r})"
-        )
+        raise _fail(f"run {run_id} does not record the file it was started from; {from_python}")
     try:
-        wf = load_workflow(source)  # "FILE.py:OBJECT", or the script that ran it
+        # "FILE.py:OBJECT", or the script that ran it: its one Workflow, or the one of that name
+        wf = load_workflow(source, named=run.workflow)
+    except WorkflowChoiceError as exc:
+        defines = (
+            f"several Workflow objects at module level ({', '.join(exc.found)}), not one "
+            f"named {run.workflow!r}"
+            if exc.found
+            else "no Workflow object at module level"
+        )
+        raise _fail(
+            f"run {run_id} was started from {source}, which defines {defines}, so `dflow-async "
+            f"resume` cannot build the workflow again; {from_python}"
+        ) from None
     except CliError as exc:
         raise _fail(f"cannot load {source!r}, which run {run_id} was started from: {exc}") from None
     err = Console(stderr=True)

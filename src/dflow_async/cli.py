@@ -50,6 +50,14 @@ class CliError(Exception):
     """A usage problem: printed without a traceback, exit code 2."""
 
 
+class WorkflowChoiceError(CliError):
+    """``FILE.py`` without ``:OBJECT`` defines no Workflow at module level, or several."""
+
+    def __init__(self, message: str, found: list[str]) -> None:
+        super().__init__(message)
+        self.found = found
+
+
 def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
@@ -115,8 +123,9 @@ def load_module(path: Path) -> ModuleType:
     return module
 
 
-def load_workflow(target: str) -> Workflow:
-    """The Workflow named by ``FILE.py[:OBJECT]`` (the file's only Workflow without OBJECT)."""
+def load_workflow(target: str, *, named: str | None = None) -> Workflow:
+    """The Workflow named by ``FILE.py[:OBJECT]`` (the file's only Workflow without OBJECT;
+    or, of several, the only one whose name is ``named``)."""
     file, obj = _split_target(target)
     path = Path(file).expanduser()
     if not path.is_file():
@@ -140,12 +149,16 @@ def load_workflow(target: str) -> Workflow:
             )
         return _native(found, f"{path}:{obj}", path)
     names = _workflows_in(module)
+    if len(names) > 1 and named is not None:
+        chosen = [n for n in names if getattr(getattr(module, n), "name", None) == named]
+        names = chosen if len(chosen) == 1 else names
     if len(names) != 1:
         found_text = f"found {len(names)}: {', '.join(names)}" if names else "found none"
         example = f"{file}:{names[0] if names else 'NAME'}"
-        raise CliError(
+        raise WorkflowChoiceError(
             f"{path.name} must define exactly one {WORKFLOW_CLASSES} at module level "
-            f"({found_text}); name the one to use as FILE.py:NAME, e.g. {example}"
+            f"({found_text}); name the one to use as FILE.py:NAME, e.g. {example}",
+            names,
         )
     return _native(getattr(module, names[0]), f"{path}:{names[0]}", path)
 
