@@ -592,6 +592,85 @@ def test_resume_of_a_script_run_finds_its_workflow_or_says_to_resume_from_python
         assert "FILE.py:NAME" not in said
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_on_a_workflow_with_its_own_store_prints_a_resume_that_works(
+    tmp_path: Path,
+) -> None:
+    """The hint after Ctrl-C was `dflow-async resume ID`, which looked for the run in
+    $DFLOW_ASYNC_HOME (./.dflow-async) and did not find it."""
+    import shlex
+
+    write(
+        tmp_path,
+        "own store.py",
+        """
+        import time
+
+
+        HERE = Path(__file__).parent
+
+
+        @op
+        def hang(x: int) -> int:
+            (HERE / "started").write_text("yes")
+            while not (HERE / "release").exists():
+                time.sleep(0.05)
+            return x
+
+
+        wf = Workflow("own-store", store="runs here")  # relative: from the current directory
+        wf.add(Step("hang", hang, {"x": 1}))
+        """,
+    )
+    code = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('dflow_async.cli', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", "own store.py"],
+        cwd=tmp_path,
+        env={**env_for(tmp_path), "COLUMNS": "80"},  # the command is not broken across lines
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the step never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        (tmp_path / "release").write_text("go")
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    hint = re.search(r"`(dflow-async resume [^`]+)`", err)
+    assert hint, err
+    store = tmp_path / "runs here"
+    argv = shlex.split(hint.group(1))
+    assert argv[3:] == ["--store", str(store)], argv
+    run_id = argv[2]
+    assert cli(tmp_path, "get", run_id).returncode == 2  # not where the CLI looks by default
+    resumed = cli(tmp_path, *argv[1:], "-q")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "workflow 'own-store' succeeded" in resumed.stdout
+    listing = cli(tmp_path, "list", "--store", str(store))
+    assert run_id in listing.stdout and "Succeeded" in listing.stdout
+    got = cli(tmp_path, "get", run_id, "--store", "runs here")
+    assert got.returncode == 0 and "hang" in got.stdout, got.stderr
+    logs = cli(tmp_path, "logs", run_id, "hang", "--store", "runs here")
+    assert logs.returncode == 0 and "==> hang (a0" in logs.stdout, logs.stdout + logs.stderr
+    # --store is where the run is, whatever store the file names now
+    store.rename(tmp_path / "moved")
+    again = cli(tmp_path, "resume", run_id, "--store", "moved", "-q")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not store.exists()
+
+
 # ---------------------------------------------------------------- small commands
 
 

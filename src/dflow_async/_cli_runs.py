@@ -38,9 +38,20 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(run_id: str) -> Run:
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="PATH|URL",
+        help="The store the workflow was given (Workflow(store=...)); default: "
+        "$DFLOW_ASYNC_HOME, else ./.dflow-async.",
+    ),
+]
+
+
+def _open(run_id: str, store: str | None) -> Run:
     try:
-        return Run.open(run_id)
+        return Run.open(run_id, store=store)
     except JournalError as exc:
         raise _fail(str(exc)) from None
 
@@ -60,13 +71,15 @@ def resume(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    store: StoreOption = None,
 ) -> None:
     """Continue an interrupted run: finished steps keep their outputs and do not run again;
     the rest runs with the parameters, executor and parallelism the run was started with."""
     from dflow_async._cli_progress import RunProgress, render_summary
+    from dflow_async._workflow import runs_home
     from dflow_async.cli import CliError, WorkflowChoiceError, load_workflow
 
-    run = _open(run_id)
+    run = _open(run_id, store)
     source = run.meta.get("source", "")
     from_python = f"resume it from Python, where the workflow is built: wf.run(resume={run_id!r})"
     if not source:
@@ -87,6 +100,8 @@ def resume(
         ) from None
     except CliError as exc:
         raise _fail(f"cannot load {source!r}, which run {run_id} was started from: {exc}") from None
+    if store is not None and runs_home(store).absolute() != wf.store_path().absolute():
+        wf.store = store  # where the run was found, whatever the file says today
     err = Console(stderr=True)
     progress = RunProgress(wf.name, err, enabled=not quiet and err.is_terminal)
     try:
@@ -105,9 +120,10 @@ def resume(
 
 def list_(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show the newest N runs.")] = 20,
+    store: StoreOption = None,
 ) -> None:
-    """Runs under ./.dflow-async (or $DFLOW_ASYNC_HOME): status, start, duration."""
-    runs = list_runs()[-limit:]
+    """Runs under ./.dflow-async (or $DFLOW_ASYNC_HOME, or --store): status, start, duration."""
+    runs = list_runs(store=store)[-limit:]
     table = Table(box=None)
     table.add_column("run id", no_wrap=True)  # users copy it into the next command
     for name in ("workflow", "status", "started", "duration", "steps"):
@@ -126,9 +142,9 @@ def list_(
     Console(highlight=False).print(table if runs else "no runs here")
 
 
-def get(run_id: Annotated[str, typer.Argument()]) -> None:
+def get(run_id: Annotated[str, typer.Argument()], store: StoreOption = None) -> None:
     """The run's steps as a tree, with phases, keys, attempts and durations."""
-    run = _open(run_id)
+    run = _open(run_id, store)
     tree = Tree(Text.assemble((run.run_id, "bold"), "  ", _phase(run.status), f"  {run.workflow}"))
     nodes: dict[str, Tree] = {"": tree}
     # parents before children, siblings in start order
@@ -144,9 +160,10 @@ def get(run_id: Annotated[str, typer.Argument()]) -> None:
 def logs(
     run_id: Annotated[str, typer.Argument()],
     step: Annotated[str, typer.Argument(help="Step name, path or key.")],
+    store: StoreOption = None,
 ) -> None:
     """Print the captured stdout/stderr of every attempt of a step."""
-    run = _open(run_id)
+    run = _open(run_id, store)
     records = run.query_step(name=step) or run.query_step(key=step)
     if not records:
         raise _fail(f"run {run_id} has no step named {step!r} (by name, path or key)")
@@ -175,11 +192,12 @@ def artifacts_download(
     step: Annotated[str, typer.Argument(help="Step name, path or key.")],
     name: Annotated[str, typer.Argument(help="Output artifact name.")],
     dest: Annotated[Path, typer.Argument(help="Directory to download into.")],
+    store: StoreOption = None,
 ) -> None:
     """Copy a step's output artifact into DEST."""
     from dflow_async._artifacts import download_artifact
 
-    run = _open(run_id)
+    run = _open(run_id, store)
     records = run.query_step(name=step) or run.query_step(key=step)
     if not records:
         raise _fail(f"run {run_id} has no step {step!r}")
@@ -191,8 +209,8 @@ def artifacts_download(
         # copied from where it was produced when that is here, else fetched from the store
         # (a remote store's credentials come from the environment, as s3fs reads them)
         url = run.meta.get("store")
-        store = ArtifactStore(url) if url else None
-        paths = download_artifact(rec.outputs.artifacts[name], dest, store=store)
+        artifacts = ArtifactStore(url) if url else None
+        paths = download_artifact(rec.outputs.artifacts[name], dest, store=artifacts)
     except ArtifactError as exc:
         raise _fail(str(exc)) from None
     for p in paths:
@@ -207,12 +225,12 @@ def artifacts_download(
         )
 
 
-def cache_clear() -> None:
+def cache_clear(store: StoreOption = None) -> None:
     """Forget every cached step result in this store."""
     from dflow_async._cache import StepCache
-    from dflow_async._workflow import default_store
+    from dflow_async._workflow import runs_home
 
-    count = StepCache(default_store().absolute() / "cache").clear()
+    count = StepCache(runs_home(store).absolute() / "cache").clear()
     typer.echo(f"removed {count} cached step results")
 
 

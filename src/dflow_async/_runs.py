@@ -61,7 +61,7 @@ class Run:
             raise JournalError(
                 f"no run {run_id!r} under {str(run_dir.parent)!r} (recent runs: {known}); "
                 "run from the directory the run was started in, or point at its store "
-                "(store= in Python, $DFLOW_ASYNC_HOME for the CLI)"
+                "(store= in Python, --store or $DFLOW_ASYNC_HOME for the CLI)"
             )
         return cls(read_run(run_dir), storage_options)
 

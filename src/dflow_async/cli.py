@@ -268,10 +268,11 @@ def run(
     except KeyboardInterrupt:
         err.print(
             Text(
-                f"interrupted: run {run_id} was cancelled; `dflow-async resume {run_id}` "
+                f"interrupted: run {run_id} was cancelled; `{resume_command(wf, run_id)}` "
                 "goes on with the steps that did not finish",
                 style="bold yellow",
-            )
+            ),
+            soft_wrap=True,  # a command to copy: not broken across lines
         )
         raise typer.Exit(130) from None
     out = Console(highlight=False)
@@ -279,6 +280,20 @@ def run(
         out.width = max(out.width, 120)  # logs and pipes: room for paths and errors
     out.print(render_summary(result, progress.elapsed, quiet=quiet))
     raise typer.Exit(0 if result.status == "Succeeded" else 1)
+
+
+def resume_command(wf: Workflow, run_id: str) -> str:
+    """The command that resumes ``run_id`` from here: with ``--store`` when the workflow's
+    runs are not where the command looks by default."""
+    import shlex
+
+    from dflow_async._workflow import default_store
+
+    command = f"dflow-async resume {run_id}"
+    home = wf.store_path().absolute()
+    if home != default_store().absolute():
+        command += f" --store {shlex.quote(str(home))}"
+    return command
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
