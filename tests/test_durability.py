@@ -561,13 +561,18 @@ def test_cli_list_get_logs(tmp_path: Path) -> None:
     script = tmp_path / "talk.py"
     script.write_text(
         textwrap.dedent("""
-        from dflow_async import Workflow, Step, op
+        from dflow_async import Workflow, Step, Slices, op
         @op
         def talk(x: int) -> int:
-            print(f"hello {x}")
+            print(f"hello {x} [/x]", end="")  # no newline at the end, and no markup
+            return x
+        @op
+        def mute(x: int) -> int:
             return x
         wf = Workflow("talk")
         wf.add(Step("say", talk, parameters={"x": 42}, key="say-42"))
+        wf.add(Step("hush", mute, parameters={"x": [1, 2]},
+                    slices=Slices(input_parameter=["x"], output_parameter=["result"])))
     """)
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -587,8 +592,10 @@ def test_cli_list_get_logs(tmp_path: Path) -> None:
     run_id = next(w for w in listing.split() if w.startswith("talk-"))
     got = cli("get", run_id).stdout
     assert "say" in got and "key=say-42" in got and "Succeeded" in got
-    assert "hello 42" in cli("logs", run_id, "say").stdout
-    assert "hello 42" in cli("logs", run_id, "say-42").stdout
+    assert "hello 42 [/x]\n" in cli("logs", run_id, "say").stdout
+    assert "hello 42 [/x]\n" in cli("logs", run_id, "say-42").stdout
+    hushed = cli("logs", run_id, "hush").stdout.splitlines()
+    assert hushed == ["==> hush (s0/a0) <==", "(no output)", "==> hush (s1/a0) <==", "(no output)"]
     missing = cli("get", "nope-123")
     assert missing.returncode == 2 and "no run 'nope-123'" in missing.stderr
 

@@ -172,7 +172,9 @@ def logs(
         for workdir in rec.workdirs or []:
             log = Path(workdir + ".log")
             out.print(Text(f"==> {rec.path} ({attempt_label(workdir)}) <==", style="bold"))
-            out.print(log.read_text(errors="replace") if log.exists() else "(no output)", end="")
+            text = (log.read_text(errors="replace") if log.exists() else "") or "(no output)"
+            # as Text: a log is no rich markup ("[/x]" in it raised MarkupError)
+            out.print(Text(text), end="" if text.endswith("\n") else "\n")
 
 
 _SLICE_DIR = re.compile(r"s\d+")
