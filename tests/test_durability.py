@@ -1151,3 +1151,53 @@ def test_resume_names_an_executor_object_it_cannot_build_again(tmp_path: Path) -
         "a": "alone MainProcess",
         "b": "alone MainProcess",
     }
+
+
+EDITED_WF = """
+import sys
+from dflow_async import Workflow, Step, op
+
+@op
+def first(x: int) -> int:
+    return x + 1
+
+@op
+def second(x: int) -> int:
+    if FAIL:
+        raise ValueError("boom")
+    return x * 2
+
+wf = Workflow("edited")
+a = Step("a", first, parameters={"x": 1})
+wf.add(a)
+wf.add(Step("b", second, parameters={"x": a.outputs.parameters["result"]}))
+if __name__ == "__main__":
+    print(wf.run(run_id="edited-1", resume="edited-1" if sys.argv[1:] else None).status)
+"""
+
+
+def test_resume_after_editing_an_op_names_it_in_a_warning(tmp_path: Path) -> None:
+    """Fix-and-resume is what resume is for, but the steps that finished keep their old
+    results: the resume says which OPs changed instead of mixing the two silently."""
+    script = tmp_path / "flow.py"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+
+    def run(body: str, *args: str) -> subprocess.CompletedProcess[str]:
+        script.write_text(EDITED_WF.replace("FAIL", body))
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    assert run("True").stdout.strip() == "Failed"
+    same = run("True", "resume")  # nothing edited: no warning
+    assert same.stdout.strip() == "Failed" and "EditedOpWarning" not in same.stderr, same.stderr
+    fixed = run("False", "resume")
+    assert fixed.stdout.strip() == "Succeeded", fixed.stderr
+    assert "EditedOpWarning: run edited-1: the code of __main__.second changed" in fixed.stderr
+    assert "__main__.first" not in fixed.stderr
+    b = Run.open("edited-1", store=tmp_path / ".dflow-async").query_step(name="b")[0]
+    assert b.outputs.parameters["result"] == 4

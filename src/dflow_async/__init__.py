@@ -39,6 +39,7 @@ from dflow_async._workflow import Result, Workflow
 from dflow_async.exceptions import (
     ArtifactError,
     DflowAsyncError,
+    EditedOpWarning,
     ExecutorClosedError,
     ExecutorNotFoundError,
     FatalError,
@@ -58,6 +59,7 @@ __all__ = [
     "BigParameter",
     "DAG",
     "DflowAsyncError",
+    "EditedOpWarning",
     "EventHook",
     "ExecutorClosedError",
     "ExecutorNotFoundError",

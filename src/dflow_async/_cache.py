@@ -22,7 +22,7 @@ from dflow_async._op import OP, FunctionOP, op_name, port_plan
 from dflow_async._spec import AttemptSpec
 from dflow_async._store_local import ensure_dir
 
-__all__ = ["StepCache"]
+__all__ = ["StepCache", "changed_ops", "ops_code"]
 
 _CODE_DIGESTS: dict[int, str] = {}
 
@@ -36,6 +36,31 @@ def code_digest(op: OP) -> str:
         bound = _value_digest([list(target.args), sorted(target.keywords.items())])
         return hashlib.sha256(f"{_code_digest(op, target.func)}\0{bound}".encode()).hexdigest()
     return _code_digest(op, target)
+
+
+def ops_code(root: Any) -> dict[str, str]:
+    """``code_digest`` of every OP the compiled workflow ``root`` runs, by OP name: a run's
+    journal keeps it, so that a resume can say which OPs were edited since the run began."""
+    from dflow_async._compile import walk_templates
+
+    seen: set[int] = set()
+    found: dict[str, str] = {}
+    for ct in walk_templates(root):
+        for node in ct.nodes:
+            op = node.op
+            if op is None or id(op) in seen:
+                continue
+            seen.add(id(op))
+            name = op_name(op)
+            digest = code_digest(op)
+            # two OPs of one name (partials of one function): both must match
+            found[name] = digest if name not in found else found[name] + "+" + digest
+    return found
+
+
+def changed_ops(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Names of the OPs whose code differs from what a run recorded when it began."""
+    return sorted(name for name, digest in now.items() if recorded.get(name, digest) != digest)
 
 
 def _code_digest(op: OP, target: Any) -> str:

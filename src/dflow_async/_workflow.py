@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from dflow_async._cache import StepCache
+from dflow_async._cache import StepCache, changed_ops, ops_code
 from dflow_async._codec import decode, encode, fingerprint, type_label, unrecordable
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
 from dflow_async._events import EventHook, logging_hook, safe
@@ -29,6 +31,7 @@ from dflow_async._store_local import ensure_dir
 from dflow_async._stored import adopt_inputs
 from dflow_async.exceptions import (
     ArtifactError,
+    EditedOpWarning,
     ExecutorNotFoundError,
     WorkflowFailedError,
     WorkflowValidationError,
@@ -270,6 +273,7 @@ class Workflow:
                         )
 
                 jr, snapshot = Journal.resume(run_dir, check=same_definition)
+                _warn_edited_ops(run_id, snapshot.meta.get("op_code"), compiled)
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
@@ -280,6 +284,7 @@ class Workflow:
                     executor=default.name if isinstance(default, Executor) else str(default),
                     executor_given="object" if isinstance(default, Executor) else "name",
                     parallelism="" if limit is None else str(limit),
+                    op_code=json.dumps(ops_code(compiled)),
                 )
                 jr = Journal.create(run_dir, meta=meta)
             recorder = Recorder(jr, hook)
@@ -663,6 +668,23 @@ def _refuse_in_worker_bootstrap() -> None:
     from dflow_async.executors._procworker import exit_unguarded_main
 
     exit_unguarded_main()
+
+
+def _warn_edited_ops(run_id: str, recorded: str | None, compiled: Any) -> None:
+    """Resuming after fixing an OP is what resume is for, but the steps that finished keep the
+    results of the code they ran: say so, naming the OPs, rather than mix the two silently."""
+    if not recorded:  # a journal from before OPs' code was recorded
+        return
+    edited = changed_ops(json.loads(recorded), ops_code(compiled))
+    if edited:
+        warnings.warn(
+            f"run {run_id}: the code of {', '.join(edited)} changed since the run began; "
+            "steps that finished keep the results of the old code, the others run the new. "
+            "To run everything with the new code, start a new run (reuse_step= keeps "
+            "chosen results)",
+            EditedOpWarning,
+            stacklevel=4,
+        )
 
 
 def _refuse_running_loop() -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 __all__ = [
     "ArtifactError",
     "DflowAsyncError",
+    "EditedOpWarning",
     "ExecutorClosedError",
     "ExecutorNotFoundError",
     "FatalError",
@@ -87,3 +88,8 @@ class TransientError(StepError):
 
 class FatalError(StepError):
     """A failure that retrying cannot fix; the step fails at once."""
+
+
+class EditedOpWarning(UserWarning):
+    """A run was resumed after some of its OPs' code changed: the steps that finished keep the
+    results of the old code."""
