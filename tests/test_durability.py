@@ -1201,3 +1201,45 @@ def test_resume_after_editing_an_op_names_it_in_a_warning(tmp_path: Path) -> Non
     assert "__main__.first" not in fixed.stderr
     b = Run.open("edited-1", store=tmp_path / ".dflow-async").query_step(name="b")[0]
     assert b.outputs.parameters["result"] == 4
+
+
+LOADS: list[int] = []
+
+
+def _loaded_marker() -> Marker:
+    LOADS.append(1)
+    return Marker()
+
+
+class Marker:
+    """An output the journal pickles; reading it back counts in LOADS."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_loaded_marker, ())
+
+
+@op
+def marked() -> Marker:
+    return Marker()
+
+
+def test_listing_runs_reads_no_outputs(tmp_path: Path, monkeypatch) -> None:
+    """``list_runs()`` (and ``dflow-async list``) read each run's metadata and step count
+    only: listing a store used to load every value of every run it kept."""
+    from dflow_async import list_runs
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        wf = Workflow("marked")
+        wf.add(Step("m", marked))
+        assert wf.run(run_id=f"marked-{i}").status == "Succeeded"
+    LOADS.clear()
+    runs = list_runs()
+    assert [(r.run_id, r.status, r.step_count) for r in runs] == [
+        ("marked-0", "Succeeded", 1),
+        ("marked-1", "Succeeded", 1),
+    ]
+    assert LOADS == []
+    assert isinstance(runs[1].query_step(name="m")[0].outputs.parameters["result"], Marker)
+    assert LOADS == [1]  # read when asked for, once
+    assert len(runs[1].records) == 1 and LOADS == [1]

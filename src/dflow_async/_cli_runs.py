@@ -137,7 +137,7 @@ def list_(
             Text(run.status, style=_PHASE_STYLE.get(run.status, "")),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "",
             format_duration(ended - started) if started and ended else "",
-            str(len(run.records)),
+            str(run.step_count),
         )
     Console(highlight=False).print(table if runs else "no runs here")
 

@@ -300,6 +300,22 @@ def read_meta(run_dir: Path) -> dict[str, str]:
         conn.close()
 
 
+def read_listing(run_dir: Path) -> tuple[dict[str, str], int]:
+    """A run's metadata and number of step records, decoding no output: listing runs must
+    not load every value every run kept."""
+    path = run_dir / JOURNAL_NAME
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        meta = _read_meta(conn, path)
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM steps").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"the journal {str(path)!r} cannot be read ({exc})") from None
+        return meta, int(count)
+    finally:
+        conn.close()
+
+
 def _snapshot(conn: sqlite3.Connection, run_dir: Path) -> RunSnapshot:
     meta = _read_meta(conn, run_dir / JOURNAL_NAME)
     blob = run_dir / "values"

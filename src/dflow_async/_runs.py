@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dflow_async._journal import JOURNAL_NAME, LOCK_NAME, JournalError, RunSnapshot, read_run
+from dflow_async._journal import (
+    JOURNAL_NAME,
+    LOCK_NAME,
+    JournalError,
+    RunSnapshot,
+    read_listing,
+    read_run,
+)
 from dflow_async._records import StepRecord, name_outputs
 
 __all__ = ["Run", "list_runs"]
@@ -29,20 +36,45 @@ class Run:
     def __init__(
         self, snapshot: RunSnapshot, storage_options: dict[str, Any] | None = None
     ) -> None:
-        self._snapshot = snapshot
         self.run_id = snapshot.run_id
         self.run_dir = snapshot.run_dir
         self.meta = snapshot.meta
-        self._records = snapshot.records
+        self._storage_options = storage_options
+        self._read: list[StepRecord] | None = snapshot.records
+        self._count = len(snapshot.records)
         self._named = False
-        _attach_store(self._records, self.meta.get("store"), storage_options)
+        _attach_store(snapshot.records, self.meta.get("store"), storage_options)
+
+    @classmethod
+    def _listed(
+        cls, run_dir: Path, meta: dict[str, str], count: int, storage_options: dict[str, Any] | None
+    ) -> Run:
+        """A run as listed: its records are read from the journal when first asked for."""
+        run = cls(RunSnapshot(meta.get("run_id", run_dir.name), run_dir, meta, []), storage_options)
+        run._read, run._count = None, count
+        return run
+
+    @property
+    def _records(self) -> list[StepRecord]:
+        if self._read is None:
+            snapshot = read_run(self.run_dir)
+            self.meta = snapshot.meta
+            self._read, self._count = snapshot.records, len(snapshot.records)
+            _attach_store(self._read, self.meta.get("store"), self._storage_options)
+        return self._read
 
     @property
     def records(self) -> list[StepRecord]:
+        records = self._records
         if not self._named:  # named when taken: a run is mostly queried
-            name_outputs(self._records)
+            name_outputs(records)
             self._named = True
-        return self._records
+        return records
+
+    @property
+    def step_count(self) -> int:
+        """How many step records the run has (as ``len(records)``, without reading them)."""
+        return self._count if self._read is None else len(self._read)
 
     @classmethod
     def open(
@@ -69,7 +101,7 @@ class Run:
     def status(self) -> str:
         """As the journal says; ``"Interrupted"`` for a run it calls Running whose driver is
         gone (killed: nothing holds the run's lock any more). Resume it to go on."""
-        status = self._snapshot.status
+        status = self.meta.get("status", "Unknown")
         if status == "Running" and driver_alive(self.run_dir) is False:
             return "Interrupted"
         return status
@@ -99,7 +131,7 @@ class Run:
         return select_records(self._records, name=name, key=key, phase=phase)
 
     def __repr__(self) -> str:
-        return f"<Run {self.run_id} {self.status}: {len(self._records)} steps>"
+        return f"<Run {self.run_id} {self.status}: {self.step_count} steps>"
 
 
 def driver_alive(run_dir: Path) -> bool | None:
@@ -149,8 +181,9 @@ def list_runs(
     for run_dir in runs_dir.iterdir():
         if (run_dir / JOURNAL_NAME).exists():
             try:
-                found.append(Run(read_run(run_dir), storage_options))
+                meta, count = read_listing(run_dir)
             except JournalError:
                 continue
+            found.append(Run._listed(run_dir, meta, count, storage_options))
     found.sort(key=lambda r: r.created or 0.0)
     return found
