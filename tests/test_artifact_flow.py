@@ -433,6 +433,11 @@ def test_an_input_passed_through_as_an_output_leaves_the_users_files_alone(
     objects = wf.artifact_store()
     obj = objects.local_path(out["f"].ref)
     assert obj is not None and obj.read_text() == "original"
+    # what the record names is a snapshot too, so downloads give what was stored
+    got = download_artifact(out["f"], path=tmp_path / "got")
+    assert [p.read_text() for p in got] == ["original"]
+    got = download_artifact(out["d"], path=tmp_path / "got")
+    assert [(p / "x.txt").read_text() for p in got] == ["X"]
     read = Workflow("reader", store=store, executor=executor)
     read.add(Step("read", read_both, artifacts={"f": out["f"], "d": out["d"]}))
     (rec,) = read.run().records

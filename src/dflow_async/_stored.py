@@ -12,6 +12,7 @@ from typing import Any
 
 from dflow_async._op import artifact_leaves
 from dflow_async._store import ArtifactStore
+from dflow_async._store_local import ensure_dir
 from dflow_async._store_ref import ArtifactRef
 from dflow_async.exceptions import ArtifactError
 
@@ -131,10 +132,12 @@ def commit(value: Any, store: ArtifactStore | None, producer: str, workdir: str)
 
     Only what the attempt wrote, under its ``workdir``, becomes the stored object itself
     (hard-linked into a local store, made read-only). Any other path is an input the OP
-    passed through (a user's own file, given as a plain path): it is copied and left as it
-    was, as ``upload_artifact`` does, since linking it would make the user's file the stored
-    object, changed under its digest by the next edit. An input that came from the store is
-    under ``workdir/.inputs``, and already stored: committing it copies no bytes."""
+    passed through (a user's own file, given as a plain path): it is copied into the work
+    dir first (``.passed/``), and the copy is what is stored and recorded. Linking the user's
+    file would have made it the stored object, changed under its digest by the next edit; and
+    recorded as it was, its next edit would have changed what ``download_artifact`` gives. An
+    input that came from the store is under ``workdir/.inputs``, already stored: committing it
+    copies no bytes."""
     if store is None or value is None:
         return value
     return _commit(value, store, producer, os.path.realpath(workdir) + os.sep)
@@ -149,9 +152,21 @@ def _commit(value: Any, store: ArtifactStore, producer: str, own: str) -> Any:
         return [_commit(v, store, producer, own) for v in value]
     if isinstance(value, StoredPath) and value.ref is not None:
         return value
-    link = (os.path.realpath(value) + os.sep).startswith(own)
-    ref = store.put(value, producer=producer, link=link)
+    if not (os.path.realpath(value) + os.sep).startswith(own):
+        value = _snapshot(Path(value), own)
+    ref = store.put(value, producer=producer)
     return StoredPath(value, ref)
+
+
+def _snapshot(path: Path, own: str) -> Path:
+    """A copy of ``path`` (a file or a directory, not the attempt's) in the work dir ``own``."""
+    dest = Path(own, ".passed", uuid.uuid4().hex[:12], path.name or "root")
+    ensure_dir(dest.parent)
+    if path.is_dir():
+        shutil.copytree(path, dest, symlinks=True)
+    else:
+        shutil.copy2(path, dest)
+    return dest
 
 
 def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
