@@ -1243,3 +1243,49 @@ def test_listing_runs_reads_no_outputs(tmp_path: Path, monkeypatch) -> None:
     assert isinstance(runs[1].query_step(name="m")[0].outputs.parameters["result"], Marker)
     assert LOADS == [1]  # read when asked for, once
     assert len(runs[1].records) == 1 and LOADS == [1]
+
+
+KILLED_FANOUT_WF = """
+import os, signal, sys, time
+from dflow_async import Workflow, Step, Slices, op
+
+@op
+def sim(x: int) -> int:
+    print(f"slice {x} ran")
+    if x == 2 and os.environ.get("KILL"):
+        time.sleep(0.5)  # the journal has written slices 0 and 1 by then
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+wf = Workflow("killed")
+wf.add(Step("sim", sim, parameters={"x": [0, 1, 2, 3]},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"], pool_size=1)))
+if __name__ == "__main__":
+    print(wf.run(run_id="killed-1", resume="killed-1" if sys.argv[1:] else None).status)
+"""
+
+
+def test_a_resumed_fan_out_keeps_the_attempts_and_logs_of_slices_before_the_crash(
+    tmp_path: Path,
+) -> None:
+    """The step's record names every slice's work dir (where its log is) and counts every
+    attempt, those before the crash included: it used to know only the resumed part's."""
+    script = tmp_path / "flow.py"
+    script.write_text(KILLED_FANOUT_WF)
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(SRC), **extra},
+            capture_output=True,
+            text=True,
+        )
+
+    assert run(KILL="1").returncode == -signal.SIGKILL
+    assert run("resume").stdout.strip() == "Succeeded"
+    (rec,) = Run.open("killed-1", store=tmp_path / ".dflow-async").query_step(name="sim")
+    assert rec.outputs.parameters["result"] == [0, 10, 20, 30]
+    assert rec.attempts == 4  # slices 0 and 1 before the crash, 2 and 3 after it
+    logs = [Path(w + ".log").read_text() for w in rec.workdirs]
+    assert sorted(logs) == [f"slice {x} ran\n" for x in range(4)]

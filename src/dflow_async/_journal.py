@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 # Starting and succeeding are captured by the steps table itself (phase, start, end); the
 # events log keeps the transitions worth a line of their own. Halves the rows per step.
-_ROUTINE = frozenset({"started", "succeeded", "slice_succeeded"})
+_ROUTINE = frozenset({"started", "succeeded", "slice_succeeded", "unit"})
 
 
 class JournalError(DflowAsyncError):

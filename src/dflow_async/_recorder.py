@@ -81,6 +81,7 @@ class Recorder:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake_sent = False  # a worker thread has asked the loop to wake the flusher
+        self._unit_rows: dict[str, int] = {}  # fan-out step -> work dirs its row last held
 
     def attach(self, lock: threading.Lock) -> None:
         """Share the lock under which the run's state machine calls this recorder."""
@@ -94,8 +95,16 @@ class Recorder:
             self._pending.append((kind, record, fields))
         self._poke()
 
-    def on_unit(self, path: str, unit: int, outputs: Sequence[Any]) -> None:
-        self.journal.unit_done(path, unit, outputs)
+    def on_unit(self, record: StepRecord, unit: int, outputs: Sequence[Any]) -> None:
+        self.journal.unit_done(record.path, unit, outputs)
+        # And the step's row, so that its attempts and work dirs (logs) so far survive a
+        # crash: the row holds every work dir, so on a wide fan-out it is rewritten only as
+        # their number grows by a quarter (written bytes stay linear; a crash forgets at most
+        # the last fifth, whose outputs the units keep all the same).
+        done = len(record.workdirs)
+        if done < 256 or done >= self._unit_rows.get(record.path, 0) * 1.25:
+            self._unit_rows[record.path] = done
+            self.journal.step_changed("unit", record, record.attempts, None)
         self._poke()
 
     def _poke(self) -> None:

@@ -30,7 +30,7 @@ SKIPPED: Any = "<skipped>"
 FAILED: Any = "<failed>"
 
 EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
-UnitHook = Callable[[str, int, Sequence[Any]], None]  # (step path, unit number, slice outputs)
+UnitHook = Callable[[StepRecord, int, Sequence[Any]], None]  # (step, unit number, slice outputs)
 
 
 @dataclass(slots=True, eq=False)
@@ -292,7 +292,7 @@ class RunState:
         # resume: what an earlier driver of this run finished, by path
         self.restored = {r.path: r for r in restored if r.phase == "Succeeded"}
         # ...and where its unfinished steps' attempts ran (their logs stay listed)
-        self.earlier_workdirs = {r.path: r.workdirs for r in restored if r.phase != "Succeeded"}
+        self.earlier = {r.path: r for r in restored if r.phase != "Succeeded"}
         self.restored_slices: dict[str, list[StepRecord]] = {}
         for r in restored:
             parent, sep, rest = r.path.rpartition("[")
@@ -387,7 +387,7 @@ class RunState:
             if sr.slice_records is not None:
                 self._slices_done(sr, ids, attempt, workdirs, "Succeeded", outputs)
             if self.on_unit is not None:
-                self.on_unit(sr.record.path, number, outputs)
+                self.on_unit(sr.record, number, outputs)
         self._maybe_finish_step(sr, out)
 
     def retry_due(self, unit: Unit) -> list[Instruction]:
@@ -429,8 +429,11 @@ class RunState:
                 self._node_done(trun, idx, _outputs_of(done), out)
                 return
         record = StepRecord(node.name, path, node.template_name)
-        if self.earlier_workdirs:
-            record.workdirs.extend(self.earlier_workdirs.get(path, ()))
+        if self.earlier:
+            before = self.earlier.get(path)
+            if before is not None:  # its attempts so far, and their logs, stay counted
+                record.workdirs.extend(before.workdirs)
+                record.attempts = before.attempts
         self.records.append(record)
         sr = StepRun(trun, node, record)
         trun.runs[idx] = sr
