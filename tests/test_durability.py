@@ -1289,3 +1289,49 @@ def test_a_resumed_fan_out_keeps_the_attempts_and_logs_of_slices_before_the_cras
     assert rec.attempts == 4  # slices 0 and 1 before the crash, 2 and 3 after it
     logs = [Path(w + ".log").read_text() for w in rec.workdirs]
     assert sorted(logs) == [f"slice {x} ran\n" for x in range(4)]
+
+
+INPUTS_WF = """
+import os, sys
+from pathlib import Path
+from dflow_async import Artifact, Workflow, Step, op
+
+@op
+def read(f: Artifact(Path), d: Artifact(Path)) -> str:
+    if os.environ.get("FAIL"):
+        raise ValueError("boom")
+    return f.read_text() + (d / "x.txt").read_text()
+
+wf = Workflow("inputs")
+wf.add(Step("read", read, artifacts={"f": Path("in.txt"), "d": Path("tree")}))
+if __name__ == "__main__":
+    print(wf.run(run_id="inputs-1", resume="inputs-1" if sys.argv[1:] else None).status)
+"""
+
+
+def test_resume_after_editing_a_local_input_names_it_in_a_warning(tmp_path: Path) -> None:
+    """Local inputs are read where they are: a step that had not run before the crash reads
+    them as edited since. The resume says which ones changed (a file, a file in a directory)."""
+    (tmp_path / "flow.py").write_text(INPUTS_WF)
+    (tmp_path / "in.txt").write_text("a")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "x.txt").write_text("x")
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "flow.py", *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(SRC), **extra},
+            capture_output=True,
+            text=True,
+        )
+
+    assert run(FAIL="1").stdout.strip() == "Failed"
+    same = run("resume", FAIL="1")
+    assert same.stdout.strip() == "Failed" and "Warning" not in same.stderr, same.stderr
+    (tmp_path / "tree" / "x.txt").write_text("y")
+    os.utime(tmp_path / "in.txt", ns=(1, 1))  # touched only: a changed mtime counts too
+    edited = run("resume")
+    assert edited.stdout.strip() == "Succeeded", edited.stderr
+    assert "EditedInputWarning: run inputs-1: local input artifacts changed" in edited.stderr
+    assert f"{tmp_path / 'in.txt'}, {tmp_path / 'tree'};" in edited.stderr

@@ -39,6 +39,7 @@ from dflow_async._workflow import Result, Workflow
 from dflow_async.exceptions import (
     ArtifactError,
     DflowAsyncError,
+    EditedInputWarning,
     EditedOpWarning,
     ExecutorClosedError,
     ExecutorNotFoundError,
@@ -59,6 +60,7 @@ __all__ = [
     "BigParameter",
     "DAG",
     "DflowAsyncError",
+    "EditedInputWarning",
     "EditedOpWarning",
     "EventHook",
     "ExecutorClosedError",

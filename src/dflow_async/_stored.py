@@ -3,6 +3,7 @@ the consumer's worker, and seen by users as paths that also carry their store re
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -167,6 +168,63 @@ def _snapshot(path: Path, own: str) -> Path:
     else:
         shutil.copy2(path, dest)
     return dest
+
+
+#: a directory with more entries than this is stamped by its own mtime only
+_STAMP_ENTRIES = 10_000
+
+
+def local_inputs_stamp(root: Any) -> dict[str, str]:
+    """Size and mtime of every local file (or directory tree) given to the compiled workflow
+    ``root`` as an artifact input, by path: a run's journal keeps it, so that a resume can
+    say which inputs were edited since the run began (steps not yet run would read them)."""
+    from dflow_async._compile import walk_templates
+
+    stamps: dict[str, str] = {}
+    takes_artifacts: dict[int, bool] = {}  # by OP's ports dict, shared by its steps
+    for ct in walk_templates(root):
+        for node in ct.nodes:
+            takes = takes_artifacts.get(id(node.inputs))
+            if takes is None:
+                takes = any(i.kind == "artifacts" for i in node.inputs.values())
+                takes_artifacts[id(node.inputs)] = takes
+            if not takes:
+                continue
+            for port, value in node.const_inputs.items():
+                info = node.inputs.get(port)
+                if info is None or info.kind != "artifacts":
+                    continue
+                for leaf in artifact_leaves(value):
+                    if getattr(leaf, "ref", None) is None and isinstance(leaf, str | os.PathLike):
+                        path = os.fspath(leaf)
+                        if path not in stamps:
+                            stamps[path] = _stamp(path)
+    return stamps
+
+
+def _stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    if not os.path.isdir(path):
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    parts = [f"{st.st_mtime_ns}"]
+    for n, (top, dirs, files) in enumerate(os.walk(path)):
+        for name in [*dirs, *files]:
+            if len(parts) > _STAMP_ENTRIES:
+                return parts[0]
+            try:
+                entry = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            parts.append(f"{n}/{name}:{entry.st_size}:{entry.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def edited_inputs(recorded: dict[str, str]) -> list[str]:
+    """The paths among ``recorded`` (see local_inputs_stamp) that differ now."""
+    return sorted(path for path, stamp in recorded.items() if _stamp(path) != stamp)
 
 
 def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:

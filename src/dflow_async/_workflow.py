@@ -28,9 +28,10 @@ from dflow_async._records import PHASES, StepRecord, did_you_mean, name_outputs
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
-from dflow_async._stored import adopt_inputs
+from dflow_async._stored import adopt_inputs, edited_inputs, local_inputs_stamp
 from dflow_async.exceptions import (
     ArtifactError,
+    EditedInputWarning,
     EditedOpWarning,
     ExecutorNotFoundError,
     WorkflowFailedError,
@@ -274,6 +275,7 @@ class Workflow:
 
                 jr, snapshot = Journal.resume(run_dir, check=same_definition)
                 _warn_edited_ops(run_id, snapshot.meta.get("op_code"), compiled)
+                _warn_edited_inputs(run_id, snapshot.meta.get("local_inputs"))
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
@@ -285,6 +287,7 @@ class Workflow:
                     executor_given="object" if isinstance(default, Executor) else "name",
                     parallelism="" if limit is None else str(limit),
                     op_code=json.dumps(ops_code(compiled)),
+                    local_inputs=json.dumps(local_inputs_stamp(compiled)),
                 )
                 jr = Journal.create(run_dir, meta=meta)
             recorder = Recorder(jr, hook)
@@ -683,6 +686,23 @@ def _warn_edited_ops(run_id: str, recorded: str | None, compiled: Any) -> None:
             "To run everything with the new code, start a new run (reuse_step= keeps "
             "chosen results)",
             EditedOpWarning,
+            stacklevel=4,
+        )
+
+
+def _warn_edited_inputs(run_id: str, recorded: str | None) -> None:
+    """Local input files are read where they are, not copied when a run begins: steps that
+    had not run before the crash read them as they are now. Say so, naming the edited ones."""
+    if not recorded:
+        return
+    edited = edited_inputs(json.loads(recorded))
+    if edited:
+        shown = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+        warnings.warn(
+            f"run {run_id}: local input artifacts changed since the run began: {shown}; "
+            "steps that had not run yet read them as they are now. To run everything on the "
+            "same inputs, start a new run",
+            EditedInputWarning,
             stacklevel=4,
         )
 

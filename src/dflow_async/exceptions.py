@@ -23,6 +23,7 @@ from collections.abc import Sequence
 __all__ = [
     "ArtifactError",
     "DflowAsyncError",
+    "EditedInputWarning",
     "EditedOpWarning",
     "ExecutorClosedError",
     "ExecutorNotFoundError",
@@ -93,3 +94,8 @@ class FatalError(StepError):
 class EditedOpWarning(UserWarning):
     """A run was resumed after some of its OPs' code changed: the steps that finished keep the
     results of the old code."""
+
+
+class EditedInputWarning(UserWarning):
+    """A run was resumed after some of its local input files changed: steps that had not run
+    yet read them as they are now."""
