@@ -859,10 +859,92 @@ def test_a_failing_event_hook_does_not_fail_the_run(caplog: pytest.LogCaptureFix
 
     wf = Workflow("hooked")
     wf.add(Step("a", ident, parameters={"x": 1}))
-    with caplog.at_level("ERROR", logger="dflow_async"):
+    wf.add(Step("b", ident, parameters={"x": 2}))
+    with (
+        caplog.at_level("ERROR", logger="dflow_async"),
+        pytest.warns(RuntimeWarning, match="hook .*broken.* raised RuntimeError") as warned,
+    ):
         result = wf.run(on_event=broken)
     assert result.status == "Succeeded"
-    assert "progress bar exploded" in caplog.text
+    assert len(caplog.records) == 4  # started and succeeded, twice: each logged
+    # seen once by default (the logger is silent unless configured), not once per event
+    assert len([w for w in warned if "broken" in str(w.message)]) == 1
+
+
+def test_hooks_that_could_never_work_are_refused_before_the_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    async def awaited(kind: str, record: object, fields: dict) -> None:
+        pass
+
+    class Meter:
+        async def __call__(self, kind: str, record: object, fields: dict) -> None:
+            pass
+
+    wf = Workflow("hooked")
+    wf.add(Step("a", ident, parameters={"x": 1}))
+    for hook, message in [
+        (awaited, "is an async function"),
+        (Meter(), "is an async function"),
+        (lambda event: None, r"must take \(kind, record, fields\)"),
+        ("print", "takes callables"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            wf.run(on_event=[hook])
+    assert not (tmp_path / ".dflow-async" / "runs").exists()  # refused before any run began
+
+
+def test_reuse_step_takes_records_only(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("reusing")
+    wf.add(Step("a", ident, parameters={"x": 1}, key="a"))
+    with pytest.raises(TypeError, match=r"reuse_step= takes step records .* got str 'oops'"):
+        wf.run(reuse_step=["oops"])  # type: ignore[list-item]
+
+
+def test_an_error_before_the_first_step_lets_the_run_go(tmp_path, monkeypatch) -> None:
+    """Whatever fails once the journal is open (here: the warning about an edited OP, raised
+    as an error under -W error), the run's journal and lock are let go: the next resume in the
+    same process used to fail with RunBusyError naming this very process."""
+    import warnings
+
+    from dflow_async import EditedOpWarning, Run
+
+    monkeypatch.chdir(tmp_path)
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def build(body: typing.Any) -> Workflow:
+        wf = Workflow("leaky")
+        wf.add(Step("a", op(body), parameters={"x": 1}))
+        return wf
+
+    def first(x: int) -> int:
+        raise FatalError("first version fails")
+
+    def second(x: int) -> int:
+        return x
+
+    second.__qualname__ = first.__qualname__  # the same OP, edited
+    second.__name__ = first.__name__
+    assert build(first).run(run_id="leaky-1").status == "Failed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EditedOpWarning)
+        with pytest.raises(EditedOpWarning):
+            build(second).run(resume="leaky-1")
+    with pytest.warns(EditedOpWarning):
+        assert build(second).run(resume="leaky-1").status == "Succeeded"
+    assert Run.open("leaky-1").status == "Succeeded"
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_arun_under_trio_says_it_needs_asyncio(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("trio")
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("trio")
+    wf.add(Step("a", ident, parameters={"x": 1}))
+    with pytest.raises(RuntimeError, match="needs an asyncio event loop"):
+        anyio.run(wf.arun, backend="trio")
+    assert not (tmp_path / ".dflow-async").exists()
 
 
 @op

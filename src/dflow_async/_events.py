@@ -7,8 +7,10 @@ application's logging setup; a library that prints on its own is a library nobod
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ import structlog
 
 from dflow_async._records import StepRecord
 
-__all__ = ["EventHook", "configure_logging", "logging_hook", "safe"]
+__all__ = ["EventHook", "check_hook", "configure_logging", "logging_hook", "safe"]
 
 #: ``hook(kind, record, fields)``: kind is started (also for each retry's attempt), succeeded,
 #: failed, retrying, skipped or cancelled; ``fields`` hold the event's own facts (``phase``,
@@ -60,15 +62,48 @@ def logging_hook(run_id: str) -> EventHook | None:
 
 def safe(hook: EventHook) -> EventHook:
     """A hook whose exceptions are logged, not raised: a broken progress bar or metrics
-    callback must not fail the workflow it watches."""
+    callback must not fail the workflow it watches. Its first failure is also a warning: the
+    ``dflow_async`` logger is silent unless the application configures it, and a hook that
+    fails unseen is a dashboard that quietly stops."""
+    warned = False
 
     def call(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        nonlocal warned
         try:
             hook(kind, record, fields)
-        except Exception:
+        except Exception as exc:
             _stdlib_logger.exception("event hook %r failed on %s of %s", hook, kind, record.path)
+            if not warned:
+                warned = True
+                warnings.warn(
+                    f"on_event hook {hook!r} raised {type(exc).__name__}: {exc} (on {kind} of "
+                    f"step {record.path!r}); the run goes on, and later failures of this hook "
+                    "are logged to the 'dflow_async' logger only",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     return call
+
+
+def check_hook(hook: Any) -> None:
+    """Refuse, before the run, a hook that could never work: an ``async def`` (hooks are
+    called, not awaited) or one that does not take ``(kind, record, fields)``."""
+    if not callable(hook):
+        raise TypeError(f"on_event= takes callables, got {type(hook).__name__} {hook!r:.60}")
+    target = hook if inspect.isroutine(hook) else type(hook).__call__
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(target):
+        raise TypeError(
+            f"on_event hook {hook!r} is an async function: hooks are called on the event loop, "
+            "not awaited; use a plain function (it may schedule async work with "
+            "asyncio.get_running_loop().create_task(...))"
+        )
+    try:
+        inspect.signature(hook).bind("started", None, {})
+    except TypeError as exc:
+        raise TypeError(f"on_event hook {hook!r} must take (kind, record, fields): {exc}") from None
+    except ValueError:  # no signature to read (some builtins): it is called and seen
+        pass
 
 
 def configure_logging(level: int | str = "INFO", stream: Any = None) -> None:

@@ -18,7 +18,7 @@ import anyio
 from dflow_async._cache import StepCache, changed_ops, ops_code
 from dflow_async._codec import decode, encode, fingerprint, type_label, unrecordable
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
-from dflow_async._events import EventHook, logging_hook, safe
+from dflow_async._events import EventHook, check_hook, logging_hook, safe
 from dflow_async._gc import tuned_gc
 from dflow_async._graph import DAG, Step, Steps, Template
 from dflow_async._journal import Journal, JournalError, read_meta
@@ -225,6 +225,7 @@ class Workflow:
     ) -> Result:
         """Run inside the current event loop (Jupyter, an async application)."""
         _refuse_in_worker_bootstrap()
+        _require_asyncio()
         with tuned_gc():
             return await self._arun(
                 parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
@@ -255,6 +256,10 @@ class Workflow:
         compiled, executors = self._prepare(executor, parameters)
         if journal and resume is None:
             _refuse_unrecordable(self.name, parameters)
+        elif journal:  # before the run is taken over: a warning raised as an error leaves it be
+            _warn_edited_ops(run_id, recorded.get("op_code"), compiled)
+            _warn_edited_inputs(run_id, recorded.get("local_inputs"))
+        reuse = _reuse_records(reuse_step)
         hook = _fan(_hooks(on_event, run_id))
         recorder: Recorder | None = None
         restored: list[StepRecord] = []
@@ -274,8 +279,6 @@ class Workflow:
                         )
 
                 jr, snapshot = Journal.resume(run_dir, check=same_definition)
-                _warn_edited_ops(run_id, snapshot.meta.get("op_code"), compiled)
-                _warn_edited_inputs(run_id, snapshot.meta.get("local_inputs"))
                 restored, units = snapshot.records, snapshot.units
                 suffix = f".r{jr.epoch - 1}"
             else:
@@ -290,33 +293,38 @@ class Workflow:
                     local_inputs=json.dumps(local_inputs_stamp(compiled)),
                 )
                 jr = Journal.create(run_dir, meta=meta)
-            recorder = Recorder(jr, hook)
+            try:
+                recorder = Recorder(jr, hook)
+            except BaseException:
+                jr.close()
+                raise
         elif resume is not None:
             raise ValueError("resume= needs the run's journal; do not pass journal=False")
         else:
             ensure_dir(run_dir)
-        state = RunState(
-            compiled,
-            run_id=run_id,
-            run_dir=str(run_dir),
-            inputs=parameters,
-            parallelism=limit,
-            on_event=recorder.on_event if recorder is not None else hook,
-            on_unit=recorder.on_unit if recorder is not None else None,
-            restored=restored,
-            restored_units=units,
-            reuse=list(reuse_step or ()),
-            attempt_suffix=suffix,
-            store=self.artifact_store(),
-        )
         status = "Running"
-        try:
+        state: RunState | None = None
+        try:  # from here on, whatever happens, the run's journal (and its lock) is let go
+            state = RunState(
+                compiled,
+                run_id=run_id,
+                run_dir=str(run_dir),
+                inputs=parameters,
+                parallelism=limit,
+                on_event=recorder.on_event if recorder is not None else hook,
+                on_unit=recorder.on_unit if recorder is not None else None,
+                restored=restored,
+                restored_units=units,
+                reuse=reuse,
+                attempt_suffix=suffix,
+                store=self.artifact_store(),
+            )
             from dflow_async._scheduler import execute
 
             cache = StepCache(self.store_path().absolute() / "cache")
             status = await execute(state, executors, recorder, cache)
         finally:
-            if status == "Running":
+            if status == "Running" and state is not None:
                 state.status = "Cancelled"
             if recorder is not None:
                 recorder.journal.close()
@@ -393,10 +401,10 @@ def _is_local_url(url: str) -> bool:
 
 def _hooks(on_event: EventHook | Iterable[EventHook] | None, run_id: str) -> list[EventHook]:
     hooks: list[EventHook] = []
-    if callable(on_event):
-        hooks.append(safe(on_event))
-    elif on_event is not None:
-        hooks.extend(safe(h) for h in on_event)
+    given = [on_event] if callable(on_event) else list(on_event or ())
+    for hook in given:
+        check_hook(hook)
+        hooks.append(safe(hook))
     log = logging_hook(run_id)
     if log is not None:
         hooks.append(safe(log))
@@ -705,6 +713,29 @@ def _warn_edited_inputs(run_id: str, recorded: str | None) -> None:
             EditedInputWarning,
             stacklevel=4,
         )
+
+
+def _reuse_records(reuse_step: Sequence[StepRecord] | None) -> list[StepRecord]:
+    reuse = list(reuse_step or ())
+    for record in reuse:
+        if not isinstance(record, StepRecord):
+            raise TypeError(
+                "reuse_step= takes step records (result.query_step(...) or "
+                f"Run.open(run_id).query_step(...)), got {type(record).__name__} {record!r:.60}"
+            )
+    return reuse
+
+
+def _require_asyncio() -> None:
+    """The scheduler is asyncio's (its task groups, loop callbacks from worker threads): under
+    another anyio backend (trio) it would fail deep inside, after writing a journal."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "Workflow.arun() needs an asyncio event loop; under trio, run it in a worker "
+            "thread instead: await trio.to_thread.run_sync(wf.run)"
+        ) from None
 
 
 def _refuse_running_loop() -> None:
