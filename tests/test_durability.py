@@ -1223,6 +1223,12 @@ def marked() -> Marker:
     return Marker()
 
 
+def test_run_open_takes_a_run_id() -> None:
+    for wrong in (None, ""):
+        with pytest.raises(TypeError, match=r"Run\.open\(\) takes a run id"):
+            Run.open(wrong)  # type: ignore[arg-type]
+
+
 def test_listing_runs_reads_no_outputs(tmp_path: Path, monkeypatch) -> None:
     """``list_runs()`` (and ``dflow-async list``) read each run's metadata and step count
     only: listing a store used to load every value of every run it kept."""

@@ -87,6 +87,11 @@ class Run:
         """The run ``run_id`` of ``store`` (the same value given to ``Workflow(store=)``; runs
         on a remote store are journaled under ``$DFLOW_ASYNC_HOME``, ``./.dflow-async``).
         ``storage_options`` are for reading a remote store's BigParameter values."""
+        if not isinstance(run_id, str) or not run_id:
+            raise TypeError(
+                f"Run.open() takes a run id (a result's .run_id, or one `dflow-async list` "
+                f"shows), got {run_id!r:.60}"
+            )
         run_dir = _store_root(store) / "runs" / run_id
         if not (run_dir / JOURNAL_NAME).exists():
             known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
