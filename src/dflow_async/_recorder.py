@@ -19,6 +19,7 @@ from dflow_async._events import EventHook
 from dflow_async._journal import Journal
 from dflow_async._records import StepRecord
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
+from dflow_async._threads import journal_limiter
 
 __all__ = ["CACHED", "JOURNALED", "Recorder", "refuse_unrecordable"]
 
@@ -82,6 +83,8 @@ class Recorder:
         self._loop_thread = threading.get_ident()
         self._wake_sent = False  # a worker thread has asked the loop to wake the flusher
         self._unit_rows: dict[str, int] = {}  # fan-out step -> work dirs its row last held
+        # the run's own thread tokens: never behind the application's, nor artifact I/O
+        self.threads = journal_limiter()
 
     def attach(self, lock: threading.Lock) -> None:
         """Share the lock under which the run's state machine calls this recorder."""
@@ -141,7 +144,7 @@ class Recorder:
                 return
             burst = self.journal.take()
             events, self._pending = self._pending, []
-        await anyio.to_thread.run_sync(self.journal.write, burst)
+        await anyio.to_thread.run_sync(self.journal.write, burst, limiter=self.threads)
         if self.hook is not None:
             for kind, record, fields in events:
                 self.hook(kind, record, fields)

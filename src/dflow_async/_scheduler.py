@@ -366,7 +366,9 @@ async def execute(
                     state.on_event.drain()  # the loop may not come round to it any more
             if recorder is not None:
                 with anyio.CancelScope(shield=True), contextlib.suppress(JournalError):
-                    await anyio.to_thread.run_sync(recorder.flush_now, "Cancelled")
+                    await anyio.to_thread.run_sync(
+                        recorder.flush_now, "Cancelled", limiter=recorder.threads
+                    )
             raise
         finally:
             if shell is not None:
