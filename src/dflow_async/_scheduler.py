@@ -21,6 +21,7 @@ from dflow_async._journal import JournalError
 from dflow_async._recorder import CACHED, JOURNALED, Recorder, refuse_unrecordable
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
+from dflow_async._threads import io_limiter
 from dflow_async._worker import arun_attempt
 from dflow_async.executors._base import Executor
 
@@ -52,6 +53,8 @@ class _Shell:
         self.closed = False
         # the fast lane's continuation, bound once: a (spec, done, unit) item per attempt
         self.done_in_thread = self.finished_in_thread
+        # the loop's thread tokens for the library's cache/artifact I/O, not the application's
+        self.io_threads = io_limiter()
 
     def advance(self, event: Callable[..., list[Instruction]], *args: Any) -> None:
         """Feed the state machine an event, on the loop, and carry out what it answers."""
@@ -196,15 +199,16 @@ class _Shell:
         cache = self.cache if node.cache else None
         key = None
         if cache is not None:
-            key = await anyio.to_thread.run_sync(cache.key, spec)
-            hit = await anyio.to_thread.run_sync(cache.get, key)
+            threads = self.io_threads
+            key = await anyio.to_thread.run_sync(cache.key, spec, limiter=threads)
+            hit = await anyio.to_thread.run_sync(cache.get, key, limiter=threads)
             if hit is not None:
                 unit.sr.record.cached = True
                 self.advance(self.state.unit_finished, unit, Succeeded(outputs=tuple(hit)))
                 return
         outcome = self.accept(unit, await self.attempt(unit), key is not None)
         if key is not None and cache is not None and isinstance(outcome, Succeeded):
-            await anyio.to_thread.run_sync(cache.put, key, outcome.outputs)
+            await anyio.to_thread.run_sync(cache.put, key, outcome.outputs, limiter=self.io_threads)
         self.advance(self.state.unit_finished, unit, outcome)
 
     async def attempt(self, unit: Unit) -> AttemptOutcome:

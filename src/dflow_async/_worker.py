@@ -52,6 +52,7 @@ from dflow_async._stored import (
     materialise,
     store_big,
 )
+from dflow_async._threads import io_limiter
 from dflow_async.exceptions import ArtifactError, FatalError, SignatureError, TransientError
 
 __all__ = ["arun_attempt", "failure_from_exception", "run_attempt", "thread_owns_cwd"]
@@ -184,6 +185,9 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
         # exactly FunctionOP: subclasses (adapters) may override execute()
         function_op = op if type(op) is FunctionOP else None
         io = spec.store is not None and (plan.in_artifacts or plan.out_artifacts or plan.out_big)
+        # the library's own thread tokens, not the application's (looked up once per attempt,
+        # and only by one that hands artifact work to threads)
+        threads = io_limiter() if io else None
         for piece in spec.slices:
             exact = not plan.in_artifacts and exactly_typed(plan.in_types, piece.inputs)
             # (values exactly of immutable classes hold no BigValue: see _run_slice)
@@ -191,7 +195,11 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             if exact and not big:  # the common case, checked in one pass as in _run_slice
                 inputs = piece.inputs
             elif io or big:  # fetching files, hashing, loading values: never in the loop
-                inputs = await anyio.to_thread.run_sync(_check_inputs, plan, piece, spec.store)
+                if threads is None:
+                    threads = io_limiter()
+                inputs = await anyio.to_thread.run_sync(
+                    _check_inputs, plan, piece, spec.store, limiter=threads
+                )
             elif plan.in_artifacts:  # no store: the paths as given
                 inputs = _check_inputs(plan, piece)
             else:
@@ -225,7 +233,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
                 values = _check_outputs(plan, result, piece, None, fresh)
             if io:
                 values = await anyio.to_thread.run_sync(
-                    _commit_outputs, spec, plan, values, piece.workdir
+                    _commit_outputs, spec, plan, values, piece.workdir, limiter=threads
                 )
             outputs.append(values)
     except asyncio.CancelledError as exc:

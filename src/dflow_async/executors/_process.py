@@ -26,6 +26,7 @@ import anyio
 import cloudpickle
 
 from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed
+from dflow_async._threads import io_limiter
 from dflow_async.executors import _procworker
 from dflow_async.executors._base import AttemptHandle, Executor
 from dflow_async.executors._procworker import (
@@ -138,7 +139,7 @@ class ProcessExecutor(Executor):
                     await worker.exited.wait()
             for worker in list(self._workers):  # did not die in time: force it
                 self._signal(worker, signal.SIGKILL)
-                await anyio.to_thread.run_sync(worker.proc.join, 5)
+                await anyio.to_thread.run_sync(worker.proc.join, 5, limiter=io_limiter())
                 self._retire(worker, worker.proc.exitcode)
             for worker in list(self._dying):  # no grace left: SIGKILL what remains of groups
                 if worker.kill_timer is not None:
