@@ -816,6 +816,96 @@ def test_anyio_cancellation_of_arun_propagates() -> None:
     assert anyio.run(main) is True
 
 
+def test_a_run_does_not_wait_for_the_applications_thread_tokens(tmp_path: Path) -> None:
+    """An application embedding a run (Starlette/FastAPI run sync endpoints through anyio's
+    default thread limiter) may have every token of that limiter in use: a run's own thread
+    work (journal writes, artifact fetches and commits, the step cache, the last journal write
+    of a cancelled run) has tokens of its own, and neither waits for the application's."""
+    import threading
+
+    @op
+    async def write(n: int) -> {"f": Artifact(Path)}:  # type: ignore[valid-type]
+        out = current_context().workdir / "n.txt"
+        out.write_text(str(n))
+        return {"f": out}
+
+    @op
+    async def read(f: Artifact(Path)) -> int:  # type: ignore[valid-type]
+        return int(f.read_text()) + 1
+
+    @op
+    async def inc(x: int) -> int:
+        return x + 1
+
+    wf = Workflow("own-threads", store=str(tmp_path / "store"))
+    w = Step("write", write, parameters={"n": 1})
+    r = Step("read", read, artifacts={"f": w.outputs.artifacts["f"]})
+    c = Step("cached", inc, parameters={"x": r.outputs.parameters["result"]}, cache=True)
+    for step in (w, r, c):
+        wf.add(step)
+
+    started = anyio.Event()
+
+    @op
+    async def waits() -> int:
+        started.set()
+        await anyio.sleep_forever()
+        return 0
+
+    cancelled = Workflow("own-threads-cancel", store=str(tmp_path / "store"))
+    cancelled.add(Step("waits", waits))
+
+    outcome: dict[str, typing.Any] = {}
+
+    async def main() -> None:
+        app = anyio.to_thread.current_default_thread_limiter()  # this loop's
+        app.total_tokens = 1
+        holding, release = threading.Event(), threading.Event()
+
+        def request() -> None:  # the application's blocking call, holding the one token
+            holding.set()
+            release.wait()
+
+        finished, ended = anyio.Event(), anyio.Event()
+        scope = anyio.CancelScope()
+
+        async def first() -> None:
+            outcome["result"] = await wf.arun()
+            finished.set()
+
+        async def second() -> None:
+            with scope:
+                await cancelled.arun()
+            outcome["cancelled"] = scope.cancelled_caught
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, request)
+            try:
+                # Runs go in tasks of their own: a run that waited for the token would, once
+                # cancelled by the timeout, wait for it again in its (shielded) last journal
+                # write, which only the release below ends.
+                with anyio.fail_after(60):  # only against a hang
+                    while not holding.is_set():
+                        await anyio.sleep(0.001)
+                    tg.start_soon(first)
+                    await finished.wait()
+                    tg.start_soon(second)
+                    await started.wait()
+                    scope.cancel()
+                    await ended.wait()
+                outcome["held"] = app.borrowed_tokens == 1 and not release.is_set()
+            finally:
+                release.set()
+
+    anyio.run(main)
+    result = outcome["result"]
+    assert result.status == "Succeeded", [(s.name, s.error) for s in result.records]
+    assert result.query_step("cached")[0].outputs.parameters["result"] == 3
+    assert outcome["cancelled"] is True
+    assert outcome["held"] is True  # all of it while the application held its token
+
+
 def test_structured_events_are_quiet_by_default_and_logged_when_asked() -> None:
     import io
     import logging
