@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dflow_async import Step, Workflow, op
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +109,69 @@ def test_a_run_keeps_automatic_collection_off_if_the_application_turned_it_off()
     assert one_step("untuned", look, x=1).run(journal=False).status == "Succeeded"
     assert seen["gen0"] == 0
     assert gc.get_threshold() == (0, 10, 10)
+
+
+@op
+def talk(x: int) -> int:
+    print(f"op says {x}")
+    return x
+
+
+def logged(result: Any) -> str:
+    return "".join(
+        Path(w + ".log").read_text()
+        for rec in result.records
+        for w in rec.workdirs
+        if Path(w + ".log").exists()
+    )
+
+
+def test_printing_without_console_streams_stays_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pythonw, a service, an embedded interpreter: print() to a None sys.stdout does nothing
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", None)
+    printed: list[str] = []
+
+    def hook(kind: str, rec: Any, fields: Any) -> None:
+        print(kind)  # outside any step, while the run is active
+        printed.append(kind)
+
+    result = one_step("mute", talk, x=5).run(journal=False, on_event=hook)
+    assert result.status == "Succeeded"
+    assert printed  # no hook call raised
+    assert logged(result) == "op says 5\n"  # a step's output still reaches its log
+    print("the application prints after the run")
+    print("and to stderr", file=sys.stderr, flush=True)
+
+
+def test_worker_processes_without_console_streams_run_their_ops(tmp_path: Path) -> None:
+    # a daemon started with its descriptors 1 and 2 closed: its worker processes have no
+    # sys.stdout/sys.stderr either
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from dflow_async import Workflow, Step, op
+
+        @op
+        def ident(x: int) -> int:
+            return x
+
+        if __name__ == "__main__":
+            wf = Workflow("daemon")
+            wf.add(Step("s", ident, parameters={"x": 3}))
+            r = wf.run(journal=False, executor="process")
+            Path(sys.argv[1]).write_text(f"{r.status} {r.records[0].error}")
+        """)
+    )
+    out = tmp_path / "out.txt"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" >&- 2>&-', sys.executable, str(script), str(out)],
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    assert out.read_text() == "Succeeded None"

@@ -66,13 +66,17 @@ class _LazyLog:
 class _Router(io.TextIOBase):
     """Stands in for sys.stdout/sys.stderr: writes go to the current attempt's log."""
 
-    def __init__(self, original: TextIO) -> None:
-        self._original = original
+    def __init__(self, original: TextIO | None) -> None:
+        # None: a process without console streams; other than write() and flush(), the
+        # router then answers as None does (AttributeError)
+        self._original: Any = original
 
     def write(self, text: str) -> int:
         ctx = _current.get(None)
         if ctx is None or ctx.log_workdir is None:  # outside an attempt, or fds captured
-            return self._original.write(text)
+            original = self._original
+            # None (pythonw, a service without a console): print() writes nothing there
+            return original.write(text) if original is not None else len(text)
         log: _LazyLog | None = ctx.log
         if log is None:
             log = _attempt_log(ctx)
@@ -81,15 +85,18 @@ class _Router(io.TextIOBase):
     def flush(self) -> None:
         ctx = _current.get(None)
         if ctx is None or ctx.log_workdir is None:
-            self._original.flush()
+            if self._original is not None:
+                self._original.flush()
         elif ctx.log is not None:  # else nothing was written: nothing to flush
             ctx.log.flush()
 
     def fileno(self) -> int:
-        return self._original.fileno()
+        fd: int = self._original.fileno()
+        return fd
 
     def isatty(self) -> bool:
-        return self._original.isatty()
+        tty: bool = self._original.isatty()
+        return tty
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -136,7 +143,8 @@ def _attempt_log(ctx: StepContext) -> _LazyLog:
 
 def _capture_fds(path: str, stage: str) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        if stream is not None:  # None: a process without console streams
+            stream.flush()
     ensure_dir(os.path.dirname(stage))
     fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     saved = [os.dup(1), os.dup(2)]
@@ -146,8 +154,9 @@ def _capture_fds(path: str, stage: str) -> Iterator[None]:
         yield
     finally:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         written = os.fstat(fd).st_size
