@@ -26,8 +26,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dflow_async._capture import std_streams_routed
-
 __all__ = ["tuned_gc"]
 
 _lock = threading.Lock()
@@ -41,9 +39,7 @@ _GEN0 = 20_000
 
 @contextmanager
 def tuned_gc() -> Iterator[None]:
-    """Every run (``run``/``arun``) is in one of these. Being the one scope around a whole
-    run, it is also the run's scope for the std stream routers (put back when the last run
-    ends: see :func:`dflow_async._capture.std_streams_routed`)."""
+    """Every run (``run``/``arun``) is in one of these."""
     global _active, _saved, _tuned, _frozen
     with _lock:
         if _active == 0:
@@ -57,8 +53,7 @@ def tuned_gc() -> Iterator[None]:
             gc.set_threshold(*_tuned)
         _active += 1
     try:
-        with std_streams_routed():
-            yield
+        yield
     finally:
         with _lock:
             _active -= 1

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from dflow_async._cache import StepCache, changed_ops, ops_code
+from dflow_async._capture import std_streams_routed
 from dflow_async._codec import decode, encode, fingerprint, type_label, unrecordable
 from dflow_async._compile import CompiledTemplate, compile_template, definition_digest
 from dflow_async._events import EventHook, check_hook, logging_hook, safe
@@ -192,7 +193,7 @@ class Workflow:
         run_id = _run_id(self.name, run_id, resume)
 
         async def main() -> Result:
-            with tuned_gc():
+            with tuned_gc(), std_streams_routed():
                 return await self._arun(
                     parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
                 )
@@ -226,7 +227,7 @@ class Workflow:
         """Run inside the current event loop (Jupyter, an async application)."""
         _refuse_in_worker_bootstrap()
         _require_asyncio()
-        with tuned_gc():
+        with tuned_gc(), std_streams_routed():
             return await self._arun(
                 parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
             )
