@@ -79,20 +79,24 @@ class Run:
     @classmethod
     def open(
         cls,
-        run_id: str,
+        run_id: str | os.PathLike[str],
         *,
         store: str | os.PathLike[str] | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> Run:
-        """The run ``run_id`` of ``store`` (the same value given to ``Workflow(store=)``; runs
-        on a remote store are journaled under ``$DFLOW_ASYNC_HOME``, ``./.dflow-async``).
+        """The run ``run_id`` of ``store``, or the run directory ``run_id`` names when it is a
+        path (a result's ``.run_dir``). ``store`` is the value given to ``Workflow(store=)``
+        (runs on a remote store are journaled under ``$DFLOW_ASYNC_HOME``, ``./.dflow-async``).
         ``storage_options`` are for reading a remote store's BigParameter values."""
-        if not isinstance(run_id, str) or not run_id:
+        if isinstance(run_id, os.PathLike):  # a run directory (a result's .run_dir)
+            run_dir = Path(run_id)
+        elif isinstance(run_id, str) and run_id:
+            run_dir = _store_root(store) / "runs" / run_id
+        else:
             raise TypeError(
                 f"Run.open() takes a run id (a result's .run_id, or one `dflow-async list` "
-                f"shows), got {run_id!r:.60}"
+                f"shows) or a run directory, got {run_id!r:.60}"
             )
-        run_dir = _store_root(store) / "runs" / run_id
         if not (run_dir / JOURNAL_NAME).exists():
             known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
             raise JournalError(
