@@ -3,6 +3,8 @@ caching, and journals that cannot be trusted."""
 
 from __future__ import annotations
 
+import gc
+import linecache
 import os
 import random
 import signal
@@ -11,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ import pytest
 
 from dflow_async import (
     DAG,
+    OP,
+    OPIO,
     OutputParameter,
     RetryPolicy,
     Run,
@@ -25,9 +31,11 @@ from dflow_async import (
     Step,
     Steps,
     Workflow,
+    _cache,
     item,
     op,
 )
+from dflow_async._cache import code_digest
 from dflow_async._compile import definition_digest
 from dflow_async._journal import JournalError, RunBusyError, read_run
 from dflow_async.exceptions import WorkflowValidationError
@@ -396,6 +404,77 @@ def test_cache_hits_and_misses_including_a_changed_op_body(tmp_path: Path) -> No
     )
     assert "removed 3 cached step results" in cli.stdout
     assert run(2, 5) == ["7", "False"]
+
+
+def _cell(src: str, name: str | None) -> Any:
+    """The OP a notebook cell defines, run as IPython runs one: its source kept in linecache
+    under a name of the cell's own; ``name=None``: exec'd code with no source at all."""
+    if name is not None:
+        linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    ns: dict[str, Any] = {"__name__": "__main__", "op": op, "OP": OP, "OPIO": OPIO}
+    exec(compile(src, name or "<string>", "exec"), ns)
+    return ns["scale"] if "scale" in ns else ns["Scale"]
+
+
+def _cached_run(store: Path, template: Any) -> tuple[Any, bool]:
+    wf = Workflow("cell", store=store)
+    wf.add(Step("s", template, parameters={"x": 10}, cache=True))
+    result = wf.run()
+    assert result.status == "Succeeded", result.records
+    record = result.query_step(name="s")[0]
+    return next(iter(record.outputs.parameters.values())), record.cached
+
+
+SCALE_CELL = "@op\ndef scale(x: int) -> int:\n    return x * {n}\n"
+
+
+def test_cache_misses_an_op_redefined_where_the_freed_one_was(tmp_path: Path) -> None:
+    """A notebook cell edited and run again: the new function often takes the id of the old
+    one, freed. The step cache kept code digests by id, so it gave the old code's results."""
+    store = tmp_path / "store"
+    first = _cell(SCALE_CELL.format(n=2), "<ipython-input-1>")
+    assert _cached_run(store, first) == (20, False)
+    assert _cached_run(store, first) == (20, True)
+    edited = _cell(SCALE_CELL.format(n=3), "<ipython-input-2>").fn
+    old_id = id(first.fn)
+    del first
+    gc.collect()
+    # functions of the edited cell, until one lands where the freed one was (CPython reuses
+    # a freed block within a few allocations of its size)
+    made: list[Any] = []
+    for _ in range(10_000):
+        fn = types.FunctionType(edited.__code__, edited.__globals__, "scale")
+        made.append(fn)
+        if id(fn) == old_id:
+            break
+    else:
+        pytest.skip("no function was given the freed one's id")
+    fn.__annotations__ = edited.__annotations__
+    assert _cached_run(store, op(fn)) == (30, False)
+    assert _cached_run(store, op(fn)) == (30, True)
+
+
+def _scale_by(k: Any) -> Any:
+    @op
+    def scale(x: int) -> int:
+        return x * k
+
+    return scale
+
+
+def test_code_digests_are_kept_only_while_their_op_lives() -> None:
+    """OPs made per request: the digests kept for them keep none alive, and go with them (they
+    were kept by id, forever)."""
+    before = len(_cache._CODE_DIGESTS)
+    refs = []
+    for k in range(50):
+        made = _scale_by(k)
+        code_digest(made)
+        refs.append(weakref.ref(made.fn))
+    del made
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert len(_cache._CODE_DIGESTS) <= before
 
 
 def _finished_run(tmp_path: Path, monkeypatch) -> str:

@@ -14,8 +14,10 @@ import inspect
 import json
 import os
 import shutil
+import threading
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from dflow_async._codec import decode, encode
 from dflow_async._op import OP, FunctionOP, op_name, port_plan
@@ -24,7 +26,52 @@ from dflow_async._store_local import ensure_dir
 
 __all__ = ["StepCache", "changed_ops", "ops_code"]
 
-_CODE_DIGESTS: dict[int, str] = {}
+_T = TypeVar("_T")
+
+
+class _IdentityMemo(Generic[_T]):
+    """Values kept for objects by identity, as long as each object lives, without keeping it
+    alive. By id() along with a weak reference: an entry counts only while the reference
+    still gives that very object (a freed function's id goes to the next one made, a notebook
+    cell's redefinition typically), and it goes when the object does. Not a
+    WeakKeyDictionary: that compares keys with ==, and a class's metaclass may define it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[weakref.ref[Any], _T]] = {}
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, obj: Any) -> _T | None:
+        entry = self.entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else None
+
+    def setdefault(self, obj: Any, value: _T) -> _T:
+        """The value kept for ``obj``, ``value`` if none was (kept unless ``obj`` cannot be
+        weakly referenced: a builtin function, say)."""
+        key = id(obj)
+        try:
+            ref = weakref.ref(obj, functools.partial(self._forget, key))
+        except TypeError:
+            return value
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is not None and entry[0]() is obj:
+                return entry[1]  # another thread was first
+            self.entries[key] = (ref, value)
+        return value
+
+    def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
+        # no lock: a callback may run in a collection the locked section set off. And no
+        # other object can take the id while this one is being freed
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] is ref:
+            self.entries.pop(key, None)
+
+
+# per function or class: its source text
+_CODE_DIGESTS: _IdentityMemo[str] = _IdentityMemo()
 
 
 def code_digest(op: OP) -> str:
@@ -64,17 +111,20 @@ def changed_ops(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
 
 
 def _code_digest(op: OP, target: Any) -> str:
-    cached = _CODE_DIGESTS.get(id(target))
-    if cached is not None:
-        return cached
+    text = f"{op_name(op)}\0{getattr(op, 'version', '')}\0{_target_digest(target)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _target_digest(target: Any) -> str:
+    """``target``'s source text. Kept while target lives."""
+    kept = _CODE_DIGESTS.get(target)
+    if kept is not None:
+        return kept
     try:
         source = inspect.getsource(target)
     except (OSError, TypeError):
         source = getattr(getattr(target, "__code__", None), "co_code", b"").hex()
-    text = f"{op_name(op)}\0{getattr(op, 'version', '')}\0{source}"
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    _CODE_DIGESTS[id(target)] = digest
-    return digest
+    return _CODE_DIGESTS.setdefault(target, source)
 
 
 class StepCache:
