@@ -477,6 +477,39 @@ def test_code_digests_are_kept_only_while_their_op_lives() -> None:
     assert len(_cache._CODE_DIGESTS) <= before
 
 
+SCALE_CLASS_CELL = """
+class Scale(OP):
+    @classmethod
+    def get_input_sign(cls):
+        return {{"x": int}}
+
+    @classmethod
+    def get_output_sign(cls):
+        return {{"y": int}}
+
+    def execute(self, op_in):
+        return OPIO({{"y": op_in["x"] * {n}}})
+"""
+
+
+def test_cache_tells_apart_ops_exec_d_without_source(tmp_path: Path) -> None:
+    """Code exec'd from a string has no source to read: its compiled code is digested, and
+    x * 2 and x * 3 differ in their constants only (x.real, x.imag in their names only). A
+    class's fallback was its name alone."""
+    store = tmp_path / "store"
+    assert _cached_run(store, _cell(SCALE_CELL.format(n=2), None)) == (20, False)
+    assert _cached_run(store, _cell(SCALE_CELL.format(n=3), None)) == (30, False)
+    assert _cached_run(store, _cell(SCALE_CELL.format(n=3), None)) == (30, True)  # same code
+    names = [
+        _cell(f"@op\ndef scale(x: int) -> int:\n    return (x + 2j).{attr}\n", None)
+        for attr in ("real", "imag")
+    ]
+    assert code_digest(names[0]) != code_digest(names[1])
+    assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=2), None)) == (20, False)
+    assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=3), None)) == (30, False)
+    assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=3), None)) == (30, True)
+
+
 def _finished_run(tmp_path: Path, monkeypatch) -> str:
     monkeypatch.chdir(tmp_path)
     return _keyed(tmp_path / "log.txt").run().run_id

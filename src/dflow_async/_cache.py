@@ -1,9 +1,9 @@
 """Step caching: skip a step whose OP and inputs match an earlier success in the same store.
 
-The key is a digest of the OP's identity, its code (source text) and version, and every input
-of every slice of the attempt: parameters by canonical JSON (pickle digest when not JSON),
-artifacts by the sha256 of their content. Entries are small JSON files under
-``<store>/cache/``; writing one is atomic (temp + rename).
+The key is a digest of the OP's identity, its code (source text, else compiled code) and
+version, and every input of every slice of the attempt: parameters by canonical JSON (pickle
+digest when not JSON), artifacts by the sha256 of their content. Entries are small JSON files
+under ``<store>/cache/``; writing one is atomic (temp + rename).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import threading
+import types
 import weakref
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -70,7 +71,7 @@ class _IdentityMemo(Generic[_T]):
             self.entries.pop(key, None)
 
 
-# per function or class: its source text
+# per function or class: its code text
 _CODE_DIGESTS: _IdentityMemo[str] = _IdentityMemo()
 
 
@@ -116,15 +117,74 @@ def _code_digest(op: OP, target: Any) -> str:
 
 
 def _target_digest(target: Any) -> str:
-    """``target``'s source text. Kept while target lives."""
+    """``target``'s code text (source, else compiled code). Kept while target lives."""
     kept = _CODE_DIGESTS.get(target)
     if kept is not None:
         return kept
+    return _CODE_DIGESTS.setdefault(target, _target_text(target))
+
+
+def _target_text(target: Any) -> str:
+    """The source text of a function or class, else (code made by exec, a notebook's class)
+    its compiled code, constants included."""
     try:
-        source = inspect.getsource(target)
+        return inspect.getsource(target)
     except (OSError, TypeError):
-        source = getattr(getattr(target, "__code__", None), "co_code", b"").hex()
-    return _CODE_DIGESTS.setdefault(target, source)
+        pass
+    if isinstance(target, type):
+        functions = [(f"{name}.", fn) for name, fn in _class_functions(target)]
+    elif isinstance(getattr(target, "__code__", None), types.CodeType):
+        functions = [("", target)]
+    else:
+        functions = []
+    extras = [
+        f"{prefix}code {hashlib.sha256(_code_text(fn.__code__).encode()).hexdigest()}"
+        for prefix, fn in functions
+    ]
+    return "\0" + "\0".join(extras) if extras else ""
+
+
+def _class_functions(cls: type) -> list[tuple[str, Any]]:
+    """The functions a class defines itself (methods, static and class methods, properties'
+    accessors), by name."""
+    found: list[tuple[str, Any]] = []
+    for name, attr in sorted(vars(cls).items()):
+        if isinstance(attr, staticmethod | classmethod):
+            attr = attr.__func__
+        if isinstance(attr, property):
+            for part, fn in (("get", attr.fget), ("set", attr.fset), ("del", attr.fdel)):
+                if isinstance(fn, types.FunctionType):
+                    found.append((f"{name}.{part}", fn))
+        elif isinstance(attr, types.FunctionType):
+            found.append((name, attr))
+    return found
+
+
+def _code_text(code: types.CodeType) -> str:
+    """Compiled code: its bytecode, and what the bytecode refers to by index (x * 2 and x * 3
+    differ in their constants only; x.real and x.imag in their names only)."""
+    return "\0".join(  # a repr never holds a NUL: the fields cannot run into each other
+        [
+            code.co_code.hex(),
+            ",".join(_const_text(c) for c in code.co_consts),
+            ",".join(code.co_names),
+            ",".join(code.co_varnames),
+            ",".join(code.co_freevars),
+            ",".join(code.co_cellvars),
+            f"{code.co_argcount},{code.co_posonlyargcount},{code.co_kwonlyargcount}",
+            str(code.co_flags),
+        ]
+    )
+
+
+def _const_text(value: Any) -> str:
+    if isinstance(value, types.CodeType):  # a nested function, lambda or comprehension
+        return f"code({_code_text(value)})"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_const_text(v) for v in value) + ")"
+    if isinstance(value, frozenset):  # `x in {"a", "b"}`: ordered by hash, which varies
+        return "frozenset(" + ",".join(sorted(_const_text(v) for v in value)) + ")"
+    return f"{type(value).__name__}:{value!r}"
 
 
 class StepCache:
