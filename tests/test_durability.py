@@ -12,8 +12,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from dflow_async import (
     DAG,
     OP,
     OPIO,
+    EditedOpWarning,
     OutputParameter,
     RetryPolicy,
     Run,
@@ -508,6 +511,138 @@ def test_cache_tells_apart_ops_exec_d_without_source(tmp_path: Path) -> None:
     assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=2), None)) == (20, False)
     assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=3), None)) == (30, False)
     assert _cached_run(store, _cell(SCALE_CLASS_CELL.format(n=3), None)) == (30, True)
+
+
+def _scale_through_helper(k: int) -> Any:
+    def helper(x: int) -> int:
+        return x * k
+
+    @op
+    def scale(x: int) -> int:
+        return helper(x)
+
+    return scale
+
+
+def _scale_class(k: int) -> Any:
+    class Scale(OP):
+        @classmethod
+        def get_input_sign(cls) -> Any:
+            return {"x": int}
+
+        @classmethod
+        def get_output_sign(cls) -> Any:
+            return {"y": int}
+
+        def execute(self, op_in: Any) -> Any:
+            return OPIO({"y": op_in["x"] * k})
+
+    return Scale
+
+
+def test_cache_tells_apart_closures_by_what_they_captured(tmp_path: Path) -> None:
+    """OPs a factory makes share their source text: what they captured is digested too."""
+    store = tmp_path / "store"
+    for make in (_scale_by, _scale_through_helper, _scale_class):
+        assert _cached_run(store, make(2)) == (20, False), make
+        assert _cached_run(store, make(5)) == (50, False), make
+        assert _cached_run(store, make(5)) == (50, True), make  # made again, same value
+
+
+def test_an_op_capturing_an_unpicklable_value_shares_no_cache_entry(tmp_path: Path) -> None:
+    """A captured lock cannot be digested: only the very OP that cached a result finds it
+    (a false hit would be worse than a miss), and a resume is not told that its code changed."""
+    store = tmp_path / "store"
+
+    def make(k: int) -> Any:
+        lock = threading.Lock()
+
+        @op
+        def scale(x: int) -> int:
+            with lock:
+                return x * k
+
+        return scale
+
+    first = make(2)
+    assert _cached_run(store, first) == (20, False)
+    assert _cached_run(store, first) == (20, True)
+    assert _cached_run(store, make(2)) == (20, False)
+
+
+CAPTURED_CLASS_WF = """
+import dataclasses
+from dflow_async import op
+from dflow_async._cache import code_digest
+
+@dataclasses.dataclass
+class Config:
+    k: int
+
+def make(config):
+    @op
+    def scale(x: int) -> int:
+        return x * config.k
+    return scale
+
+print(code_digest(make(Config(2))), code_digest(make(Config(3))))
+"""
+
+
+def test_a_captured_instance_of_a_scripts_class_digests_alike_in_every_process(
+    tmp_path: Path,
+) -> None:
+    """A script's classes are __main__'s: cloudpickle copies them with an id of the process's
+    own, so that the digest of an OP capturing one of their instances changed in every
+    process (a resume would say its code changed; the cache would never hit)."""
+    script = tmp_path / "flow.py"
+    script.write_text(CAPTURED_CLASS_WF)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    digests = [
+        subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert digests[0] == digests[1]
+    assert digests[0][0] != digests[0][1]
+
+
+_FAILING = {"now": True}
+
+
+def _flaky(k: int) -> Any:
+    lock = threading.Lock()  # cannot be digested: made again, it is no edit all the same
+
+    @op
+    def flaky(x: int) -> int:
+        if _FAILING["now"]:
+            raise ValueError("boom")
+        with lock:
+            return x * k
+
+    return flaky
+
+
+def test_resume_warns_when_what_an_op_captured_changed(tmp_path: Path) -> None:
+    """EditedOpWarning compares the same digests: an OP made again with another captured
+    value is edited code; one made again alike (a new lock captured) is not."""
+
+    def run(template: Any, run_id: str, resume: str | None = None) -> str:
+        wf = Workflow("flaky", store=tmp_path / "store")
+        wf.add(Step("s", template, parameters={"x": 1}))
+        return wf.run(run_id=run_id, resume=resume).status
+
+    _FAILING["now"] = True
+    assert run(_flaky(2), "alike") == "Failed"
+    assert run(_flaky(2), "other") == "Failed"
+    _FAILING["now"] = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(_flaky(2), "alike", resume="alike") == "Succeeded"
+    assert [w for w in caught if issubclass(w.category, EditedOpWarning)] == []
+    with pytest.warns(EditedOpWarning, match=r"the code of \S*flaky changed"):
+        assert run(_flaky(3), "other", resume="other") == "Succeeded"
 
 
 def _finished_run(tmp_path: Path, monkeypatch) -> str:

@@ -1,9 +1,10 @@
 """Step caching: skip a step whose OP and inputs match an earlier success in the same store.
 
-The key is a digest of the OP's identity, its code (source text, else compiled code) and
-version, and every input of every slice of the attempt: parameters by canonical JSON (pickle
-digest when not JSON), artifacts by the sha256 of their content. Entries are small JSON files
-under ``<store>/cache/``; writing one is atomic (temp + rename).
+The key is a digest of the OP's identity, its code (source text, else compiled code, with the
+values its closures captured) and version, and every input of every slice of the attempt:
+parameters by canonical JSON (pickle digest when not JSON), artifacts by the sha256 of their
+content. Entries are small JSON files under ``<store>/cache/``; writing one is atomic (temp +
+rename).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import hashlib
 import inspect
 import json
 import os
+import pickle
 import shutil
 import threading
 import types
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -71,24 +74,32 @@ class _IdentityMemo(Generic[_T]):
             self.entries.pop(key, None)
 
 
-# per function or class: its code text
-_CODE_DIGESTS: _IdentityMemo[str] = _IdentityMemo()
+# per function or class: its code text and captured values' digests, and their nonce
+_CODE_DIGESTS: _IdentityMemo[tuple[str, str]] = _IdentityMemo()
 
 
 def code_digest(op: OP) -> str:
-    """The OP's identity, version and source text: editing the OP's code misses the cache."""
+    """The OP's identity, version, source text and the values its closures captured: editing
+    the OP's code, or making it again with other captured values, misses the cache."""
+    return _op_digest(op, exact=True)
+
+
+def _op_digest(op: OP, *, exact: bool) -> str:
     target: Any = op.fn if isinstance(op, FunctionOP) else type(op)
     if isinstance(target, functools.partial):
         # what the partial binds is code too: op(partial(f, 3)) is not op(partial(f, 4)).
         # Not kept by id: a partial made for one run may be gone by the next, its id reused
         bound = _value_digest([list(target.args), sorted(target.keywords.items())])
-        return hashlib.sha256(f"{_code_digest(op, target.func)}\0{bound}".encode()).hexdigest()
-    return _code_digest(op, target)
+        inner = _code_digest(op, target.func, exact=exact)
+        return hashlib.sha256(f"{inner}\0{bound}".encode()).hexdigest()
+    return _code_digest(op, target, exact=exact)
 
 
 def ops_code(root: Any) -> dict[str, str]:
     """``code_digest`` of every OP the compiled workflow ``root`` runs, by OP name: a run's
-    journal keeps it, so that a resume can say which OPs were edited since the run began."""
+    journal keeps it, so that a resume can say which OPs were edited since the run began. A
+    captured value that cannot be digested (a lock) counts by its type here: making the OP
+    again with a new one is no edit."""
     from dflow_async._compile import walk_templates
 
     seen: set[int] = set()
@@ -100,7 +111,7 @@ def ops_code(root: Any) -> dict[str, str]:
                 continue
             seen.add(id(op))
             name = op_name(op)
-            digest = code_digest(op)
+            digest = _op_digest(op, exact=False)
             # two OPs of one name (partials of one function): both must match
             found[name] = digest if name not in found else found[name] + "+" + digest
     return found
@@ -111,37 +122,58 @@ def changed_ops(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
     return sorted(name for name, digest in now.items() if recorded.get(name, digest) != digest)
 
 
-def _code_digest(op: OP, target: Any) -> str:
-    text = f"{op_name(op)}\0{getattr(op, 'version', '')}\0{_target_digest(target)}"
+def _code_digest(op: OP, target: Any, *, exact: bool) -> str:
+    stable, nonce = _target_digest(target)
+    if exact and nonce:
+        # a captured value that cannot be digested (a lock, a connection): the entry can be
+        # found only through this very function object, never through another one made with
+        # some other such value, nor from another process
+        stable = f"{stable}\0{nonce}"
+    text = f"{op_name(op)}\0{getattr(op, 'version', '')}\0{stable}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _target_digest(target: Any) -> str:
-    """``target``'s code text (source, else compiled code). Kept while target lives."""
+def _target_digest(target: Any) -> tuple[str, str]:
+    """``target``'s code text (source, else compiled code) with its captured values' digests,
+    and a nonce ("" when every captured value could be digested). Kept while target lives."""
     kept = _CODE_DIGESTS.get(target)
     if kept is not None:
         return kept
-    return _CODE_DIGESTS.setdefault(target, _target_text(target))
+    text, exact = _target_text(target, set())
+    return _CODE_DIGESTS.setdefault(target, (text, "" if exact else uuid.uuid4().hex))
 
 
-def _target_text(target: Any) -> str:
+def _target_text(target: Any, seen: set[int]) -> tuple[str, bool]:
     """The source text of a function or class, else (code made by exec, a notebook's class)
-    its compiled code, constants included."""
+    its compiled code, constants included; followed by what its closures captured, when they
+    captured anything. The bool is False when some captured value could not be digested."""
+    seen.add(id(target))
     try:
-        return inspect.getsource(target)
+        text = inspect.getsource(target)
+        sourced = True
     except (OSError, TypeError):
-        pass
+        text, sourced = "", False
     if isinstance(target, type):
         functions = [(f"{name}.", fn) for name, fn in _class_functions(target)]
     elif isinstance(getattr(target, "__code__", None), types.CodeType):
         functions = [("", target)]
     else:
         functions = []
-    extras = [
-        f"{prefix}code {hashlib.sha256(_code_text(fn.__code__).encode()).hexdigest()}"
-        for prefix, fn in functions
-    ]
-    return "\0" + "\0".join(extras) if extras else ""
+    extras: list[str] = []
+    exact = True
+    for prefix, fn in functions:
+        if not sourced:
+            code = hashlib.sha256(_code_text(fn.__code__).encode()).hexdigest()
+            extras.append(f"{prefix}code {code}")
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+            if name == "__class__" and isinstance(target, type):
+                continue  # the class itself, for super(): its code is what is digested
+            value_text, ok = _cell_text(cell, seen)
+            exact = exact and ok
+            extras.append(f"{prefix}{name}={value_text}")
+    if not extras:
+        return text, exact  # as before closures were digested: entries made then still hit
+    return text + "\0" + "\0".join(extras), exact
 
 
 def _class_functions(cls: type) -> list[tuple[str, Any]]:
@@ -158,6 +190,44 @@ def _class_functions(cls: type) -> list[tuple[str, Any]]:
         elif isinstance(attr, types.FunctionType):
             found.append((name, attr))
     return found
+
+
+def _cell_text(cell: Any, seen: set[int]) -> tuple[str, bool]:
+    """What a closure captured: a function (an @op's too) by its code and captures, since it
+    is code; anything else by its pickle, or by its type when it has none."""
+    try:
+        value = cell.cell_contents
+    except ValueError:
+        return "<empty>", True
+    if isinstance(value, FunctionOP):
+        value = value.fn
+    if isinstance(value, types.FunctionType):
+        if id(value) in seen:  # recursion: its code is in the digest already
+            return f"<seen {value.__qualname__}>", True
+        text, ok = _target_text(value, seen)
+        return "f" + hashlib.sha256(text.encode()).hexdigest(), ok
+    try:
+        return _captured_digest(value), True
+    except Exception:  # cloudpickle cannot pickle it (a lock, a socket): see _code_digest
+        return f"<{_type_name(value)}>", False
+
+
+def _captured_digest(value: Any) -> str:
+    """``_value_digest`` without JSON (where a tuple is a list and {1: 2} is {"1": 2}) and
+    trying the standard pickle first: it names a class, where cloudpickle copies a script's
+    (``__main__``'s) with an id of the process's own, so that a captured instance of one
+    would digest otherwise in every process (each resume told that its OP had changed)."""
+    try:
+        data = pickle.dumps(value, protocol=5)
+    except Exception:  # a local class, a lambda
+        import cloudpickle
+
+        data = cloudpickle.dumps(value, protocol=5)
+    return "p" + hashlib.sha256(data).hexdigest()
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _code_text(code: types.CodeType) -> str:
