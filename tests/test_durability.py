@@ -3,6 +3,7 @@ caching, and journals that cannot be trusted."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import linecache
 import os
@@ -643,6 +644,27 @@ def test_resume_warns_when_what_an_op_captured_changed(tmp_path: Path) -> None:
     assert [w for w in caught if issubclass(w.category, EditedOpWarning)] == []
     with pytest.warns(EditedOpWarning, match=r"the code of \S*flaky changed"):
         assert run(_flaky(3), "other", resume="other") == "Succeeded"
+
+
+def _locked_scale(lock: Any, x: int) -> int:
+    with lock:
+        return x * 2
+
+
+def test_a_partial_binding_an_unpicklable_value_runs_and_shares_no_cache_entry(
+    tmp_path: Path,
+) -> None:
+    """What a partial binds is digested: a lock cannot be, and every run (cache or not)
+    failed on it, as the journal records each OP's digest. Only that very partial's OP finds
+    the results it cached."""
+    store = tmp_path / "store"
+    first = op(functools.partial(_locked_scale, threading.Lock()))
+    assert _cached_run(store, first) == (20, False)
+    assert _cached_run(store, first) == (20, True)
+    assert _cached_run(store, op(functools.partial(_locked_scale, threading.Lock()))) == (
+        20,
+        False,
+    )
 
 
 def _finished_run(tmp_path: Path, monkeypatch) -> str:

@@ -76,6 +76,8 @@ class _IdentityMemo(Generic[_T]):
 
 # per function or class: its code text and captured values' digests, and their nonce
 _CODE_DIGESTS: _IdentityMemo[tuple[str, str]] = _IdentityMemo()
+# per functools.partial that binds a value which cannot be digested
+_NONCES: _IdentityMemo[str] = _IdentityMemo()
 
 
 def code_digest(op: OP) -> str:
@@ -88,10 +90,16 @@ def _op_digest(op: OP, *, exact: bool) -> str:
     target: Any = op.fn if isinstance(op, FunctionOP) else type(op)
     if isinstance(target, functools.partial):
         # what the partial binds is code too: op(partial(f, 3)) is not op(partial(f, 4)).
-        # Not kept by id: a partial made for one run may be gone by the next, its id reused
-        bound = _value_digest([list(target.args), sorted(target.keywords.items())])
+        # Digested each time (a bound list may be appended to between runs)
+        bound = [list(target.args), sorted(target.keywords.items())]
+        try:
+            bound_digest = _value_digest(bound)
+        except Exception:  # cloudpickle cannot pickle one (a lock): as for a closure's
+            bound_digest = "<" + ",".join(_type_name(v) for v in _bound_values(target)) + ">"
+            if exact:
+                bound_digest += _NONCES.setdefault(target, uuid.uuid4().hex)
         inner = _code_digest(op, target.func, exact=exact)
-        return hashlib.sha256(f"{inner}\0{bound}".encode()).hexdigest()
+        return hashlib.sha256(f"{inner}\0{bound_digest}".encode()).hexdigest()
     return _code_digest(op, target, exact=exact)
 
 
@@ -228,6 +236,10 @@ def _captured_digest(value: Any) -> str:
 
 def _type_name(value: Any) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _bound_values(target: functools.partial[Any]) -> list[Any]:
+    return [*target.args, *(v for _, v in sorted(target.keywords.items()))]
 
 
 def _code_text(code: types.CodeType) -> str:
