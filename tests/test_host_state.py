@@ -62,17 +62,6 @@ def test_a_run_keeps_the_heap_the_application_froze() -> None:
 
 
 @pytest.mark.usefixtures("gc_state")
-def test_a_run_keeps_what_the_application_froze_while_it_ran() -> None:
-    @op
-    def freeze(x: int) -> int:
-        gc.freeze()  # the application (another thread) freezes its heap meanwhile
-        return x
-
-    assert one_step("freezing", freeze, x=1).run(journal=False).status == "Succeeded"
-    assert gc.get_freeze_count() > 0
-
-
-@pytest.mark.usefixtures("gc_state")
 def test_a_run_keeps_thresholds_the_application_set_while_it_ran() -> None:
     @op
     def tune(x: int) -> int:

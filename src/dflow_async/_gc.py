@@ -11,9 +11,9 @@ The process is the application's, so only what the runs did is undone:
 * An application that froze its heap itself (``gc.freeze()``: a preforking server's
   copy-on-write pages) keeps it frozen: there is no unfreezing part of the permanent
   generation, so a run then freezes nothing (the application's frozen heap is already out of
-  collection: most of the gain remains). If the application calls ``gc.freeze()`` while a
-  run is active (the frozen count grew: only ``gc.freeze()`` adds to it), it asked for the
-  whole heap to be frozen, the part the run froze included: it stays frozen.
+  collection: most of the gain remains). (An application that calls ``gc.freeze()`` while a
+  run is active finds its heap unfrozen when the last run ends: telling would take
+  ``gc.get_freeze_count()``, which walks every frozen object, milliseconds per run.)
 * The thresholds are restored only if they are still the ones the runs set: values the
   application set meanwhile are its own. A first threshold of 0 (automatic collection
   turned off) stays 0.
@@ -32,7 +32,7 @@ _lock = threading.Lock()
 _active = 0
 _saved: tuple[int, int, int] | None = None  # the thresholds before the first run
 _tuned: tuple[int, int, int] | None = None  # the thresholds the runs set
-_frozen: int | None = None  # objects frozen right after the runs froze them (None: did not)
+_frozen = False  # the runs froze the heap (the application had frozen nothing)
 
 _GEN0 = 20_000
 
@@ -44,11 +44,10 @@ def tuned_gc() -> Iterator[None]:
     with _lock:
         if _active == 0:
             _saved = saved = gc.get_threshold()
-            if gc.get_freeze_count() == 0:  # else the application froze its heap: leave it
+            # (get_freeze_count() walks the frozen objects: asked only while there are none)
+            _frozen = gc.get_freeze_count() == 0  # else the application froze its heap
+            if _frozen:
                 gc.freeze()
-                _frozen = gc.get_freeze_count()
-            else:
-                _frozen = None
             _tuned = (max(_GEN0, saved[0]) if saved[0] else 0, saved[1], saved[2])
             gc.set_threshold(*_tuned)
         _active += 1
@@ -60,8 +59,7 @@ def tuned_gc() -> Iterator[None]:
             if _active == 0 and _saved is not None:
                 if gc.get_threshold() == _tuned:
                     gc.set_threshold(*_saved)
-                # frozen objects only leave the count (freed, or an unfreeze) unless
-                # gc.freeze() is called again: then the application froze everything
-                if _frozen is not None and gc.get_freeze_count() <= _frozen:
+                if _frozen:
                     gc.unfreeze()
-                _saved = _tuned = _frozen = None
+                _saved = _tuned = None
+                _frozen = False
