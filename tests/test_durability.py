@@ -3,6 +3,7 @@ caching, and journals that cannot be trusted."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import linecache
@@ -548,6 +549,40 @@ def test_cache_tells_apart_closures_by_what_they_captured(tmp_path: Path) -> Non
         assert _cached_run(store, make(2)) == (20, False), make
         assert _cached_run(store, make(5)) == (50, False), make
         assert _cached_run(store, make(5)) == (50, True), make  # made again, same value
+
+
+class Scaled(OP):
+    """An OP configured through its instance: Scaled(2) and Scaled(5) are two OPs."""
+
+    def __init__(self, k: int, guard: Any = None) -> None:
+        self.k = k
+        self.guard = guard
+
+    @classmethod
+    def get_input_sign(cls) -> Any:
+        return {"x": int}
+
+    @classmethod
+    def get_output_sign(cls) -> Any:
+        return {"y": int}
+
+    def execute(self, op_in: Any) -> Any:
+        with self.guard or contextlib.nullcontext():
+            return OPIO({"y": op_in["x"] * self.k})
+
+
+def test_cache_tells_apart_op_instances_by_their_attributes(tmp_path: Path) -> None:
+    """Step("s", Scaled(2)) and Step("s", Scaled(5)) shared one cache entry: the digest
+    read the OP's class only. An attribute that cannot be pickled (a lock) makes the
+    instance's entries its own."""
+    store = tmp_path / "store"
+    assert _cached_run(store, Scaled(2)) == (20, False)
+    assert _cached_run(store, Scaled(5)) == (50, False)
+    assert _cached_run(store, Scaled(5)) == (50, True)  # made again, same configuration
+    locked = Scaled(5, threading.Lock())
+    assert _cached_run(store, locked) == (50, False)
+    assert _cached_run(store, locked) == (50, True)
+    assert _cached_run(store, Scaled(5, threading.Lock())) == (50, False)
 
 
 def test_an_op_capturing_an_unpicklable_value_shares_no_cache_entry(tmp_path: Path) -> None:

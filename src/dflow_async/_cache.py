@@ -100,7 +100,20 @@ def _op_digest(op: OP, *, exact: bool) -> str:
                 bound_digest += _NONCES.setdefault(target, uuid.uuid4().hex)
         inner = _code_digest(op, target.func, exact=exact)
         return hashlib.sha256(f"{inner}\0{bound_digest}".encode()).hexdigest()
-    return _code_digest(op, target, exact=exact)
+    code = _code_digest(op, target, exact=exact)
+    # (a function OP's own attributes are its function's: digested above)
+    state = None if isinstance(op, FunctionOP) else getattr(op, "__dict__", None)
+    if not state:
+        return code
+    # an OP instance's attributes are its configuration: Scale(k=2) is not Scale(k=5).
+    # Digested each time (an instance may be changed between runs)
+    try:
+        state_digest = _captured_digest(sorted(state.items()))
+    except Exception:  # an attribute cloudpickle cannot pickle (a lock): as for a closure's
+        state_digest = "<" + ",".join(_type_name(v) for v in state.values()) + ">"
+        if exact:
+            state_digest += _NONCES.setdefault(op, uuid.uuid4().hex)
+    return hashlib.sha256(f"{code}\0{state_digest}".encode()).hexdigest()
 
 
 def ops_code(root: Any) -> dict[str, str]:
