@@ -708,3 +708,28 @@ def test_get_shows_a_fan_outs_slices_apart_from_its_attempts() -> None:
     assert "slices=4 (1 failed) attempts=5" in _line(fan).plain
     one = StepRecord("one", "one", "t", phase="Succeeded", attempts=2)
     assert "attempts=2" in _line(one).plain and "slices" not in _line(one).plain
+
+
+def test_the_progress_line_counts_a_running_fan_outs_slices() -> None:
+    """A fan-out is one step (one 'running' for minutes): the line shows its slices too."""
+    from rich.console import Console
+
+    from dflow_async._cli_progress import RunProgress
+    from dflow_async._records import StepRecord
+
+    console = Console(width=200, record=True)
+    progress = RunProgress("screen", console, enabled=False)
+    fan = StepRecord("sim", "sim", "sim")
+    fan.start = 1.0
+    progress("started", fan, {})
+    progress("unit_done", fan, {"slices": 3, "of": 10})
+    progress("unit_done", fan, {"slices": 3, "of": 10})
+
+    def line() -> str:
+        console.print(progress.__rich__())
+        return console.export_text()
+
+    assert "1 running" in line() and "slices 6/10" in line()
+    progress("succeeded", fan, {})
+    shown = line()
+    assert "1 done" in shown and "slices" not in shown.splitlines()[-1]

@@ -1268,3 +1268,26 @@ def test_a_recursion_that_never_ends_fails_at_the_nesting_limit(
     assert "would run 31 levels deep: a recursion whose when= never turns false?" in (
         deepest.error or ""
     )
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_fan_out_reports_its_progress_by_unit(journal: bool) -> None:
+    """A fan-out is one step: its attempts' unit_done events tell a progress display how far
+    along its slices are (and the journal writes no event row for them)."""
+    seen: list[tuple[str, int, int]] = []
+
+    def hook(kind: str, record: typing.Any, fields: dict) -> None:
+        if kind == "unit_done":
+            seen.append((record.name, fields["slices"], fields["of"]))
+
+    wf = Workflow("progress")
+    wf.add(
+        Step(
+            "sq",
+            ident,
+            parameters={"x": list(range(7))},
+            slices=Slices(input_parameter=["x"], output_parameter=["result"], group_size=3),
+        )
+    )
+    assert wf.run(on_event=hook, journal=journal).status == "Succeeded"
+    assert sorted(seen) == [("sq", 1, 7), ("sq", 3, 7), ("sq", 3, 7)]

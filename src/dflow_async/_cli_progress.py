@@ -45,6 +45,7 @@ class RunProgress:
         self.enabled = enabled
         self.done = self.running = self.failed = self.skipped = self.cancelled = 0
         self.retries = 0
+        self.fanouts: dict[str, list[int]] = {}  # running fan-out -> [slices done, of]
         self.last = ""
         self.started = time.monotonic()
         self._spinner = Spinner("dots", style="cyan")
@@ -53,6 +54,10 @@ class RunProgress:
     # -- the hook (keep it cheap: called once per step event) ---------------------------
 
     def __call__(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        if kind == "unit_done":
+            done = self.fanouts.setdefault(record.path, [0, fields["of"]])
+            done[0] += fields["slices"]
+            return
         if kind == "started":
             self.running += 1
         elif kind == "retrying":
@@ -61,6 +66,7 @@ class RunProgress:
         else:
             if record.start is not None and kind != "pending":
                 self.running -= 1  # it was counted as running when it started
+            self.fanouts.pop(record.path, None)
             if kind == "succeeded":
                 self.done += 1
             elif kind == "failed":
@@ -88,6 +94,10 @@ class RunProgress:
             "  ",
             (f"{self.skipped} skipped", "yellow" if self.skipped else "dim"),
         )
+        if self.fanouts:  # a fan-out's steps are one each: its slices show how far it is
+            counts = list(self.fanouts.values())
+            done, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            line.append(f"  slices {done}/{total}", "cyan")
         if self.retries:
             line.append(f"  {self.retries} retries", "magenta")
         line.append(f"  {format_duration(self.elapsed)}", "dim")

@@ -21,10 +21,11 @@ from dflow_async._records import StepRecord
 __all__ = ["EventHook", "check_hook", "configure_logging", "logging_hook", "safe"]
 
 #: ``hook(kind, record, fields)``: kind is started (also for each retry's attempt), succeeded,
-#: failed, retrying, skipped or cancelled; ``fields`` hold the event's own facts (``phase``,
-#: ``attempt``, and ``error``/``kind``/``delay``/``reason`` where they apply); ``record`` is the
-#: step's live :class:`StepRecord`, which may have moved on by the time a hook runs (hooks run
-#: on the event loop, in order, while attempts go on in worker threads).
+#: failed, retrying, skipped or cancelled, or unit_done when an attempt of a fan-out succeeded
+#: (``fields["slices"]`` slices of its ``fields["of"]``); ``fields`` hold the event's own facts
+#: (``phase``, ``attempt``, and ``error``/``kind``/``delay``/``reason`` where they apply);
+#: ``record`` is the step's live :class:`StepRecord`, which may have moved on by the time a
+#: hook runs (hooks run on the event loop, in order, while attempts go on in worker threads).
 EventHook = Callable[[str, StepRecord, dict[str, Any]], None]
 
 _stdlib_logger = logging.getLogger("dflow_async")
@@ -49,6 +50,8 @@ def logging_hook(run_id: str) -> EventHook | None:
     log = _logger().bind(run_id=run_id)
 
     def hook(kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
+        if kind == "unit_done":  # a line per slice would drown the steps' own
+            return
         method = log.warning if kind in ("failed", "retrying") else log.info
         extra = {k: v for k, v in fields.items() if v is not None}
         # the 0-based index of the step's latest attempt, as started/retrying events give it

@@ -388,6 +388,8 @@ class RunState:
                 self._slices_done(sr, ids, attempt, workdirs, "Succeeded", outputs)
             if self.on_unit is not None:
                 self.on_unit(sr.record, number, outputs)
+            if self.on_event is not None:  # a fan-out's progress, for progress displays
+                self._emit("unit_done", sr.record, {"slices": len(ids), "of": sr.n_slices})
         self._maybe_finish_step(sr, out)
 
     def retry_due(self, unit: Unit) -> list[Instruction]:
