@@ -178,28 +178,37 @@ def local_inputs_stamp(root: Any) -> dict[str, str]:
     """Size and mtime of every local file (or directory tree) given to the compiled workflow
     ``root`` as an artifact input, by path: a run's journal keeps it, so that a resume can
     say which inputs were edited since the run began (steps not yet run would read them)."""
+    stamps: dict[str, str] = {}
+    for _, leaf in literal_artifacts(root):
+        if getattr(leaf, "ref", None) is None and isinstance(leaf, str | os.PathLike):
+            path = os.fspath(leaf)
+            if path not in stamps:
+                stamps[path] = _stamp(path)
+    return stamps
+
+
+def literal_artifacts(root: Any) -> Iterator[tuple[str, Any]]:
+    """Every literal artifact input of the compiled workflow ``root``, as ``(where, leaf)``:
+    each path (or StoredPath) a step is given as it stands in the workflow's definition."""
     from dflow_async._compile import walk_templates
 
-    stamps: dict[str, str] = {}
-    takes_artifacts: dict[int, bool] = {}  # by OP's ports dict, shared by its steps
+    # steps of one OP share their ports' dict: ask once per OP whether it takes artifacts
+    takes_artifacts: dict[int, bool] = {}
     for ct in walk_templates(root):
         for node in ct.nodes:
-            takes = takes_artifacts.get(id(node.inputs))
+            ports = node.inputs
+            takes = takes_artifacts.get(id(ports))
             if takes is None:
-                takes = any(i.kind == "artifacts" for i in node.inputs.values())
-                takes_artifacts[id(node.inputs)] = takes
+                takes = any(i.kind == "artifacts" for i in ports.values())
+                takes_artifacts[id(ports)] = takes
             if not takes:
                 continue
             for port, value in node.const_inputs.items():
-                info = node.inputs.get(port)
-                if info is None or info.kind != "artifacts":
-                    continue
-                for leaf in artifact_leaves(value):
-                    if getattr(leaf, "ref", None) is None and isinstance(leaf, str | os.PathLike):
-                        path = os.fspath(leaf)
-                        if path not in stamps:
-                            stamps[path] = _stamp(path)
-    return stamps
+                info = ports.get(port)
+                if info is not None and info.kind == "artifacts":
+                    where = f"step {ct.name}.{node.name}: input artifact {port!r}"
+                    for leaf in artifact_leaves(value):
+                        yield where, leaf
 
 
 def _stamp(path: str) -> str:
@@ -232,49 +241,31 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
     without ``store=``, or another workflow's output) are put into ``store`` from their local
     files before the run: content addressing makes their references resolve there as they
     are. Returns a problem per input that cannot be adopted."""
-    from dflow_async._compile import walk_templates
-
     problems: list[str] = []
     seen: set[str] = set()
-    # steps of one OP share their ports' dict: ask once per OP whether it takes artifacts
-    takes_artifacts: dict[int, bool] = {}
-    for ct in walk_templates(root):
-        for node in ct.nodes:
-            ports = node.inputs
-            takes = takes_artifacts.get(id(ports))
-            if takes is None:
-                takes = any(i.kind == "artifacts" for i in ports.values())
-                takes_artifacts[id(ports)] = takes
-            if not takes:
-                continue
-            for port, value in node.const_inputs.items():
-                info = node.inputs.get(port)
-                if info is None or info.kind != "artifacts":
-                    continue
-                for leaf in artifact_leaves(value):
-                    ref = getattr(leaf, "ref", None)
-                    if ref is None or ref.digest in seen or store.exists(ref):
-                        continue
-                    seen.add(ref.digest)
-                    where = f"step {ct.name}.{node.name}: input artifact {port!r}"
-                    if not os.path.lexists(leaf):
-                        problems.append(
-                            f"{where} ({ref.name!r} from {ref.producer}) is not in the store "
-                            f"{store.url!r}, and {str(leaf)!r} no longer exists here; upload it "
-                            "with upload_artifact(..., store=<this workflow's store>)"
-                        )
-                        continue
-                    try:
-                        again = store.put(leaf, producer=ref.producer, link=False)
-                    except ArtifactError as exc:
-                        problems.append(f"{where}: {exc}")
-                        continue
-                    if again.digest != ref.digest:
-                        problems.append(
-                            f"{where}: {str(leaf)!r} changed after it was uploaded, and the "
-                            f"store {store.url!r} does not hold the uploaded version; upload "
-                            "it again"
-                        )
+    for where, leaf in literal_artifacts(root):
+        ref = getattr(leaf, "ref", None)
+        if ref is None or ref.digest in seen or store.exists(ref):
+            continue
+        seen.add(ref.digest)
+        if not os.path.lexists(leaf):
+            problems.append(
+                f"{where} ({ref.name!r} from {ref.producer}) is not in the store "
+                f"{store.url!r}, and {str(leaf)!r} no longer exists here; upload it "
+                "with upload_artifact(..., store=<this workflow's store>)"
+            )
+            continue
+        try:
+            again = store.put(leaf, producer=ref.producer, link=False)
+        except ArtifactError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if again.digest != ref.digest:
+            problems.append(
+                f"{where}: {str(leaf)!r} changed after it was uploaded, and the "
+                f"store {store.url!r} does not hold the uploaded version; upload "
+                "it again"
+            )
     return problems
 
 
