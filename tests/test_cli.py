@@ -463,39 +463,37 @@ def test_graph_recursion_and_shared_templates_drawn_once(tmp_path: Path) -> None
 # ---------------------------------------------------------------- Ctrl-C
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_ctrl_c_exits_130(tmp_path: Path) -> None:
-    write(
-        tmp_path,
-        "hang.py",
-        """
-        import time
+HANGING_OP = """
+import time
 
 
-        HERE = Path(__file__).parent
+HERE = Path(__file__).parent
 
 
-        @op
-        def hang(x: int) -> int:
-            (HERE / "started").write_text("yes")
-            while not (HERE / "release").exists():
-                time.sleep(0.05)
-            return x
+@op
+def hang(x: int) -> int:
+    (HERE / "started").write_text("yes")
+    while not (HERE / "release").exists():
+        time.sleep(0.05)
+    return x
 
 
-        wf = Workflow("hang")
-        wf.add(Step("hang", hang, {"x": 1}))
-        """,
-    )
+"""
+
+
+def interrupt_run(tmp_path: Path, name: str, workflow: str, **env: str) -> tuple[int, str, str]:
+    """``dflow-async run NAME`` on a one-step workflow (``workflow`` makes ``wf``) whose step
+    hangs, interrupted by a SIGINT once the step started: (exit code, stdout, stderr)."""
+    write(tmp_path, name, HANGING_OP + workflow + '\nwf.add(Step("hang", hang, {"x": 1}))\n')
     # a shell's background job starts with SIGINT ignored; give the child Python's handler
     code = (
         "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "runpy.run_module('dflow_async.cli', run_name='__main__')"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "run", "hang.py"],
+        [sys.executable, "-c", code, "run", name],
         cwd=tmp_path,
-        env=env_for(tmp_path),
+        env={**env_for(tmp_path), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -513,7 +511,13 @@ def test_ctrl_c_exits_130(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, out + err
+    return proc.returncode, out, err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    code, out, err = interrupt_run(tmp_path, "hang.py", 'wf = Workflow("hang")')
+    assert code == 130, out + err
     assert re.search(r"interrupted: run hang-\w+ was cancelled; `dflow-async resume hang-", err)
     assert "Traceback" not in err
 
@@ -600,54 +604,14 @@ def test_ctrl_c_on_a_workflow_with_its_own_store_prints_a_resume_that_works(
     $DFLOW_ASYNC_HOME (./.dflow-async) and did not find it."""
     import shlex
 
-    write(
+    code, out, err = interrupt_run(
         tmp_path,
         "own store.py",
-        """
-        import time
-
-
-        HERE = Path(__file__).parent
-
-
-        @op
-        def hang(x: int) -> int:
-            (HERE / "started").write_text("yes")
-            while not (HERE / "release").exists():
-                time.sleep(0.05)
-            return x
-
-
-        wf = Workflow("own-store", store="runs here")  # relative: from the current directory
-        wf.add(Step("hang", hang, {"x": 1}))
-        """,
+        # relative: from the current directory
+        'wf = Workflow("own-store", store="runs here")',
+        COLUMNS="80",  # the command is not broken across lines
     )
-    code = (
-        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "runpy.run_module('dflow_async.cli', run_name='__main__')"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "run", "own store.py"],
-        cwd=tmp_path,
-        env={**env_for(tmp_path), "COLUMNS": "80"},  # the command is not broken across lines
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "started").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the step never started"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        (tmp_path / "release").write_text("go")
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, out + err
+    assert code == 130, out + err
     hint = re.search(r"`(dflow-async resume [^`]+)`", err)
     assert hint, err
     store = tmp_path / "runs here"
