@@ -398,6 +398,40 @@ def read_both(f: Artifact(Path), d: Artifact(Path)) -> str:  # type: ignore[vali
     return f.read_text() + (d / "x.txt").read_text()
 
 
+@op
+def whole_dir(f: Artifact(Path), d: Artifact(Path)) -> Artifact(Path):  # type: ignore[valid-type]
+    Path("made.txt").write_text(f.read_text().upper())
+    return Path(".")  # its work dir, where d was fetched too (unread)
+
+
+@op
+def names_in(tree: Artifact(Path)) -> list[str]:  # type: ignore[valid-type]
+    return sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_an_op_returning_its_work_dir_stores_what_it_made_only(
+    executor: str, tmp_path: Path
+) -> None:
+    """Path(".") is the attempt's work dir, where the library also put the inputs it fetched
+    (.inputs/) and copies of inputs passed through (.passed/): those are not the output."""
+    (tmp_path / "in.txt").write_text("abc")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "x.txt").write_text("X")
+    wf = Workflow("wholedir", store=str(tmp_path / "store"), executor=executor)
+    first = Step(
+        "first", pass_through, artifacts={"f": tmp_path / "in.txt", "d": tmp_path / "tree"}
+    )
+    arts = first.outputs.artifacts
+    whole = Step("whole", whole_dir, artifacts={"f": arts["f"], "d": arts["d"]})
+    wf.add(first)
+    wf.add(whole)
+    wf.add(Step("names", names_in, artifacts={"tree": whole.outputs.artifacts["result"]}))
+    result = wf.run()
+    assert result.status == "Succeeded", [(r.name, r.errors) for r in result.records]
+    assert result.query_step(name="names")[0].outputs.parameters["result"] == ["made.txt"]
+
+
 @pytest.mark.parametrize("executor", ["inline", "process"])
 def test_an_input_passed_through_as_an_output_leaves_the_users_files_alone(
     executor: str, tmp_path: Path

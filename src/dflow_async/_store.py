@@ -148,10 +148,12 @@ class ArtifactStore:
         name: str | None = None,
         producer: str | None = None,
         link: bool = True,
+        skip: frozenset[str] = frozenset(),
     ) -> ArtifactRef:
         """Commit a local file or directory; returns its reference. On a local store the
         files become the objects (hard links, made read-only); ``link=False`` copies them
-        instead and leaves them as they were (files that are not the library's own)."""
+        instead and leaves them as they were (files that are not the library's own).
+        ``skip``: names left out at the top of a directory."""
         src = Path(os.path.abspath(path))
         label = check_name(name if name is not None else src.name)
         with self._committing(label, producer):
@@ -160,7 +162,7 @@ class ArtifactStore:
             except FileNotFoundError:
                 raise TreeError(f"{str(src)!r} does not exist") from None
             if stat.S_ISDIR(st.st_mode):
-                return self._put_dir(src, label, producer, link)
+                return self._put_dir(src, label, producer, link, skip)
             if not stat.S_ISREG(st.st_mode):
                 raise TreeError(f"{str(src)!r} is not a regular file or directory")
             if isinstance(self._backend, LocalBackend):
@@ -263,8 +265,10 @@ class ArtifactStore:
 
     # -- committing ---------------------------------------------------------------------------
 
-    def _put_dir(self, src: Path, label: str, producer: str | None, link: bool) -> ArtifactRef:
-        tree = scan_tree(src)
+    def _put_dir(
+        self, src: Path, label: str, producer: str | None, link: bool, skip: frozenset[str]
+    ) -> ArtifactRef:
+        tree = scan_tree(src, skip)
         paths = [f.path for f in tree.files]
         backend = self._backend
 

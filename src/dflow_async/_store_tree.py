@@ -101,8 +101,9 @@ def _link_target_inside(rel: str, target: str) -> bool:
 # -- walking a source directory -------------------------------------------------------------
 
 
-def scan_tree(root: Path) -> Tree:
-    """Every file, directory and symlink under ``root``, without following symlinks.
+def scan_tree(root: Path, skip: frozenset[str] = frozenset()) -> Tree:
+    """Every file, directory and symlink under ``root``, without following symlinks, but for
+    the top-level names in ``skip``.
 
     Files are not stat'ed here (the directory entry says what kind they are): the store stats
     each one just before it hashes it, by which time other threads are already hashing (see
@@ -120,6 +121,8 @@ def scan_tree(root: Path) -> Tree:
         with os.scandir(os.path.join(real_root, rel_dir) if rel_dir else real_root) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
+            if not rel_dir and entry.name in skip:
+                continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             safe_relpath(rel)  # names with a backslash or NUL are refused, not mangled
             if entry.is_symlink():

@@ -153,10 +153,17 @@ def _commit(value: Any, store: ArtifactStore, producer: str, own: str) -> Any:
         return [_commit(v, store, producer, own) for v in value]
     if isinstance(value, StoredPath) and value.ref is not None:
         return value
-    if not (os.path.realpath(value) + os.sep).startswith(own):
+    real = os.path.realpath(value) + os.sep
+    if not real.startswith(own):
         value = _snapshot(Path(value), own)
-    ref = store.put(value, producer=producer)
+    # the work dir itself (an OP returned Path(".")): not the inputs it was given, nor copies
+    skip = _OWN_DIRS if real == own else frozenset()
+    ref = store.put(value, producer=producer, skip=skip)
     return StoredPath(value, ref)
+
+
+#: what the library puts in an attempt's work dir: fetched inputs, passed-through copies
+_OWN_DIRS = frozenset({".inputs", ".passed"})
 
 
 def _snapshot(path: Path, own: str) -> Path:
