@@ -1502,6 +1502,8 @@ def test_resume_after_editing_an_op_names_it_in_a_warning(tmp_path: Path) -> Non
     fixed = run("False", "resume")
     assert fixed.stdout.strip() == "Succeeded", fixed.stderr
     assert "EditedOpWarning: run edited-1: the code of __main__.second changed" in fixed.stderr
+    # attributed to the line that ran the workflow, not to the library's or anyio's
+    assert f"{script}:20: EditedOpWarning" in fixed.stderr, fixed.stderr
     assert "__main__.first" not in fixed.stderr
     b = Run.open("edited-1", store=tmp_path / ".dflow-async").query_step(name="b")[0]
     assert b.outputs.parameters["result"] == 4
@@ -1643,5 +1645,5 @@ def test_resume_after_editing_a_local_input_names_it_in_a_warning(tmp_path: Path
     os.utime(tmp_path / "in.txt", ns=(1, 1))  # touched only: a changed mtime counts too
     edited = run("resume")
     assert edited.stdout.strip() == "Succeeded", edited.stderr
-    assert "EditedInputWarning: run inputs-1: local input artifacts changed" in edited.stderr
+    assert "flow.py:15: EditedInputWarning: run inputs-1: local input artifacts" in edited.stderr
     assert f"{tmp_path / 'in.txt'}, {tmp_path / 'tree'};" in edited.stderr

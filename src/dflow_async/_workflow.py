@@ -682,6 +682,29 @@ def _refuse_in_worker_bootstrap() -> None:
     exit_unguarded_main()
 
 
+# where the library's and the event loop's frames are: a warning names the user's line
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (asyncio.__file__, anyio.__file__, __file__)
+    if path
+)
+
+
+def _warn_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the user's line that started the run (through
+    ``run()``'s event loop or ``await arun()``), not to a line of the library or of anyio:
+    the warning filters, and the eye, go by that line."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's count: 1 is this function, 2 its caller
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_INTERNAL_DIRS)
+        or frame.f_code.co_filename.startswith("<frozen")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def _warn_edited_ops(run_id: str, recorded: str | None, compiled: Any) -> None:
     """Resuming after fixing an OP is what resume is for, but the steps that finished keep the
     results of the code they ran: say so, naming the OPs, rather than mix the two silently."""
@@ -689,13 +712,12 @@ def _warn_edited_ops(run_id: str, recorded: str | None, compiled: Any) -> None:
         return
     edited = changed_ops(json.loads(recorded), ops_code(compiled))
     if edited:
-        warnings.warn(
+        _warn_caller(
             f"run {run_id}: the code of {', '.join(edited)} changed since the run began; "
             "steps that finished keep the results of the old code, the others run the new. "
             "To run everything with the new code, start a new run (reuse_step= keeps "
             "chosen results)",
             EditedOpWarning,
-            stacklevel=4,
         )
 
 
@@ -707,12 +729,11 @@ def _warn_edited_inputs(run_id: str, recorded: str | None) -> None:
     edited = edited_inputs(json.loads(recorded))
     if edited:
         shown = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
-        warnings.warn(
+        _warn_caller(
             f"run {run_id}: local input artifacts changed since the run began: {shown}; "
             "steps that had not run yet read them as they are now. To run everything on the "
             "same inputs, start a new run",
             EditedInputWarning,
-            stacklevel=4,
         )
 
 
