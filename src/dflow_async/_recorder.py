@@ -92,10 +92,9 @@ class Recorder:
 
     # called by the state machine, holding its lock
     def on_event(self, kind: str, record: StepRecord, fields: dict[str, Any]) -> None:
-        if kind == "unit_done":  # progress only: on_unit journals the unit
-            if self.hook is not None:
-                self._pending.append((kind, record, fields))
-                self._poke()
+        if kind == "unit_done":  # progress, for the hooks only: on_unit journals the unit
+            self._pending.append((kind, record, fields))
+            self._poke()
             return
         detail = fields.get("error") if fields else None
         self.journal.step_changed(kind, record, record.attempts, detail)

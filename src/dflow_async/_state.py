@@ -284,6 +284,9 @@ class RunState:
         self.parallelism = parallelism
         self.on_event = on_event
         self.on_unit = on_unit
+        # unit_done events (a fan-out's progress) are for hooks only: a run whose on_event is
+        # its journal's recorder alone sets this False (a call per unit for nothing)
+        self.unit_events = True
         self.attempt_suffix = attempt_suffix
         # a first attempt's work dir is <steps dir><step path><first>: built per step
         self._steps_dir = f"{self.run_dir}/steps/"
@@ -388,7 +391,7 @@ class RunState:
                 self._slices_done(sr, ids, attempt, workdirs, "Succeeded", outputs)
             if self.on_unit is not None:
                 self.on_unit(sr.record, number, outputs)
-            if self.on_event is not None:  # a fan-out's progress, for progress displays
+            if self.unit_events and self.on_event is not None:  # for progress displays
                 self._emit("unit_done", sr.record, {"slices": len(ids), "of": sr.n_slices})
         self._maybe_finish_step(sr, out)
 

@@ -320,6 +320,7 @@ class Workflow:
                 attempt_suffix=suffix,
                 store=self.artifact_store(),
             )
+            state.unit_events = hook is not None
             from dflow_async._scheduler import execute
 
             cache = StepCache(self.store_path().absolute() / "cache")
