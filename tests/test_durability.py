@@ -526,16 +526,20 @@ def _scale_through_helper(k: int) -> Any:
     return scale
 
 
+class _ScaleSigns(OP):
+    """x in, y out: the signs of the scaling OPs below."""
+
+    @classmethod
+    def get_input_sign(cls) -> Any:
+        return {"x": int}
+
+    @classmethod
+    def get_output_sign(cls) -> Any:
+        return {"y": int}
+
+
 def _scale_class(k: int) -> Any:
-    class Scale(OP):
-        @classmethod
-        def get_input_sign(cls) -> Any:
-            return {"x": int}
-
-        @classmethod
-        def get_output_sign(cls) -> Any:
-            return {"y": int}
-
+    class Scale(_ScaleSigns):
         def execute(self, op_in: Any) -> Any:
             return OPIO({"y": op_in["x"] * k})
 
@@ -551,20 +555,12 @@ def test_cache_tells_apart_closures_by_what_they_captured(tmp_path: Path) -> Non
         assert _cached_run(store, make(5)) == (50, True), make  # made again, same value
 
 
-class Scaled(OP):
+class Scaled(_ScaleSigns):
     """An OP configured through its instance: Scaled(2) and Scaled(5) are two OPs."""
 
     def __init__(self, k: int, guard: Any = None) -> None:
         self.k = k
         self.guard = guard
-
-    @classmethod
-    def get_input_sign(cls) -> Any:
-        return {"x": int}
-
-    @classmethod
-    def get_output_sign(cls) -> Any:
-        return {"y": int}
 
     def execute(self, op_in: Any) -> Any:
         with self.guard or contextlib.nullcontext():
