@@ -898,6 +898,47 @@ def test_placeholders_must_name_outputs_their_step_has() -> None:
     ], found
 
 
+def test_input_placeholders_must_name_inputs_of_the_steps_template() -> None:
+    # In Dflow (and Argo) {{inputs.parameters.x}} in a step's key or arguments is an input of
+    # the template holding the step. One naming the step's own parameter instead read as not
+    # produced at run time, and the step was skipped without a word.
+    def build(slips: bool) -> Workflow:
+        inner = Steps("inner", inputs={"iter": 0})
+        iter_ = inner.inputs.parameters["iter"]
+        inner.add(Step("fstring", needs, parameters={"x": iter_, "label": "l"}, key=f"i-{iter_}"))
+        label = "n-{{inputs.parameters.iter}}"
+        inner.add(Step("text", needs, parameters={"x": 1, "label": label}))
+        outer = DAG("outer")
+        outer.add(Step("sub", inner, parameters={"iter": 3}))
+        if slips:
+            label = "{{inputs.artifacts.iter}}"
+            inner.add(Step("wrongkind", needs, parameters={"x": 1, "label": label}))
+            label = "{{inputs.parameters.label}}"
+            inner.add(Step("own", needs, parameters={"x": 1, "label": label}))
+            key = "top-{{inputs.parameters.x}}"
+            outer.add(Step("top", needs, parameters={"x": 2, "label": "l"}, key=key))
+        return Workflow("w", dag=outer)
+
+    found = problems(build(slips=True))
+    hint = (
+        "; a step's placeholders see the inputs of the template holding it (as in Dflow), "
+        "not the step's own parameters: embed what the parameter is bound to instead, e.g. "
+        "key=f\"run-{other.outputs.parameters['x']}\""
+    )
+    assert found == [
+        "step inner.wrongkind: placeholder {{inputs.artifacts.iter}} names input artifact "
+        f"'iter' of template 'inner', which declares none such (it has: none){hint}",
+        "step inner.own: placeholder {{inputs.parameters.label}} names input parameter "
+        f"'label' of template 'inner', which declares none such (it has: ['iter']){hint}",
+        "step outer.top: placeholder {{inputs.parameters.x}} names input parameter 'x' of "
+        f"template 'outer', which declares none such (it has: none){hint}",
+    ], found
+    # what is declared still runs, and renders the template's input
+    result = build(slips=False).run(journal=False).raise_for_status()
+    assert result.query_step(name="fstring")[0].key == "i-3"
+    assert result.query_step(name="text")[0].outputs.parameters["y"] == 1
+
+
 @op
 def leaves_a_mark(marker: str) -> int:
     Path(marker).write_text("ran")

@@ -791,7 +791,7 @@ class _Compiler:
                     producers.add(name)
                     if name not in ct.by_name:
                         self.problem(f"{where}: placeholder refers to unknown step {name!r}")
-                self.placeholder_outputs(ct, paths, where, node.index)
+                self.placeholder_targets(ct, paths, where, node.index)
         by_name = ct.by_name
         for dep in step.dependencies:
             name = dep.name if isinstance(dep, Step) else dep
@@ -806,14 +806,18 @@ class _Compiler:
         if not node.fan_out and (own_item or node.item_bindings):
             self.problem(f"{where}: uses item but has neither with_param nor slices")
 
-    def placeholder_outputs(
+    def placeholder_targets(
         self, ct: CompiledTemplate, paths: Sequence[str], where: str, reader: int
     ) -> None:
         """``{{steps.a.outputs.parameters.n}}`` in a string must name an output step ``a``
-        has, as a reference must: at run time an undeclared one reads as not produced, and
-        skips the step silently. ``reader`` as for :meth:`check_ref`."""
+        has, and ``{{inputs.parameters.n}}`` an input of the step's own template (Dflow's
+        and Argo's scope), as a reference must: at run time an undeclared one reads as not
+        produced, and skips the step silently. ``reader`` as for :meth:`check_ref`."""
         for path in paths:
             parts = path.split(".")
+            if len(parts) == 3 and parts[0] == "inputs" and parts[1] in ("parameters", "artifacts"):
+                self.placeholder_input(ct, parts[1], parts[2], path, where)
+                continue
             if (
                 len(parts) != 5
                 or parts[0] not in ("steps", "tasks")
@@ -826,7 +830,7 @@ class _Compiler:
                 continue  # an unknown step: reported
             producer = ct.nodes[idx]
             if producer.index > reader:  # not compiled yet: checked after the template's steps
-                self._later.append(partial(self.placeholder_outputs, ct, [path], where, ct.n_steps))
+                self._later.append(partial(self.placeholder_targets, ct, [path], where, ct.n_steps))
                 continue
             if producer.op is None and producer.sub is None:
                 continue  # its OP failed to load (reported): its outputs are unknown
@@ -838,6 +842,24 @@ class _Compiler:
                     f"{where}: placeholder {{{{{path}}}}}: step {parts[1]!r} has no output "
                     f"{kind[:-1]} {name!r} (it has: {have or 'none'})"
                 )
+
+    def placeholder_input(
+        self, ct: CompiledTemplate, kind: str, name: str, path: str, where: str
+    ) -> None:
+        info = ct.inputs.get(name)
+        if info is not None and info.kind == kind:
+            return
+        have = sorted(n for n, i in ct.inputs.items() if i.kind == kind)
+        # the usual slip: meaning the step's own parameter, as in a key
+        hint = (
+            "; a step's placeholders see the inputs of the template holding it (as in "
+            "Dflow), not the step's own parameters: embed what the parameter is bound to "
+            "instead, e.g. key=f\"run-{other.outputs.parameters['x']}\""
+        )
+        self.problem(
+            f"{where}: placeholder {{{{{path}}}}} names input {kind[:-1]} {name!r} of "
+            f"template {ct.name!r}, which declares none such (it has: {have or 'none'}){hint}"
+        )
 
     def when_value(self, when: Any, where: str) -> None:
         """A ``when=`` that is neither a reference nor a bool: a condition string is parsed
