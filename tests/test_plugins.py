@@ -57,6 +57,13 @@ def _run(spec):
 
 
 not_an_executor = object()
+
+
+class NeedsACluster(PerThreadExecutor):
+    name = "needs-cluster"
+
+    def __init__(self):
+        raise ConnectionError("no scheduler at tcp://nowhere:8786")
 '''
 
 
@@ -72,6 +79,9 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "[dflow_async.executors]\n"
         "per-thread = echo_plugin:PerThreadExecutor\n"
         "broken = echo_plugin:not_an_executor\n"
+        "gone = echo_plugin_removed:GoneExecutor\n"
+        "misspelt = echo_plugin:PerThreadExecutr\n"
+        "needs-cluster = echo_plugin:NeedsACluster\n"
     )
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.chdir(tmp_path)
@@ -117,4 +127,40 @@ def test_an_entry_point_that_is_not_an_executor_is_refused_before_the_run(plugin
         wf.run()
     (problem,) = info.value.problems
     assert "'echo_plugin:not_an_executor'" in problem and "not an Executor subclass" in problem
+    assert not (Path(".dflow-async") / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gone", "ModuleNotFoundError: No module named 'echo_plugin_removed'"),
+        ("misspelt", "AttributeError: module 'echo_plugin' has no attribute 'PerThreadExecutr'"),
+    ],
+)
+def test_an_entry_point_that_cannot_be_loaded_is_refused_before_the_run(
+    plugin, name: str, expected: str
+) -> None:
+    # a plugin whose module was removed, is misspelt, or imports a backend that is missing:
+    # one problem naming the executor, its entry point and distribution, not an importlib
+    # traceback out of the run's setup
+    wf = Workflow("w", executor=name)
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    (problem,) = info.value.problems
+    assert f"executor {name!r} (entry point" in problem
+    assert "of dflow-async-echo) could not be loaded" in problem and expected in problem
+    assert not (Path(".dflow-async") / "runs").exists()
+    listed = CliRunner().invoke(app, ["executors"])  # listing names still works
+    assert listed.exit_code == 0 and name in listed.output.split()
+
+
+def test_a_plugin_that_cannot_be_created_is_refused_before_the_run(plugin) -> None:
+    wf = Workflow("w", executor="needs-cluster")
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    (problem,) = info.value.problems
+    assert "executor 'needs-cluster' (echo_plugin.NeedsACluster) could not be created" in problem
+    assert "ConnectionError: no scheduler at tcp://nowhere:8786" in problem
     assert not (Path(".dflow-async") / "runs").exists()

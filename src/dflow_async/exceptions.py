@@ -6,7 +6,7 @@
     ├── WorkflowValidationError      the workflow cannot run; lists every problem found
     ├── SignatureError               an OP's inputs/outputs do not match its sign (also a TypeError)
     ├── ArtifactError                an artifact is missing, escapes its work dir, or is corrupt
-    ├── ExecutorNotFoundError        no executor of that name is installed (also a LookupError)
+    ├── ExecutorNotFoundError        no usable executor of that name (also a LookupError)
     ├── ExecutorClosedError          the executor was used outside ``async with``
     ├── WorkflowFailedError          ``Result.raise_for_status()`` on a failed run
     └── StepError                    raised inside OPs to steer retries
@@ -68,7 +68,8 @@ class ArtifactError(DflowAsyncError):
 
 
 class ExecutorNotFoundError(DflowAsyncError, LookupError):
-    """No executor is registered under the requested name."""
+    """No usable executor is registered under the requested name: none is installed, or its
+    plugin fails to load or to be created."""
 
 
 class ExecutorClosedError(DflowAsyncError, RuntimeError):

@@ -42,7 +42,17 @@ def executor_class(name: str) -> type[Executor]:
         return found
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            loaded = ep.load()
+            try:
+                loaded = ep.load()
+            except Exception as exc:
+                # a plugin whose module is gone, misspelt, or needs a backend that is not
+                # installed: a validation problem naming the plugin, not a traceback from
+                # importlib in the middle of the run's setup
+                dist = f" of {ep.dist.name}" if ep.dist is not None else ""
+                raise ExecutorNotFoundError(
+                    f"executor {name!r} (entry point {ep.value!r}{dist}) could not be loaded: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             if not (isinstance(loaded, type) and issubclass(loaded, Executor)):
                 raise ExecutorNotFoundError(
                     f"entry point {ep.value!r} for executor {name!r} is not an Executor subclass"
@@ -62,5 +72,15 @@ def make_executor(spec: Any) -> Executor:
     if isinstance(spec, Executor):
         return spec
     if isinstance(spec, str):
-        return executor_class(spec)()
+        cls = executor_class(spec)
+        try:
+            return cls()
+        except Exception as exc:
+            # e.g. a plugin that connects to its cluster when built and cannot: reported with
+            # the workflow's other problems, before the run; settings that a name cannot carry
+            # go in an instance (executor=DaskExecutor(address=...))
+            raise ExecutorNotFoundError(
+                f"executor {spec!r} ({cls.__module__}.{cls.__qualname__}) could not be created "
+                f"with its default settings: {type(exc).__name__}: {exc}"
+            ) from exc
     raise TypeError(f"executor= takes a name or an Executor instance, got {spec!r}")
