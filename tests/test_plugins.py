@@ -164,3 +164,19 @@ def test_a_plugin_that_cannot_be_created_is_refused_before_the_run(plugin) -> No
     assert "executor 'needs-cluster' (echo_plugin.NeedsACluster) could not be created" in problem
     assert "ConnectionError: no scheduler at tcp://nowhere:8786" in problem
     assert not (Path(".dflow-async") / "runs").exists()
+
+
+def test_an_executor_whose_check_op_raises_is_reported_before_the_run(plugin) -> None:
+    class Picky(plugin.PerThreadExecutor):
+        def check_op(self, op):
+            raise RuntimeError("cannot inspect this OP")
+
+    wf = Workflow("w")
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run(executor=Picky())
+    (problem,) = info.value.problems
+    assert problem.startswith("step w.a (OP ")
+    assert "the 'per-thread' executor failed checking the OP" in problem
+    assert "RuntimeError: cannot inspect this OP" in problem
+    assert not (Path(".dflow-async") / "runs").exists()

@@ -130,7 +130,13 @@ class Workflow:
                 except (ExecutorNotFoundError, TypeError) as exc:
                     broken[spec] = str(exc)
                     return broken[spec]
-            return found.check_op(op)
+            try:
+                return found.check_op(op)
+            except Exception as exc:  # a plugin's bug: reported with the step, not raised
+                return (
+                    f"the {found.name!r} executor failed checking the OP "
+                    f"({type(exc).__name__}: {exc})"
+                )
 
         provided = frozenset(parameters or {})
         compiled, problems = compile_template(
