@@ -11,9 +11,10 @@ import anyio
 import pytest
 
 from dflow_async._graph import DAG, RetryPolicy, Slices, Step
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
 from dflow_async._workflow import Workflow
 from dflow_async.exceptions import WorkflowValidationError
-from dflow_async.executors._base import Executor
+from dflow_async.executors._base import AttemptHandle, Executor
 from dflow_async.testing import _ops
 
 
@@ -24,9 +25,13 @@ class ExecutorConformance:
     ``isolates_processes`` — attempts run in separate processes: a worker killed mid-step is
     reported as an ``infra`` failure (and retried), a timed-out or cancelled attempt's process
     is killed, and OPs that cannot be pickled are refused before the run.
+    ``deadline`` — seconds one workflow of the suite may take before the executor counts as
+    hung (an attempt whose outcome ``wait`` never returns); raise it for backends that take
+    long to start workers.
     """
 
     isolates_processes: bool = False
+    deadline: float = 60.0
 
     def make_executor(self) -> Executor:
         raise NotImplementedError
@@ -39,7 +44,60 @@ class ExecutorConformance:
         self.tmp = tmp_path
 
     def run(self, wf: Workflow, **kwargs: Any) -> Any:
-        return wf.run(executor=self.make_executor(), **kwargs)
+        """``wf.run`` on a fresh executor, failing the test with what the executor did wrong
+        when it returns malformed outcomes or never returns one, rather than with a KeyError
+        on a missing output or a hang (which only a pytest-timeout plugin, when installed,
+        would end)."""
+        executor, watch = self._watched()
+
+        async def main() -> Any:
+            with anyio.move_on_after(self.deadline):
+                return await wf.arun(executor=executor, **kwargs)
+            return None
+
+        try:
+            result = anyio.run(main)
+        except Exception:
+            watch.check()  # the executor's fault, when it is, rather than its consequence
+            raise
+        watch.check()
+        if result is None:
+            waiting = sorted(watch.pending)
+            pytest.fail(
+                f"workflow {wf.name!r} did not finish within {self.deadline:g} s on the "
+                f"{executor.name!r} executor"
+                + (f"; wait() never returned the outcome of {waiting}" if waiting else "")
+                + ". Every submitted attempt must come back from wait(), a worker that died as "
+                "Failed(kind='infra'); raise `deadline` if the backend is only slow.",
+                pytrace=False,
+            )
+        return result
+
+    def _watched(self) -> tuple[Executor, _Watch]:
+        """A fresh executor whose ``submit``/``wait`` are watched (their instance attributes
+        shadow the class's methods, so ``Executor.run`` goes through them too)."""
+        executor = self.make_executor()
+        watch = _Watch()
+        submit, wait = executor.submit, executor.wait
+
+        async def watched_submit(spec: AttemptSpec) -> AttemptHandle:
+            handle = await submit(spec)
+            watch.pending.add(spec.attempt_id)
+            return handle
+
+        async def watched_wait(handle: AttemptHandle) -> AttemptOutcome:
+            outcome = await wait(handle)
+            watch.pending.discard(handle.spec.attempt_id)
+            problem = _outcome_problem(handle.spec, outcome)
+            if problem is None:
+                return outcome
+            watch.problems.append(f"{executor.name!r}.wait() {problem}")
+            # the scheduler gets a well-formed failure, so the run ends and the test says why
+            return Failed(kind="infra", error=problem)
+
+        executor.submit = watched_submit  # type: ignore[method-assign]
+        executor.wait = watched_wait  # type: ignore[method-assign]
+        return executor, watch
 
     # ------------------------------------------------------------------ the suite
 
@@ -122,29 +180,34 @@ class ExecutorConformance:
 
     def test_timeout_stops_the_attempt(self) -> None:
         wf = Workflow("timeout")
-        # long enough for a fresh worker process to start and record its pid, even on a busy machine
-        wf.add(Step("hang", _ops.hang, parameters={"marker_dir": str(self.tmp)}, timeout=3.0))
+        # long enough for a fresh worker process to start and record its pid, even on a busy
+        # machine; the OP itself would hang past the deadline, so an executor that waits for it
+        # instead of stopping it cannot pass
+        parameters = {"marker_dir": str(self.tmp), "seconds": self.deadline + 30}
+        wf.add(Step("hang", _ops.hang, parameters=parameters, timeout=3.0))
         try:
             result = self.run(wf)
+            (hang,) = result.query_step(name="hang")
+            assert result.status == "Failed"
+            assert hang.phase == "Failed"
+            assert "[timeout]" in (hang.error or "")
+            if self.isolates_processes:  # before the release: a hung OP must not end by itself
+                self._assert_hung_processes_gone()
         finally:
             (self.tmp / "release").write_text("")  # lets an unkillable thread end too
-        (hang,) = result.query_step(name="hang")
-        assert result.status == "Failed"
-        assert hang.phase == "Failed"
-        assert "[timeout]" in (hang.error or "")
-        if self.isolates_processes:
-            self._assert_hung_processes_gone()
 
     def test_cancel_stops_running_attempts(self) -> None:
         wf = Workflow("cancel")
-        wf.add(Step("hang", _ops.hang, parameters={"marker_dir": str(self.tmp)}))
+        parameters = {"marker_dir": str(self.tmp), "seconds": self.deadline + 30}
+        wf.add(Step("hang", _ops.hang, parameters=parameters))
         started = []
+        executor, watch = self._watched()
 
         async def main() -> None:
             async with anyio.create_task_group() as tg:
 
                 async def run() -> None:
-                    await wf.arun(executor=self.make_executor())
+                    await wf.arun(executor=executor)
 
                 tg.start_soon(run)
                 # wait for the OP itself to have started (it writes a pid file), then cancel
@@ -156,11 +219,12 @@ class ExecutorConformance:
 
         try:
             anyio.run(main)
+            watch.check()
+            assert started
+            if self.isolates_processes:  # before the release: a hung OP must not end by itself
+                self._assert_hung_processes_gone()
         finally:
             (self.tmp / "release").write_text("")
-        assert started
-        if self.isolates_processes:
-            self._assert_hung_processes_gone()
 
     def test_unpicklable_op_is_refused_before_the_run(self) -> None:
         wf = Workflow("unpicklable")
@@ -184,6 +248,46 @@ class ExecutorConformance:
             alive = [pid for pid in pids if _alive(pid)]
             time.sleep(0.05)
         assert not alive, f"attempt processes still running: {alive}"
+
+
+class _Watch:
+    """What a watched executor did wrong: attempts still out, malformed outcomes."""
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self.problems: list[str] = []
+
+    def check(self) -> None:
+        if self.problems:
+            pytest.fail("\n".join(self.problems), pytrace=False)
+
+
+def _outcome_problem(spec: AttemptSpec, outcome: Any) -> str | None:
+    """Why ``outcome`` is not a well-formed outcome of ``spec``, or ``None``."""
+    what = f"returned {outcome!r:.200} for attempt {spec.attempt_id!r}"
+    if isinstance(outcome, Failed):
+        return None
+    if not isinstance(outcome, Succeeded):
+        return f"{what}: an outcome is a dflow_async Succeeded or Failed"
+    outputs = outcome.outputs
+    if not isinstance(outputs, tuple) or len(outputs) != len(spec.slices):
+        count = len(outputs) if isinstance(outputs, tuple) else type(outputs).__name__
+        return (
+            f"{what}: Succeeded.outputs must be a tuple of one mapping per slice "
+            f"({len(spec.slices)}), got {count}"
+        )
+    ports = getattr(spec.op, "output_ports", None)  # the OP, unless the spec carries bytes
+    required = {n for n, port in ports().items() if not _optional(port)} if ports else set()
+    for values in outputs:
+        missing = sorted(required - set(values)) if isinstance(values, dict) else None
+        if missing is None or missing:
+            lack = missing or "a dict"
+            return f"{what}: its outputs lack {lack}; bring back what run_attempt returned"
+    return None
+
+
+def _optional(port: Any) -> bool:
+    return bool(getattr(port, "optional", False))
 
 
 def _alive(pid: int) -> bool:
