@@ -180,3 +180,18 @@ def test_an_executor_whose_check_op_raises_is_reported_before_the_run(plugin) ->
     assert "the 'per-thread' executor failed checking the OP" in problem
     assert "RuntimeError: cannot inspect this OP" in problem
     assert not (Path(".dflow-async") / "runs").exists()
+
+
+def test_an_executor_object_closed_by_an_earlier_run_is_refused_before_the_run(plugin) -> None:
+    executor = plugin.PerThreadExecutor()
+    wf = Workflow("w", executor=executor)
+    wf.add(Step("a", double, parameters={"x": 3}))
+    assert wf.run(run_id="first").status == "Succeeded"
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run(run_id="second")
+    (problem,) = info.value.problems
+    assert "the 'per-thread' executor object was closed at the end of an earlier run" in problem
+    assert "executor='per-thread'" in problem
+    # no run directory (read as an Interrupted run by `dflow-async list`) for a run that never began
+    assert sorted(p.name for p in (Path(".dflow-async") / "runs").iterdir()) == ["first"]
+    assert wf.run(run_id="third", executor=plugin.PerThreadExecutor()).status == "Succeeded"

@@ -126,10 +126,20 @@ class Workflow:
             found = executors.get(spec)
             if found is None:
                 try:
-                    found = executors[spec] = make_executor(spec)
+                    found = make_executor(spec)
                 except (ExecutorNotFoundError, TypeError) as exc:
                     broken[spec] = str(exc)
                     return broken[spec]
+                if found._state == "closed":
+                    # found here, not when the run enters it: by then the run has a journal,
+                    # left behind as an Interrupted run that never started
+                    broken[spec] = (
+                        f"the {found.name!r} executor object was closed at the end of an earlier "
+                        "run, and an executor object serves one run: give this run a new one "
+                        f"(run(executor=...)), or its name (executor={found.name!r})"
+                    )
+                    return broken[spec]
+                executors[spec] = found
             try:
                 return found.check_op(op)
             except Exception as exc:  # a plugin's bug: reported with the step, not raised
