@@ -195,3 +195,17 @@ def test_an_executor_object_closed_by_an_earlier_run_is_refused_before_the_run(p
     # no run directory (read as an Interrupted run by `dflow-async list`) for a run that never began
     assert sorted(p.name for p in (Path(".dflow-async") / "runs").iterdir()) == ["first"]
     assert wf.run(run_id="third", executor=plugin.PerThreadExecutor()).status == "Succeeded"
+
+
+def test_an_executor_class_without_a_name_is_refused_before_the_run(plugin) -> None:
+    class Nameless(plugin.PerThreadExecutor):
+        pass
+
+    del plugin.PerThreadExecutor.name  # as a plugin that relied on its entry point's name
+    wf = Workflow("w")
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run(executor=Nameless())
+    (problem,) = info.value.problems
+    assert "Nameless sets no name: give the class a `name = ...`" in problem
+    assert not (Path(".dflow-async") / "runs").exists()

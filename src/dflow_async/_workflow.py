@@ -130,6 +130,15 @@ class Workflow:
                 except (ExecutorNotFoundError, TypeError) as exc:
                     broken[spec] = str(exc)
                     return broken[spec]
+                if not isinstance(getattr(found, "name", None), str):
+                    # every message about the executor, and a resume, names it by this
+                    cls = type(found)
+                    broken[spec] = (
+                        f"executor {cls.__module__}.{cls.__qualname__} sets no name: give the "
+                        "class a `name = ...` (its entry-point name, which users pass as "
+                        "executor=)"
+                    )
+                    return broken[spec]
                 if found._state == "closed":
                     # found here, not when the run enters it: by then the run has a journal,
                     # left behind as an Interrupted run that never started
