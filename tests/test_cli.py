@@ -246,6 +246,32 @@ def test_unknown_executor_is_a_validation_error(tmp_path: Path) -> None:
     assert "no executor named 'no-such-executor'" in proc.stderr
 
 
+def test_an_executor_that_cannot_start_exits_2_with_the_resume_command(tmp_path: Path) -> None:
+    body = """
+    from dflow_async.executors import InlineExecutor
+
+    class Unreachable(InlineExecutor):
+        async def start(self):
+            raise ConnectionError("scheduler unreachable")
+
+    wf = Workflow("cannot-start", executor=Unreachable())
+    wf.add(Step("one", plus1, {"x": 1}))
+    """
+    write(tmp_path, "flow.py", body)
+    proc = cli(tmp_path, "run", "flow.py")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    found = re.search(r"no step of run (cannot-start-\w+) was started", proc.stderr)
+    assert found, proc.stderr
+    run_id = found.group(1)
+    assert "could not start (ConnectionError: scheduler unreachable)" in proc.stderr
+    assert f"`dflow-async resume {run_id}`" in proc.stderr.replace("\n", " ")
+    # what it says works, once the executor does: `resume --executor inline`
+    proc = cli(tmp_path, "resume", run_id, "--executor", "inline")
+    assert proc.returncode == 0, proc.stderr
+    assert "Succeeded" in proc.stdout
+
+
 def test_process_executor_imports_ops_from_the_file(tmp_path: Path) -> None:
     # a local helper module next to the file: importable in the driver and in the workers
     (tmp_path / "wfhelpers.py").write_text(

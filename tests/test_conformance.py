@@ -34,8 +34,7 @@ import anyio  # noqa: E402
 import cloudpickle  # noqa: E402
 import pytest  # noqa: E402
 
-from dflow_async._spec import Failed, Succeeded  # noqa: E402
-from dflow_async.executors import AttemptHandle, Executor  # noqa: E402
+from dflow_async.executors import AttemptHandle, Executor, Failed, Succeeded  # noqa: E402
 
 
 class _NeverReports(ProcessExecutor):
@@ -58,7 +57,7 @@ class _ReturnsNone(ProcessExecutor):
 
 _CHILD = """
 import sys, cloudpickle
-from dflow_async._worker import run_attempt
+from dflow_async.executors import run_attempt
 spec = cloudpickle.loads(open(sys.argv[1], "rb").read())
 open(sys.argv[2], "wb").write(cloudpickle.dumps(run_attempt(spec, capture_fds=True)))
 """

@@ -22,8 +22,7 @@ import asyncio
 
 import anyio
 
-from dflow_async._worker import run_attempt
-from dflow_async.executors import AttemptHandle, Executor
+from dflow_async.executors import AttemptHandle, Executor, run_attempt
 
 SEEN = []  # the steps this executor ran, in order
 

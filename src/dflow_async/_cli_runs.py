@@ -18,7 +18,7 @@ from dflow_async._journal import JournalError
 from dflow_async._records import StepRecord
 from dflow_async._runs import Run, list_runs
 from dflow_async._store import ArtifactStore
-from dflow_async.exceptions import ArtifactError, WorkflowValidationError
+from dflow_async.exceptions import ArtifactError, ExecutorStartError, WorkflowValidationError
 
 __all__ = ["register"]
 
@@ -109,7 +109,7 @@ def resume(
             result = wf.run(
                 resume=run_id, executor=executor, parallelism=parallelism, on_event=progress
             )
-    except (WorkflowValidationError, JournalError) as exc:
+    except (WorkflowValidationError, JournalError, ExecutorStartError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         err.print(Text(f"interrupted: run {run_id} was cancelled", style="bold yellow"))

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import threading
 import types
+import warnings
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -19,10 +20,11 @@ from dflow_async._codec import plain
 from dflow_async._compile import walk_templates
 from dflow_async._journal import JournalError
 from dflow_async._recorder import CACHED, JOURNALED, Recorder, refuse_unrecordable
-from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded, outcome_problem
 from dflow_async._state import Finish, Instruction, Retry, RunState, Unit
 from dflow_async._threads import io_limiter
 from dflow_async._worker import arun_attempt
+from dflow_async.exceptions import ExecutorClosedError, ExecutorStartError
 from dflow_async.executors._base import Executor
 
 __all__ = ["execute"]
@@ -220,11 +222,17 @@ class _Shell:
             else:
                 outcome = await _run_timed(executor, spec, spec.timeout)
         except Exception as exc:  # a broken executor must not take the run down silently
-            outcome = Failed(
+            return Failed(
                 kind="infra",
                 error=f"executor {executor.name!r} failed: {type(exc).__name__}: {exc}",
                 retryable=True,
             )
+        # a plugin's outcome, checked before the run consumes it: None (or a dropped slice
+        # or output) ended the run with an error from inside the state machine, or passed
+        # as a step that succeeded without its outputs
+        problem = outcome_problem(spec, outcome)
+        if problem is not None:
+            return Failed(kind="infra", error=f"executor {executor.name!r} {problem}")
         return outcome
 
     async def retry_later(self, unit: Unit, delay: float) -> None:
@@ -319,6 +327,35 @@ def _carry_on(
                 return stop.value  # type: ignore[no-any-return]
 
 
+async def _open(executor: Executor, run_id: str) -> None:
+    try:
+        await executor.__aenter__()
+    except (ExecutorClosedError, ExecutorStartError):
+        raise
+    except Exception as exc:  # a plugin's own error: which executor, and what it means here
+        raise ExecutorStartError(
+            f"the {executor.name!r} executor could not start ({type(exc).__name__}: {exc}); "
+            f"no step of run {run_id} was started: fix it, then resume the run "
+            f"(wf.run(resume={run_id!r}) or `dflow-async resume {run_id}`)"
+        ) from exc
+
+
+async def _close(executor: Executor) -> None:
+    """Stop an executor at the end of a run. Its failure to stop is a warning: the run's
+    outcome is already decided and journaled, and raising here lost it (the result) for
+    what is at worst a leak of the backend's resources, which the warning names."""
+    try:
+        await executor.aclose()
+    except Exception as exc:
+        warnings.warn(
+            f"the {executor.name!r} executor failed to stop ({type(exc).__name__}: {exc}); "
+            "the run's results are kept, but the backend may hold on to workers or "
+            "resources it started",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _mark_lanes(root: Any, executors: dict[Any, Executor]) -> None:
     """Which steps skip the executor interface: ``async def`` OPs on the inline executor are
     awaited in the loop; plain OPs on an executor that takes continuations (the inline
@@ -347,7 +384,8 @@ async def execute(
     shell: _Shell | None = None
     async with contextlib.AsyncExitStack() as stack:
         for executor in executors.values():
-            await stack.enter_async_context(executor)
+            await _open(executor, state.run_id)
+            stack.push_async_callback(_close, executor)
         try:
             async with asyncio.TaskGroup() as tg:
                 _mark_lanes(state.root_ct, executors)

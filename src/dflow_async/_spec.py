@@ -119,3 +119,33 @@ class Failed:
 
 
 AttemptOutcome = Succeeded | Failed
+
+
+def outcome_problem(spec: AttemptSpec, outcome: Any) -> str | None:
+    """Why ``outcome``, brought back by an executor, is not a well-formed outcome of
+    ``spec`` (None: it is). The scheduler fails the attempt (``infra``) on one that is not,
+    and the conformance suite fails the executor."""
+    what = f"returned {outcome!r:.200} for attempt {spec.attempt_id!r}"
+    if isinstance(outcome, Failed):
+        return None
+    if not isinstance(outcome, Succeeded):
+        return f"{what}: an outcome is a dflow_async Succeeded or Failed"
+    outputs = outcome.outputs
+    if not isinstance(outputs, tuple) or len(outputs) != len(spec.slices):
+        count = len(outputs) if isinstance(outputs, tuple) else type(outputs).__name__
+        return (
+            f"{what}: Succeeded.outputs must be a tuple of one mapping per slice "
+            f"({len(spec.slices)}), got {count}"
+        )
+    ports = getattr(spec.op, "output_ports", None)  # the OP, unless the spec carries bytes
+    required = {n for n, port in ports().items() if not _optional(port)} if ports else set()
+    for values in outputs:
+        missing = sorted(required - set(values)) if isinstance(values, dict) else None
+        if missing is None or missing:
+            lack = missing or "a dict"
+            return f"{what}: its outputs lack {lack}; bring back what run_attempt returned"
+    return None
+
+
+def _optional(port: Any) -> bool:
+    return bool(getattr(port, "optional", False))

@@ -26,7 +26,7 @@ from rich.text import Text
 from dflow_async import __version__
 from dflow_async._compile import CompiledTemplate, as_networkx
 from dflow_async._workflow import Workflow
-from dflow_async.exceptions import WorkflowValidationError
+from dflow_async.exceptions import ExecutorStartError, WorkflowValidationError
 
 __all__ = ["app", "load_workflow", "main", "parse_params", "render_graph"]
 
@@ -265,6 +265,9 @@ def run(
             )
     except WorkflowValidationError as exc:
         _fail(str(exc))
+    except ExecutorStartError as exc:  # nothing ran; the message says how to resume
+        plain = f"`dflow-async resume {run_id}`"
+        _fail(str(exc).replace(plain, f"`{resume_command(wf, run_id)}`"))
     except KeyboardInterrupt:
         err.print(
             Text(

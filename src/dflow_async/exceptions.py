@@ -8,6 +8,7 @@
     ├── ArtifactError                an artifact is missing, escapes its work dir, or is corrupt
     ├── ExecutorNotFoundError        no usable executor of that name (also a LookupError)
     ├── ExecutorClosedError          the executor was used outside ``async with``
+    ├── ExecutorStartError           an executor could not start; the run started no step
     ├── WorkflowFailedError          ``Result.raise_for_status()`` on a failed run
     └── StepError                    raised inside OPs to steer retries
         ├── TransientError           retried under the step's retry policy
@@ -27,6 +28,7 @@ __all__ = [
     "EditedOpWarning",
     "ExecutorClosedError",
     "ExecutorNotFoundError",
+    "ExecutorStartError",
     "FatalError",
     "SignatureError",
     "StepError",
@@ -74,6 +76,11 @@ class ExecutorNotFoundError(DflowAsyncError, LookupError):
 
 class ExecutorClosedError(DflowAsyncError, RuntimeError):
     """An executor was used before ``async with`` entered it or after it closed."""
+
+
+class ExecutorStartError(DflowAsyncError, RuntimeError):
+    """An executor could not start (a cluster it cannot reach, a backend that fails to
+    launch workers): the run started no step and can be resumed once it is fixed."""
 
 
 class WorkflowFailedError(DflowAsyncError):

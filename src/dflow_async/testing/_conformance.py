@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from dflow_async._graph import DAG, RetryPolicy, Slices, Step
-from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, Succeeded
+from dflow_async._spec import AttemptOutcome, AttemptSpec, Failed, outcome_problem
 from dflow_async._workflow import Workflow
 from dflow_async.exceptions import WorkflowValidationError
 from dflow_async.executors._base import AttemptHandle, Executor
@@ -88,7 +88,7 @@ class ExecutorConformance:
         async def watched_wait(handle: AttemptHandle) -> AttemptOutcome:
             outcome = await wait(handle)
             watch.pending.discard(handle.spec.attempt_id)
-            problem = _outcome_problem(handle.spec, outcome)
+            problem = outcome_problem(handle.spec, outcome)
             if problem is None:
                 return outcome
             watch.problems.append(f"{executor.name!r}.wait() {problem}")
@@ -260,34 +260,6 @@ class _Watch:
     def check(self) -> None:
         if self.problems:
             pytest.fail("\n".join(self.problems), pytrace=False)
-
-
-def _outcome_problem(spec: AttemptSpec, outcome: Any) -> str | None:
-    """Why ``outcome`` is not a well-formed outcome of ``spec``, or ``None``."""
-    what = f"returned {outcome!r:.200} for attempt {spec.attempt_id!r}"
-    if isinstance(outcome, Failed):
-        return None
-    if not isinstance(outcome, Succeeded):
-        return f"{what}: an outcome is a dflow_async Succeeded or Failed"
-    outputs = outcome.outputs
-    if not isinstance(outputs, tuple) or len(outputs) != len(spec.slices):
-        count = len(outputs) if isinstance(outputs, tuple) else type(outputs).__name__
-        return (
-            f"{what}: Succeeded.outputs must be a tuple of one mapping per slice "
-            f"({len(spec.slices)}), got {count}"
-        )
-    ports = getattr(spec.op, "output_ports", None)  # the OP, unless the spec carries bytes
-    required = {n for n, port in ports().items() if not _optional(port)} if ports else set()
-    for values in outputs:
-        missing = sorted(required - set(values)) if isinstance(values, dict) else None
-        if missing is None or missing:
-            lack = missing or "a dict"
-            return f"{what}: its outputs lack {lack}; bring back what run_attempt returned"
-    return None
-
-
-def _optional(port: Any) -> bool:
-    return bool(getattr(port, "optional", False))
 
 
 def _alive(pid: int) -> bool:
