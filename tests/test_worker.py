@@ -285,3 +285,27 @@ def test_an_op_without_a_return_annotation_is_told_to_add_one(tmp_path: Path) ->
     out = run(tmp_path, unannotated, {"x": 2})
     assert isinstance(out, Failed)
     assert "returned int but declares no outputs: annotate its return (-> int" in out.error
+
+
+def test_run_attempt_refuses_to_move_a_cwd_other_threads_share(tmp_path: Path) -> None:
+    # a plugin that ran plain run_attempt(spec) on a ThreadPoolExecutor moved the driver's own
+    # current directory into the run's scratch directory, and left it there
+    spec = attempt(tmp_path, Scale(), {"x": 2, "factor": 3})
+    here = os.getcwd()
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(run_attempt(spec)))
+    t.start()
+    t.join()
+    (outcome,) = box
+    assert isinstance(outcome, Failed) and outcome.kind == "infra"
+    assert outcome.error.startswith("run_attempt(spec) was called on a thread that shares the")
+    assert "thread_owns_cwd()" in outcome.error and "chdir=False" in outcome.error
+    assert os.getcwd() == here
+    # what it says to do works: chdir=False on a shared thread, or a thread of its own
+    box.clear()
+    t = threading.Thread(target=lambda: box.append(run_attempt(spec, chdir=False)))
+    t.start()
+    t.join()
+    assert isinstance(box[0], Succeeded), box[0]
+    assert isinstance(run(tmp_path, Scale(), {"x": 2, "factor": 3}, name="b"), Succeeded)
+    assert os.getcwd() == here

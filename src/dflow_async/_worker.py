@@ -65,6 +65,8 @@ def run_attempt(
     safe in a worker process, or in a thread that called :func:`thread_owns_cwd`.
     ``capture_fds`` (worker processes) sends file descriptors 1/2 to the attempt's log."""
     start = time.perf_counter()
+    if chdir and not getattr(_owns_cwd, "value", False) and not _main_thread():
+        return Failed(kind="infra", error=_SHARED_CWD)
     outputs: list[dict[str, Any]] = []
     try:
         plan = port_plan(spec.op)
@@ -87,6 +89,22 @@ def run_attempt(
         # reaches the main thread; process workers ignore SIGINT)
         return failure_from_exception(exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
+
+
+#: why run_attempt refuses to move into work dirs on a thread that shares the process's cwd
+_SHARED_CWD = (
+    "run_attempt(spec) was called on a thread that shares the process's current directory: "
+    "moving into the attempt's work directory would move every thread's, the driver's "
+    "included. Call dflow_async.executors.thread_owns_cwd() in that thread first (it returns "
+    "False where the platform cannot give a thread its own), or pass chdir=False (OPs then "
+    "find their directory in current_context().workdir)"
+)
+
+
+def _main_thread() -> bool:
+    # A process's main thread may move the process's cwd: a worker process runs attempts
+    # there, one at a time.
+    return threading.current_thread() is threading.main_thread()
 
 
 def _run_in_scratch(
