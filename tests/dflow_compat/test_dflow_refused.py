@@ -35,6 +35,15 @@ CASES: list[tuple[str, Callable[[], Any]]] = [
     ("pre_script", lambda: tpl(pre_script="import os")),
     ("command", lambda: tpl(command=["mpirun", "python"])),
     ("pool_timeout", lambda: Slices(input_parameter=["x"], pool_timeout=10)),
+    (
+        "Slices('{{item}} + 1')",  # Python around the index: it failed every slice at run time
+        lambda: Step(
+            "s",
+            tpl(slices=Slices("{{item}} + 1", input_parameter=["x"])),
+            parameters={"x": [1]},
+            with_param=[0],
+        ),
+    ),
     ("success_hook", lambda: Step("s", tpl(), parameters={"x": 1}, success_hook=object())),
     ("use_resource", lambda: Step("s", tpl(), parameters={"x": 1}, use_resource=object())),
     ("continue_on_error", lambda: Step("s", tpl(), parameters={"x": 1}, continue_on_error=True)),

@@ -160,3 +160,25 @@ def test_slices_of_a_steps_template() -> None:
     )
     wf = run(fan)
     assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [4, 9]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_int_wrapped_item_over_a_formatted_sequence(executor: str) -> None:
+    # dpgen2's run-train/run-lmp/run-fp: items "0000", "0001"... from argo_sequence(format=),
+    # indexed with the Python expression "int('{{item}}')"
+    from dflow_async.dflow import argo_len, argo_sequence
+
+    xs = [2, 3, 4]
+    fan = Step(
+        "fan",
+        PythonOPTemplate(
+            Square, slices=Slices("int('{{item}}')", input_parameter=["x"], output_parameter=["y"])
+        ),
+        parameters={"x": xs},
+        with_sequence=argo_sequence(argo_len(xs), format="%04d"),
+        key="sq-{{item}}",
+    )
+    wf = run(fan, executor=executor)
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [4, 9, 16]
+    assert wf.query_step(key="sq-0002")[0].outputs.parameters["y"].value == 16

@@ -25,6 +25,11 @@ __all__ = ["PythonOPTemplate", "Slices", "StepSettings", "upload_packages"]
 #: Dflow ships these files to the pods; locally they are importable already.
 upload_packages: list[Any] = []
 
+#: a slices index: one ``{{item...}}`` placeholder
+_ITEM = re.compile(r"^\s*\{\{\s*item[^{}]*\}\}\s*$")
+#: ``int('{{item}}')``: a Python int() around a quoted placeholder, as dpgen2 writes slices
+_INT_WRAPPER = re.compile(r"""^\s*int\(\s*(['"])(\{\{[^{}]*\}\})\1\s*\)\s*$""")
+
 
 class Slices:
     """Dflow's ``Slices``: fan a step out over list inputs and stack the outputs.
@@ -78,10 +83,18 @@ class Slices:
         self, with_param: Any, parallelism: int | None, extra_parameters: tuple[str, ...] = ()
     ) -> _NativeSlices:
         expr: Any = self.slices
+        if isinstance(expr, str):
+            # Dflow pastes the expression into the pod's Python code: dpgen2 writes
+            # "int('{{item}}')" for items formatted by argo_sequence(format="%04d"). The
+            # scheduler takes int() of the rendered index already, so the wrapper is dropped
+            # (left in, the index "int('0000')" failed every slice).
+            wrapped = _INT_WRAPPER.match(expr)
+            expr = wrapped.group(2) if wrapped else expr
         if self.given_slices is None and self.sub_path and with_param is None:
             expr = None  # sub_path: slice i takes item i of the list artifact
-        elif isinstance(expr, str) and not re.search(r"\{\{\s*item", expr):
-            refuse(f"Slices({expr!r})", 'index slices with "{{item}}" expressions')
+        elif isinstance(expr, str) and not _ITEM.match(expr):
+            # other Python ("{{item}} + 1", "[{{item}}]") would fail every slice at run time
+            refuse(f"Slices({expr!r})", 'index slices with "{{item}}" or "int(\'{{item}}\')"')
         return _NativeSlices(
             expr,
             input_parameter=[*self.input_parameter, *extra_parameters],
