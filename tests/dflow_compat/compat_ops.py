@@ -206,3 +206,19 @@ class WriteSame(OP):
     def execute(self, op_in: OPIO) -> OPIO:
         Path("out.txt").write_text(str(op_in["x"]))
         return OPIO({"out": Path("out.txt")})
+
+
+class Label(OP):
+    """``name`` (a str port) as ``label-<name>``: a non-str value fails its sign check."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"name": str})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"label": str})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"label": f"label-{op_in['name']}"})

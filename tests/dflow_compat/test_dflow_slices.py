@@ -4,7 +4,7 @@ per-slice keys, Step(slices=) overrides and Step(parallelism=)."""
 from __future__ import annotations
 
 import pytest
-from compat_ops import Cat, Echo, Files, Square, Sum, Where
+from compat_ops import Cat, Echo, Files, Label, Square, Sum, Where
 
 from dflow_async.dflow import Step, Workflow, argo_enumerate, argo_range, upload_artifact
 from dflow_async.dflow.python import PythonOPTemplate, Slices
@@ -182,3 +182,24 @@ def test_int_wrapped_item_over_a_formatted_sequence(executor: str) -> None:
     assert wf.query_status() == "Succeeded"
     assert wf.query_step(name="fan")[0].outputs.parameters["y"].value == [4, 9, 16]
     assert wf.query_step(key="sq-0002")[0].outputs.parameters["y"].value == 16
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_item_placeholder_given_to_a_str_port_is_text(executor: str) -> None:
+    # Argo substitutes "{{item}}" as text: a str port gets "0", an int port 0 (from the sign)
+    labels = Step(
+        "labels",
+        PythonOPTemplate(Label),
+        parameters={"name": "{{item}}"},
+        with_param=argo_range(2),
+    )
+    squares = Step(
+        "squares", PythonOPTemplate(Square), parameters={"x": "{{item}}"}, with_param=argo_range(2)
+    )
+    wf = run([labels, squares], executor=executor)  # type: ignore[arg-type]
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(name="labels")[0].outputs.parameters["label"].value == [
+        "label-0",
+        "label-1",
+    ]
+    assert wf.query_step(name="squares")[0].outputs.parameters["y"].value == [0, 1]

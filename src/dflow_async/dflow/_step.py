@@ -16,6 +16,7 @@ from dflow_async._graph import Slices as _NativeSlices
 from dflow_async._graph import Step as _NativeStep
 from dflow_async._graph import Template
 from dflow_async._op import OP as _NativeOP
+from dflow_async._refs import Expr, _as_text
 from dflow_async._types import matches
 from dflow_async.dflow._adapt import KEY_PORT, ORIGIN_PREFIX, ForeignOP
 from dflow_async.dflow._argo import ArgoSequence
@@ -47,12 +48,19 @@ def _port_types(template: Any) -> dict[str, Any]:
     return {}
 
 
+_WHOLE_PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
+
+
 def _parameter(value: Any, tp: Any) -> Any:
     """Dflow parameters travel as text on Argo; a static string for a typed port is decoded
     as JSON (``"3"`` for an ``int`` port), as Dflow's OP loader does."""
     if isinstance(value, str):
         if "{{=" in value:
             refuse(f"an Argo expression in a parameter ({value!r})", "use references or argo_*()")
+        if tp is str and _WHOLE_PLACEHOLDER.fullmatch(value.strip()):
+            # a string that is one placeholder renders as the raw value (the int item of
+            # argo_range): a str port takes it as text, as Argo substitutes it ("{{item}}" -> "2")
+            return Expr(_as_text, "str", value)
         if "{{" not in value and tp not in (None, Any, str) and not matches(tp, value):
             try:
                 decoded = json.loads(value)
