@@ -343,3 +343,20 @@ def test_config_is_accepted_and_queries_by_parent(monkeypatch: pytest.MonkeyPatc
     info = wf.query()
     assert info.phase == "Succeeded" and info.get_step(name="sq")[0].name == "block/sq"
     assert wf.query_step(type="Steps")[0].name == "block"
+
+
+def test_a_step_template_shows_the_ports_of_its_op() -> None:
+    # dpgen2's loop: scheduler_step.template.outputs.parameters["x"].global_name = "x"
+    sq = Step("sq", PythonOPTemplate(Square), parameters={"x": 3}, key="sq")
+    tpl = sq.template
+    assert list(tpl.inputs.parameters) == ["x"]  # not the hidden key port
+    assert tpl.inputs.parameters["x"].type is int
+    assert set(tpl.outputs.parameters) == {"y", "key"}
+    assert tpl.outputs.parameters["key"].default == ""
+    assert list(tpl.outputs.artifacts) == ["out"]
+    tpl.outputs.parameters["y"].global_name = "y"  # kept; no global outputs without Argo
+    wf = Workflow("ports")
+    wf.add(sq)
+    run(wf)
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(key="sq")[0].outputs.parameters["y"].value == 9

@@ -183,6 +183,8 @@ class ForeignOP(FunctionOP):
         self._options = options
         self._in_shapes = inp.shapes
         self._out_shapes = out.shapes
+        self._in_view: Any = None
+        self._out_view: Any = None
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
@@ -194,6 +196,46 @@ class ForeignOP(FunctionOP):
     @property
     def foreign(self) -> Any:
         return self._foreign
+
+    # Dflow code reaches the ports of a step's template (``step.template.outputs.parameters
+    # ["x"].global_name = "x"``, as dpgen2's loop does): a compatibility step's template is this
+    # wrapper, so it offers Dflow-shaped views of the signs. They describe the OP; changing
+    # them changes nothing (global names have no meaning without Argo).
+    @property
+    def inputs(self) -> Any:
+        if self._in_view is None:
+            from dflow_async.dflow._io import InputArtifact, InputParameter, Inputs
+
+            ports = self.input_ports()
+            self._in_view = Inputs(
+                {
+                    n: InputParameter(type=p.type, **({} if p.required else {"value": p.default}))
+                    for n, p in ports.items()
+                    if n not in self._in_shapes
+                    and n != KEY_PORT
+                    and not n.startswith(ORIGIN_PREFIX)
+                },
+                {n: InputArtifact(optional=not ports[n].required) for n in self._in_shapes},
+            )
+        return self._in_view
+
+    @property
+    def outputs(self) -> Any:
+        if self._out_view is None:
+            from dflow_async.dflow._io import OutputArtifact, OutputParameter, Outputs
+
+            ports = self.output_ports()
+            self._out_view = Outputs(
+                {
+                    n: OutputParameter(
+                        type=p.type, **({} if p.required else {"default": p.default})
+                    )
+                    for n, p in ports.items()
+                    if n not in self._out_shapes
+                },
+                {n: OutputArtifact() for n in self._out_shapes},
+            )
+        return self._out_view
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._foreign(*args, **kwargs)
