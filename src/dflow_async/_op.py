@@ -540,8 +540,9 @@ def check_opio(
             value = values[name]
             # None is a value like any other (a failed slice's hole reaching a consumer, most
             # often): it passes where the type allows it or it is the port's own default
-            # (an optional artifact's), never merely because the port has some default
-            if value is None and port.default is None:
+            # (an optional artifact's), never merely because the port has some default; a
+            # port may also declare that it takes None (Dflow's do: its sign check skips None)
+            if value is None and (port.default is None or getattr(port, "accepts_none", False)):
                 checked[name] = None
                 continue
             if not matches(port.type, value):

@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 from typing import List
 
-from dflow_async.dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter, TransientError
+from dflow_async.dflow.python import (
+    OP,
+    OPIO,
+    Artifact,
+    BigParameter,
+    OPIOSign,
+    Parameter,
+    TransientError,
+)
 
 
 class Plus1(OP):
@@ -222,3 +230,20 @@ class Label(OP):
     @OP.exec_sign_check
     def execute(self, op_in: OPIO) -> OPIO:
         return OPIO({"label": f"label-{op_in['name']}"})
+
+
+class Nones(OP):
+    """Shows what it was given; returns None for a typed output, as Dflow OPs may."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"n": int, "report": BigParameter(dict), "trajs": Artifact(List[Path])})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"given": str, "n": int})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        given = (op_in["n"], op_in["report"], op_in["trajs"])
+        return OPIO({"given": repr(given), "n": None})

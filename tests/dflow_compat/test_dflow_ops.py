@@ -135,3 +135,35 @@ def test_op_attributes_dflow_sets() -> None:
     wf.submit()
     wf.wait()
     assert seen == {"key": "my-key", "workflow": wf.id}
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_none_passes_any_sign_as_in_dflow(executor: str) -> None:
+    # dpgen2's first scheduler step: exploration_report=None for a BigParameter(...), trajs=None
+    # for an artifact; Dflow's sign check skips None values, on inputs and outputs
+    from compat_ops import Nones
+
+    from dflow_async.dflow import Step, Workflow
+    from dflow_async.dflow.python import PythonOPTemplate
+
+    first = Step(
+        "first",
+        PythonOPTemplate(Nones),
+        parameters={"n": None, "report": None},
+        artifacts={"trajs": None},
+    )
+    second = Step(
+        "second",
+        PythonOPTemplate(Nones),
+        parameters={"n": first.outputs.parameters["n"], "report": {"a": 1}},
+        artifacts={"trajs": None},
+    )
+    wf = Workflow("nones", executor=executor)
+    wf.add(first)
+    wf.add(second)
+    wf.submit()
+    wf.wait()
+    assert wf.query_status() == "Succeeded"
+    (step,) = wf.query_step(name="second")
+    assert step.outputs.parameters["given"].value == "(None, {'a': 1}, None)"
+    assert step.outputs.parameters["n"].value is None

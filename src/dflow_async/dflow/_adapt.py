@@ -75,6 +75,20 @@ class SignPlan:
     shapes: dict[str, str]  # artifact port -> how Dflow types its value (str, list_path...)
 
 
+class _Parameter(Parameter):
+    """A Dflow OP's parameter: None passes whatever the type, as Dflow's sign check skips None
+    (dpgen2 hands ``exploration_report=None`` to a ``BigParameter(ExplorationReport)``). The
+    type stays as declared, for the checks of the workflow before it runs."""
+
+    __slots__ = ()
+    accepts_none = True
+
+
+class _BigParameter(BigParameter):
+    __slots__ = ()
+    accepts_none = True
+
+
 def _kind(sign: Any) -> str | None:
     if isinstance(sign, Parameter | Artifact):
         return "native"
@@ -105,10 +119,10 @@ def translate_sign(
             ports[name] = Artifact(Any, optional=bool(getattr(s, "optional", False)))
         elif kind in ("Parameter", "BigParameter"):
             default = defaults.get(name, getattr(s, "default", MISSING))
-            cls = BigParameter if kind == "BigParameter" else Parameter
+            cls = _BigParameter if kind == "BigParameter" else _Parameter
             ports[name] = cls(s.type, default)
         else:  # a bare type
-            ports[name] = Parameter(s, defaults.get(name, MISSING))
+            ports[name] = _Parameter(s, defaults.get(name, MISSING))
     return SignPlan(ports, shapes)
 
 
