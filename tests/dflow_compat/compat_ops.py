@@ -1,17 +1,18 @@
-# ruff: noqa: UP006, UP035  (Dflow code: typing.List and friends)
+# ruff: noqa: UP006, UP007, UP035  (Dflow code: typing.List, Union and friends)
 """OPs written against ``dflow_async.dflow.python`` (module level: process workers import them)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List
+from typing import List, Union
 
 from dflow_async.dflow.python import (
     OP,
     OPIO,
     Artifact,
     BigParameter,
+    HDF5Datasets,
     OPIOSign,
     Parameter,
     TransientError,
@@ -247,3 +248,19 @@ class Nones(OP):
     def execute(self, op_in: OPIO) -> OPIO:
         given = (op_in["n"], op_in["report"], op_in["trajs"])
         return OPIO({"given": repr(given), "n": None})
+
+
+class Trajs(OP):
+    """dpgen2's ``trajs``: files, or HDF5 datasets (``Union[List[Path], HDF5Datasets]``)."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"trajs": Artifact(Union[List[Path], HDF5Datasets])})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"texts": List[str]})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        return OPIO({"texts": [Path(p).read_text() for p in op_in["trajs"]]})

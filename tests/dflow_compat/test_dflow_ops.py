@@ -167,3 +167,23 @@ def test_none_passes_any_sign_as_in_dflow(executor: str) -> None:
     (step,) = wf.query_step(name="second")
     assert step.outputs.parameters["given"].value == "(None, {'a': 1}, None)"
     assert step.outputs.parameters["n"].value is None
+
+
+def test_files_or_hdf5_datasets_artifacts_take_files() -> None:
+    # dpgen2 imports HDF5Datasets and declares Artifact(Union[List[Path], HDF5Datasets])
+    from compat_ops import Trajs
+
+    from dflow_async.dflow import Step, Workflow
+    from dflow_async.dflow.python import PythonOPTemplate
+
+    files = Step("files", PythonOPTemplate(Files), parameters={"n": 2})
+    trajs = Step(
+        "trajs", PythonOPTemplate(Trajs), artifacts={"trajs": files.outputs.artifacts["files"]}
+    )
+    wf = Workflow("trajs")
+    wf.add(files)
+    wf.add(trajs)
+    wf.submit()
+    wf.wait()
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(name="trajs")[0].outputs.parameters["texts"].value == ["data 0", "data 1"]

@@ -122,5 +122,24 @@ def test_hdf5_artifacts_are_refused() -> None:
         PythonOPTemplate(H5)
 
 
+def test_our_hdf5_artifacts_are_refused() -> None:
+    from dflow_async.dflow.python import OP, HDF5Datasets, OPIOSign
+
+    class H5(OP):
+        @classmethod
+        def get_input_sign(cls) -> Any:
+            return OPIOSign({"h5": Artifact(HDF5Datasets)})
+
+        @classmethod
+        def get_output_sign(cls) -> Any:
+            return OPIOSign({})
+
+        def execute(self, op_in: Any) -> Any:
+            return {}
+
+    with pytest.raises(UnsupportedFeatureError, match=r"HDF5Datasets.*Artifact\(List\[Path\]\)"):
+        PythonOPTemplate(H5)
+
+
 def test_unsupported_error_is_also_not_implemented() -> None:
     assert issubclass(UnsupportedFeatureError, NotImplementedError)

@@ -12,6 +12,7 @@ as a hidden parameter, and the names are rebuilt from it here.
 from __future__ import annotations
 
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,13 @@ def artifact_shape(tp: Any, port: str) -> str:
     if name.endswith("NestedDictPath"):
         return "nested_path"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if "HDF5Datasets" in (name, *(getattr(a, "__name__", "") for a in args)):
+    if name == "HDF5Datasets":
         refuse(f"Artifact(HDF5Datasets) (port {port!r})", "pass the files as Artifact(List[Path])")
+    files = [a for a in args if getattr(a, "__name__", "") != "HDF5Datasets"]
+    if origin in (typing.Union, types.UnionType) and len(files) == 1:
+        # Union[List[Path], HDF5Datasets] (dpgen2's trajs): files, or HDF5 datasets, which
+        # nothing here produces (an HDF5Datasets output is refused): the files' shape
+        return artifact_shape(files[0], port)
     if origin in (list, set) and args:
         return f"{origin.__name__}_{'str' if args[0] is str else 'path'}"
     if origin is dict and len(args) == 2:

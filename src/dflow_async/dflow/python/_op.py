@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from copy import deepcopy
@@ -23,7 +24,16 @@ from dflow_async._op import OPIO
 from dflow_async._op import OPIOSign as _NativeSign
 from dflow_async._types import describe, matches
 
-__all__ = ["OP", "OPIO", "Artifact", "BigParameter", "NestedDict", "OPIOSign", "Parameter"]
+__all__ = [
+    "OP",
+    "OPIO",
+    "Artifact",
+    "BigParameter",
+    "HDF5Datasets",
+    "NestedDict",
+    "OPIOSign",
+    "Parameter",
+]
 
 
 class _NestedDictStr:
@@ -37,11 +47,20 @@ class _NestedDictPath:
 NestedDict: dict[Any, type] = {str: _NestedDictStr, Path: _NestedDictPath}
 
 
+class HDF5Datasets:
+    """Dflow's HDF5 dataset artifacts: importable (dpgen2 imports it with the rest), refused
+    as an artifact's only type when a template uses it; ``Union[List[Path], HDF5Datasets]``
+    is taken as ``List[Path]``."""
+
+
 def _allowed_artifact_type(tp: Any) -> bool:
-    """Dflow's list: str, Path, List/Set of them, Dict[str, str|Path], NestedDict[str|Path]."""
-    if tp in (str, Path, _NestedDictStr, _NestedDictPath):
+    """Dflow's list: str, Path, List/Set of them, Dict[str, str|Path], NestedDict[str|Path],
+    each of these or'ed with HDF5Datasets, and HDF5Datasets."""
+    if tp in (str, Path, _NestedDictStr, _NestedDictPath, HDF5Datasets):
         return True
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and HDF5Datasets in args:
+        return _allowed_artifact_type(next(a for a in args if a is not HDF5Datasets))
     if origin in (list, set):
         return args in ((str,), (Path,))
     return origin is dict and args in ((str, str), (str, Path))
