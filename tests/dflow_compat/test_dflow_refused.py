@@ -25,6 +25,13 @@ def tpl(**kwargs: Any) -> PythonOPTemplate:
     return PythonOPTemplate(Square, **kwargs)
 
 
+def _plugin(module: str, name: str) -> Any:
+    # dpgen2 imports these with its step configuration: the import works, using them is refused
+    import importlib
+
+    return getattr(importlib.import_module(f"dflow_async.dflow.plugins.{module}"), name)
+
+
 CASES: list[tuple[str, Callable[[], Any]]] = [
     ("volumes", lambda: tpl(volumes=["v"])),
     ("mounts", lambda: tpl(mounts=["m"])),
@@ -57,6 +64,9 @@ CASES: list[tuple[str, Callable[[], Any]]] = [
     ("ShellOPTemplate", lambda: dflow.ShellOPTemplate(image="alpine", script="echo")),
     ("S3Artifact", lambda: dflow.S3Artifact(key="k")),
     ("Secret", lambda: dflow.Secret("s")),
+    ("SlurmRemoteExecutor", lambda: dflow.SlurmRemoteExecutor(host="h")),
+    ("DispatcherExecutor", lambda: _plugin("dispatcher", "DispatcherExecutor")(host="h")),
+    ("LebesgueExecutor", lambda: _plugin("lebesgue", "LebesgueExecutor")(extra={})),
     ("HookStep", lambda: dflow.HookStep(template=tpl())),
     ("value_from_path", lambda: OutputParameter(value_from_path="/tmp/x")),
     ("OutputArtifact(path", lambda: OutputArtifact(path="/tmp/x")),
@@ -143,3 +153,11 @@ def test_our_hdf5_artifacts_are_refused() -> None:
 
 def test_unsupported_error_is_also_not_implemented() -> None:
     assert issubclass(UnsupportedFeatureError, NotImplementedError)
+
+
+def test_op_template_is_the_base_of_templates() -> None:
+    # dpgen2 annotates with it (from dflow import OPTemplate): importable, and isinstance holds
+    assert isinstance(tpl(), dflow.OPTemplate)
+    assert isinstance(dflow.Steps("s"), dflow.OPTemplate)
+    assert isinstance(dflow.DAG("d"), dflow.OPTemplate)
+    assert not isinstance(Square, dflow.OPTemplate)

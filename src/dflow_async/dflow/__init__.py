@@ -8,6 +8,8 @@ features raise :class:`UnsupportedFeatureError` naming the feature rather than b
 
 from __future__ import annotations
 
+import abc
+
 from dflow_async.dflow._argo import (
     argo_concat,
     argo_enumerate,
@@ -32,6 +34,16 @@ from dflow_async.dflow._step import Step, Task
 from dflow_async.dflow._templates import DAG, Steps, randstr
 from dflow_async.dflow._unsupported import UnsupportedFeatureError, refusing_class
 from dflow_async.dflow._workflow import Workflow
+from dflow_async.dflow.python._template import PythonOPTemplate
+
+
+class OPTemplate(abc.ABC):  # noqa: B024 (a name to check against, with nothing to implement)
+    """Dflow's base of templates, for annotations and ``isinstance``: ``PythonOPTemplate``,
+    ``Steps`` and ``DAG`` are ones (dpgen2 annotates its block templates with it)."""
+
+
+for _template in (PythonOPTemplate, Steps, DAG):
+    OPTemplate.register(_template)
 
 _K8S = "dflow-async runs steps locally or on its executors, without Kubernetes"
 S3Artifact = refusing_class("S3Artifact", "upload local files with upload_artifact()")
@@ -46,6 +58,7 @@ Executor = refusing_class("Executor", "choose a dflow-async executor: Workflow(e
 RemoteExecutor = refusing_class("RemoteExecutor", "use a dflow-async executor plugin")
 ContainerExecutor = refusing_class("ContainerExecutor", "use a dflow-async executor plugin")
 Context = refusing_class("Context", "choose a dflow-async executor: Workflow(executor=...)")
+SlurmRemoteExecutor = refusing_class("SlurmRemoteExecutor", "use a dflow-async executor plugin")
 
 __all__ = [
     "ArgoStep",
@@ -60,6 +73,7 @@ __all__ = [
     "InputParameter",
     "Inputs",
     "LocalArtifact",
+    "OPTemplate",
     "OutputArtifact",
     "OutputParameter",
     "Outputs",
@@ -69,6 +83,7 @@ __all__ = [
     "S3Artifact",
     "Secret",
     "ShellOPTemplate",
+    "SlurmRemoteExecutor",
     "Step",
     "Steps",
     "Task",
