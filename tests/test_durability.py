@@ -850,11 +850,40 @@ def test_a_script_run_resumes_from_the_cli_and_logs_show_failed_attempts(tmp_pat
     assert first.stdout.strip() == "Failed", first.stderr
     logs = run("-m", "dflow_async.cli", "logs", "flow-1", "f")
     assert "f sees FAIL=1" in logs.stdout, logs.stdout + logs.stderr
+    # and the traceback, which the one-line error in the record leaves out
+    assert "Traceback (most recent call last):" in logs.stdout, logs.stdout
+    assert 'raise RuntimeError("failing on purpose")' in logs.stdout
+    assert "_worker.py" not in logs.stdout  # the OP's frames, not the library's around them
     resumed = run("-m", "dflow_async.cli", "resume", "flow-1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert Run.open("flow-1", store=tmp_path / ".dflow-async").status == "Succeeded"
     logs = run("-m", "dflow_async.cli", "logs", "flow-1", "f").stdout
     assert "f sees FAIL=1" in logs and "f sees FAIL=None" in logs
+
+
+@op
+def fails_on_one(x: int) -> int:
+    print(f"slice sees {x}")
+    if x == 1:
+        raise ValueError(f"cannot take {x}")
+    return x
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_the_log_of_a_failed_attempt_ends_with_its_traceback(tmp_path: Path, executor: str) -> None:
+    wf = Workflow("tb", store=tmp_path / "store")
+    fan = Slices(input_parameter=["x"], output_parameter=["result"])
+    wf.add(Step("fan", fails_on_one, parameters={"x": [0, 1, 2]}, slices=fan))
+    result = wf.run(executor=executor)
+    assert result.status == "Failed"
+    (rec,) = result.query_step(name="fan")
+    logs = {Path(w).parent.name: Path(w + ".log").read_text() for w in rec.workdirs}
+    assert logs["s0"] == "slice sees 0\n" and logs["s2"] == "slice sees 2\n"
+    failed = logs["s1"]
+    assert failed.startswith("slice sees 1\nTraceback (most recent call last):\n"), failed
+    assert "in fails_on_one\n" in failed
+    assert failed.endswith("ValueError: cannot take 1\n"), failed
+    assert "_worker.py" not in failed
 
 
 def test_cli_list_get_logs(tmp_path: Path) -> None:

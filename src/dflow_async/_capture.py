@@ -25,13 +25,26 @@ from typing import Any, TextIO, cast
 from dflow_async._op import StepContext, _current
 from dflow_async._store_local import ensure_dir
 
-__all__ = ["capture_fds", "log_path", "route_std_streams", "std_streams_routed"]
+__all__ = ["append_to_log", "capture_fds", "log_path", "route_std_streams", "std_streams_routed"]
 
 _install_lock = threading.Lock()
 
 
 def log_path(workdir: str) -> str:
     return workdir.rstrip("/") + ".log"
+
+
+def append_to_log(workdir: str, text: str) -> None:
+    """Add ``text`` to an attempt's log once the attempt is over (its traceback, when it
+    failed): best effort, a log that cannot be written must not hide the failure itself."""
+    path = log_path(workdir)
+    try:
+        ensure_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write(text)
+    except OSError:
+        pass
 
 
 _open_lock = threading.Lock()  # opening a log: rare, so one lock for all of them

@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 
 from dflow_async import _stored
+from dflow_async._capture import append_to_log, route_std_streams
 from dflow_async._capture import capture_fds as fd_capture
-from dflow_async._capture import route_std_streams
 from dflow_async._op import (
     IMMUTABLE,
     OP,
@@ -87,8 +87,18 @@ def run_attempt(
         # sys.exit(), KeyboardInterrupt or CancelledError raised by the OP itself fail the step,
         # never the worker: a worker thread would die and its run wait for ever (a real Ctrl-C
         # reaches the main thread; process workers ignore SIGINT)
-        return failure_from_exception(exc, time.perf_counter() - start)
+        return _failed(spec, len(outputs), exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
+
+
+def _failed(spec: AttemptSpec, done: int, exc: BaseException, duration: float) -> Failed:
+    """The failure of an attempt whose slice number ``done`` raised ``exc``; its traceback
+    goes to that slice's log, where `dflow-async logs` shows it (the step's record keeps
+    the one-line error)."""
+    failure = failure_from_exception(exc, duration)
+    if done < len(spec.slices):
+        append_to_log(spec.slices[done].workdir, failure.traceback)
+    return failure
 
 
 #: why run_attempt refuses to move into work dirs on a thread that shares the process's cwd
@@ -260,7 +270,7 @@ async def arun_attempt(spec: AttemptSpec) -> AttemptOutcome:
             raise  # the attempt is being cancelled (timeout, the run's cancellation)
         return failure_from_exception(exc, time.perf_counter() - start)  # the OP raised it
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # as run_attempt
-        return failure_from_exception(exc, time.perf_counter() - start)
+        return _failed(spec, len(outputs), exc, time.perf_counter() - start)
     return Succeeded(tuple(outputs), time.perf_counter() - start)
 
 
@@ -423,7 +433,7 @@ def _commit_outputs(
 
 def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
     text = f"{type(exc).__name__}: {exc}"
-    tb = "".join(traceback.format_exception(exc))
+    tb = _user_traceback(exc)
     if isinstance(exc, InputFetchError):  # missing or corrupt input: before the OP body ran
         return Failed(kind="infra", error=text, traceback=tb, retryable=True, duration=duration)
     if isinstance(exc, TransientError):
@@ -431,6 +441,15 @@ def failure_from_exception(exc: BaseException, duration: float = 0.0) -> Failed:
     if isinstance(exc, FatalError | SignatureError | ArtifactError):
         return Failed(kind="fatal", error=text, traceback=tb, retryable=False, duration=duration)
     return Failed(kind="user", error=text, traceback=tb, retryable=False, duration=duration)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback from where it left this module: the OP's frames (and the sign
+    checks'), without the attempt machinery's own above them."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 @contextmanager
