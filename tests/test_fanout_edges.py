@@ -11,6 +11,8 @@ import pytest
 
 from dflow_async import (
     Artifact,
+    InputArtifact,
+    Inputs,
     OutputParameter,
     Slices,
     Step,
@@ -224,3 +226,66 @@ def test_a_timeout_says_whether_the_attempt_was_stopped(
     assert "[timeout]" in rec.error and says in rec.error
     if says == "could not be stopped":
         assert "executor='process'" in rec.error
+
+
+@op
+def train(i: int, init_model: Artifact(Path, optional=True)) -> str:  # type: ignore[valid-type]
+    return f"{i}:{init_model.read_text() if init_model else None}"
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_an_optional_sliced_input_left_out_gives_every_slice_none(
+    tmp_path: Path, executor: str
+) -> None:
+    # dpgen2's run-train slices init_model over its block's optional input artifact, which the
+    # first iteration leaves out: every slice gets None, as in Dflow (it failed the step with
+    # "sliced input must be a list, got NoneType", and a literal None failed validation)
+    def block(models: Any) -> Workflow:
+        steps = Steps("block", inputs=Inputs(artifacts={"models": InputArtifact(optional=True)}))
+        sl = Slices(
+            input_parameter=["i"], input_artifact=["init_model"], output_parameter=["result"]
+        )
+        bound = {"init_model": steps.inputs.artifacts["models"]}
+        steps.add(Step("train", train, parameters={"i": [0, 1, 2]}, artifacts=bound, slices=sl))
+        literal = Slices(input_parameter=["i"], input_artifact=["init_model"])
+        steps.add(
+            Step(
+                "literal",
+                train,
+                parameters={"i": [5]},
+                artifacts={"init_model": None},
+                slices=literal,
+            )
+        )
+        wf = Workflow("opt", steps=Steps("main"))
+        wf.entrypoint.add(
+            Step("block", steps, artifacts={} if models is None else {"models": models})
+        )
+        return wf
+
+    result = block(None).run(executor=executor).raise_for_status()
+    assert result.query_step(name="train")[0].outputs.parameters["result"] == [
+        "0:None",
+        "1:None",
+        "2:None",
+    ]
+    assert result.query_step(name="literal")[0].outputs.parameters["result"] == ["5:None"]
+    # given, each slice takes its element as before
+    models = []
+    for n in range(3):
+        models.append(tmp_path / f"m{n}.pb")
+        models[-1].write_text(f"model{n}")
+    result = block(models).run(executor=executor).raise_for_status()
+    assert result.query_step(name="train")[0].outputs.parameters["result"] == [
+        "0:model0",
+        "1:model1",
+        "2:model2",
+    ]
+
+
+def test_a_required_sliced_input_bound_to_none_is_still_refused() -> None:
+    wf = Workflow("req")
+    sl = Slices(input_parameter=["x"], output_parameter=["result"])
+    wf.add(Step("sq", square, parameters={"x": None}, slices=sl))
+    with pytest.raises(WorkflowValidationError, match="sliced input 'x' must be bound to a list"):
+        wf.validate()

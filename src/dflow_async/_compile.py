@@ -662,6 +662,8 @@ class _Compiler:
             if info is None or port not in bound or port not in node.const_inputs:
                 continue  # reported above, or a reference: known at run time only
             value = node.const_inputs[port]
+            if value is None and info.default is None:
+                continue  # an optional input left out: every slice gets None (as in Dflow)
             if not isinstance(value, list | tuple):
                 self.problem(
                     f"{where}: sliced input {port!r} must be bound to a list (one element per "

@@ -576,16 +576,19 @@ class RunState:
                 items = json.loads(items)
             items = list(items)
         else:
-            lengths = {p: len(sr.common[p]) for p in sliced}
+            lengths = {p: len(sr.common[p]) for p in sliced if sr.common[p] is not None}
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"sliced inputs have different lengths: {lengths}")
             items = list(range(next(iter(lengths.values()), 0)))
         indices = list(range(len(items)))
         if sl is not None and sl.slices is not None:
             indices = [int(evaluate(sl.slices, _ItemScope(scope, it))) for it in items]
+        inputs = sr.node.inputs
         for p in sliced:
             value = sr.common[p]
             if not isinstance(value, list | tuple):
+                if value is None and _optional(inputs.get(p)):
+                    continue  # an optional input left out: every slice gets None (as Dflow)
                 raise TypeError(f"sliced input {p!r} must be a list, got {type(value).__name__}")
         sr.items = items
         sr.indices = indices
@@ -608,7 +611,8 @@ class RunState:
             assert sr.indices is not None
             idx = sr.indices[i]
             for p in sl.sliced_inputs:
-                values[p] = sr.common[p][idx]
+                given = sr.common[p]
+                values[p] = None if given is None else given[idx]  # None: see _fan_out
         return values
 
     # ------------------------------------------------------------------ sub-templates
@@ -1051,6 +1055,12 @@ def _shortened(path: str) -> str:
 
 def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
     return {"parameters": record.outputs.raw_parameters, "artifacts": record.outputs.artifacts}
+
+
+def _optional(info: Any) -> bool:
+    """Whether a port may be left out: an optional artifact, or a parameter defaulting to
+    None."""
+    return info is not None and info.default is None
 
 
 def _failed_units(sr: StepRun) -> int:

@@ -264,3 +264,20 @@ class Trajs(OP):
     @OP.exec_sign_check
     def execute(self, op_in: OPIO) -> OPIO:
         return OPIO({"texts": [Path(p).read_text() for p in op_in["trajs"]]})
+
+
+class Train(OP):
+    """dpgen2's run-train, shrunk: an optional initial model per slice."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"i": int, "init_model": Artifact(Path, optional=True)})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"o": str})
+
+    @OP.exec_sign_check
+    def execute(self, op_in: OPIO) -> OPIO:
+        model = op_in["init_model"]
+        return OPIO({"o": f"{op_in['i']}:{Path(model).read_text() if model else None}"})

@@ -203,3 +203,54 @@ def test_item_placeholder_given_to_a_str_port_is_text(executor: str) -> None:
         "label-1",
     ]
     assert wf.query_step(name="squares")[0].outputs.parameters["y"].value == [0, 1]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_slices_over_an_optional_artifact_left_out_give_every_slice_none(
+    executor: str, dflow_home: object
+) -> None:
+    # dpgen2's first iteration: run-train slices init_model over the block's optional
+    # init_models, which nobody gives; Dflow hands every slice None (it failed the step with
+    # "sliced input 'dflow_origin_init_model' must be a list, got NoneType")
+    from compat_ops import Train
+
+    from dflow_async.dflow import InputArtifact, InputParameter, Inputs, Steps
+
+    def block(models: object) -> Workflow:
+        steps = Steps(
+            "block",
+            inputs=Inputs(
+                parameters={"n": InputParameter(value=2)},
+                artifacts={"init_models": InputArtifact(optional=True)},
+            ),
+        )
+        sliced = Slices(
+            "{{item}}", input_parameter=["i"], input_artifact=["init_model"], output_parameter=["o"]
+        )
+        steps.add(
+            Step(
+                "train",
+                PythonOPTemplate(Train, slices=sliced),
+                parameters={"i": [0, 1]},
+                artifacts={"init_model": steps.inputs.artifacts["init_models"]},
+                with_param=argo_range(2),
+            )
+        )
+        wf = Workflow("opt", steps=steps, executor=executor)
+        if models is not None:
+            wf = Workflow("opt-given", executor=executor)
+            wf.add(Step("block", steps, artifacts={"init_models": models}))
+        wf.submit()
+        wf.wait()
+        return wf
+
+    wf = block(None)
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(name="train")[0].outputs.parameters["o"].value == ["0:None", "1:None"]
+    from pathlib import Path
+
+    for n in range(2):
+        Path(f"m{n}.pb").write_text(f"model{n}")
+    wf = block(upload_artifact(["m0.pb", "m1.pb"]))
+    assert wf.query_status() == "Succeeded"
+    assert wf.query_step(name="train")[0].outputs.parameters["o"].value == ["0:model0", "1:model1"]
