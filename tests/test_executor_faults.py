@@ -5,11 +5,22 @@ machine, a step that "succeeded" without its outputs, or a lost result."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dflow_async import ExecutorStartError, Run, Slices, Step, Workflow, op
+from dflow_async import (
+    ExecutorStartError,
+    Run,
+    Slices,
+    Step,
+    Workflow,
+    WorkflowValidationError,
+    op,
+)
 from dflow_async.executors import InlineExecutor, ProcessExecutor, Succeeded
 
 
@@ -119,3 +130,80 @@ def test_an_executor_that_cannot_stop_warns_and_the_result_is_kept() -> None:
     assert result.status == "Succeeded"
     assert result.query_step(name="double")[0].outputs.parameters["result"] == 8
     assert Run.open(result.run_id).status == "Succeeded"
+
+
+@op
+async def gate(x: int) -> int:
+    _entered.append(x)
+    await _release[x].wait()  # each run waits to be let go: they finish in turn
+    return x
+
+
+_release: list[asyncio.Event] = []
+_entered: list[int] = []
+
+
+@pytest.mark.parametrize("kind", [InlineExecutor, ProcessExecutor])
+def test_concurrent_runs_of_one_loop_share_an_executor_object(kind: type) -> None:
+    # an application's concurrent arun() calls with one executor object: the first run to
+    # finish closed it under the others, whose attempts then failed
+    shared = kind(max_workers=2)
+
+    def flow(n: int) -> Workflow:
+        wf = Workflow(f"shared{n}", executor=shared)
+        g = Step("gate", gate, parameters={"x": n}, executor="inline")
+        wf.add(g)
+        wf.add(Step("double", double, parameters={"x": g.outputs.parameters["result"]}))
+        return wf
+
+    async def main() -> list[Any]:
+        _release[:] = [asyncio.Event() for _ in range(3)]
+        _entered.clear()
+        runs = [asyncio.create_task(flow(n).arun()) for n in range(3)]
+        while len(_entered) < 3:  # each run is under way, inside its executors
+            await asyncio.sleep(0.01)
+        _release[0].set()
+        first = await runs[0]
+        assert shared._state == "open"  # the others still use it
+        for event in _release[1:]:
+            event.set()
+        return [first, *[await r for r in runs[1:]]]
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == ["Succeeded"] * 3
+    assert [r.query_step(name="double")[0].outputs.parameters["result"] for r in results] == [
+        0,
+        2,
+        4,
+    ]
+    assert shared._state == "closed"  # by the last run out
+
+
+def test_an_executor_object_in_use_by_another_loop_is_refused_before_the_run() -> None:
+    shared = InlineExecutor()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def other_loop() -> None:
+        async def hold() -> None:
+            async with shared:
+                entered.set()
+                await asyncio.to_thread(leave.wait)
+
+        asyncio.run(hold())
+
+    holder = threading.Thread(target=other_loop)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        wf = Workflow("w", executor=shared)
+        wf.add(Step("double", double, parameters={"x": 4}))
+        with pytest.raises(WorkflowValidationError) as info:
+            wf.run(run_id="r2")
+        assert "the 'inline' executor object is in use by a run in another event loop" in str(
+            info.value
+        )
+        assert not list(Path(".dflow-async").glob("runs/r2"))  # nothing was started
+    finally:
+        leave.set()
+        holder.join()

@@ -345,7 +345,7 @@ async def _close(executor: Executor) -> None:
     outcome is already decided and journaled, and raising here lost it (the result) for
     what is at worst a leak of the backend's resources, which the warning names."""
     try:
-        await executor.aclose()
+        await executor.__aexit__(None, None, None)  # closed once no other run uses it
     except Exception as exc:
         warnings.warn(
             f"the {executor.name!r} executor failed to stop ({type(exc).__name__}: {exc}); "

@@ -139,13 +139,22 @@ class Workflow:
                         "executor=)"
                     )
                     return broken[spec]
+                # found here, not when the run enters it: by then the run has a journal,
+                # left behind as an Interrupted run that never started
                 if found._state == "closed":
-                    # found here, not when the run enters it: by then the run has a journal,
-                    # left behind as an Interrupted run that never started
                     broken[spec] = (
                         f"the {found.name!r} executor object was closed at the end of an earlier "
-                        "run, and an executor object serves one run: give this run a new one "
-                        f"(run(executor=...)), or its name (executor={found.name!r})"
+                        "run, and an executor object serves the runs it is open for: give this "
+                        f"run a new one (run(executor=...)), or its name (executor={found.name!r})"
+                    )
+                    return broken[spec]
+                loop = _running_loop()
+                if loop is not None and found._opened_in not in (None, loop):
+                    broken[spec] = (
+                        f"the {found.name!r} executor object is in use by a run in another event "
+                        "loop (another thread): an executor object serves the runs of one loop "
+                        f"at a time; give this run its own (run(executor=...)), or its name "
+                        f"(executor={found.name!r})"
                     )
                     return broken[spec]
                 executors[spec] = found
@@ -797,3 +806,10 @@ def _refuse_running_loop() -> None:
         "Workflow.run() blocks until the run ends, so it cannot be called from a running "
         "event loop (Jupyter, an async application): use `await wf.arun(...)` there"
     )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # validate() outside a loop
+        return None

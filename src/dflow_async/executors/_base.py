@@ -7,6 +7,7 @@ ordering live in the scheduler, so every executor behaves the same.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,17 +39,45 @@ class Executor(ABC):
     #: Attempts run in the driver's own process (so they see its memory:// filesystems).
     in_process: ClassVar[bool] = False
 
-    _state: str = "new"  # new -> open -> closed
+    _state: str = "new"  # new -> starting -> open -> closed
+    _users = 0  # runs inside it now: the last one out closes it
+    _opened_in: asyncio.AbstractEventLoop | None = None
+    _ready: asyncio.Event | None = None  # set when a start() under way is over
 
     async def __aenter__(self) -> Self:
-        if self._state == "closed":
-            raise ExecutorClosedError(
-                f"Cannot reopen the {self.name!r} executor once it has been closed; "
-                "create a new one."
-            )
-        if self._state == "new":
-            await self.start()
+        # Several runs of one event loop may share an executor object (an application's
+        # concurrent arun() calls): it starts once and closes when the last of them is over.
+        loop = asyncio.get_running_loop()
+        while self._state != "open":
+            if self._state == "closed":
+                raise ExecutorClosedError(
+                    f"Cannot reopen the {self.name!r} executor once it has been closed; "
+                    "create a new one."
+                )
+            if self._state == "starting" and self._opened_in is loop:
+                assert self._ready is not None
+                await self._ready.wait()  # then: open, or new again if start() failed
+                continue
+            if self._state == "starting":
+                break  # another loop's: refused below
+            self._state, self._opened_in = "starting", loop
+            ready = self._ready = asyncio.Event()
+            try:
+                await self.start()
+            except BaseException:
+                self._state = "new"
+                raise
+            finally:
+                ready.set()
             self._state = "open"
+        if self._opened_in is not loop:
+            # its threads, futures and pipes belong to the loop that started it
+            raise ExecutorClosedError(
+                f"the {self.name!r} executor object is in use by a run in another event loop "
+                "(another thread): an executor object serves the runs of one loop at a time; "
+                f"give this run its own (executor=...), or its name (executor={self.name!r})"
+            )
+        self._users += 1
         return self
 
     async def __aexit__(
@@ -57,7 +86,9 @@ class Executor(ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        self._users -= 1
+        if self._users <= 0:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Cancel whatever is still running and release resources. Idempotent."""
