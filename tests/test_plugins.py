@@ -208,3 +208,38 @@ def test_an_executor_class_without_a_name_is_refused_before_the_run(plugin) -> N
     (problem,) = info.value.problems
     assert "Nameless sets no name: give the class a `name = ...`" in problem
     assert not (Path(".dflow-async") / "runs").exists()
+
+
+def _second_distribution(site: Path, entry_points: str) -> None:
+    info = site / "dflow_async_other-0.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dflow-async-other\nVersion: 0.2\n")
+    (info / "entry_points.txt").write_text("[dflow_async.executors]\n" + entry_points)
+    importlib.invalidate_caches()
+
+
+def test_a_name_two_distributions_register_is_refused_naming_both(plugin, tmp_path: Path) -> None:
+    # which one "per-thread" meant depended on sys.path order, silently
+    _second_distribution(
+        tmp_path / "site",
+        "per-thread = echo_plugin:NeedsACluster\ninline = echo_plugin:PerThreadExecutor\n",
+    )
+    wf = Workflow("w", executor="per-thread")
+    wf.add(Step("a", double, parameters={"x": 3}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    (problem,) = info.value.problems
+    assert (
+        "executor 'per-thread' is registered by more than one installed distribution: "
+        "dflow-async-echo (echo_plugin:PerThreadExecutor), dflow-async-other "
+        "(echo_plugin:NeedsACluster); uninstall all but one"
+    ) in problem
+    # the listing says so, and that a plugin named like a built-in is not the one used
+    listed = CliRunner().invoke(app, ["executors"]).output.splitlines()
+    assert "inline  (built-in)  ! a plugin of this name in dflow-async-other is ignored" in listed
+    per_thread = next(line for line in listed if line.startswith("per-thread "))
+    assert per_thread.startswith("per-thread  (dflow-async-echo, dflow-async-other)  ! executor")
+    assert "process  (built-in)" in listed
+    broken = next(line for line in listed if line.startswith("gone "))
+    assert "could not be loaded: ModuleNotFoundError" in broken
+    assert Workflow("w2", executor="inline").validate() is not None  # the built-in, as before

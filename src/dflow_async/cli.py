@@ -344,11 +344,12 @@ def graph(
 
 @app.command()
 def executors() -> None:
-    """List the executors installed here (usable with run --executor NAME)."""
-    from dflow_async.executors import available_executors
+    """List the executors installed here (usable with run --executor NAME): where each comes
+    from, and why one that cannot be used cannot."""
+    from dflow_async.executors._registry import describe_executors
 
-    for name in available_executors():
-        typer.echo(name)
+    for name, source, problem in describe_executors():
+        typer.echo(f"{name}  ({source})" + (f"  ! {problem}" if problem else ""))
 
 
 # ---------------------------------------------------------------- graph rendering

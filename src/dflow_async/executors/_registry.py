@@ -8,7 +8,7 @@ from typing import Any
 from dflow_async.exceptions import ExecutorNotFoundError
 from dflow_async.executors._base import Executor
 
-__all__ = ["available_executors", "executor_class", "make_executor"]
+__all__ = ["available_executors", "describe_executors", "executor_class", "make_executor"]
 
 ENTRY_POINT_GROUP = "dflow_async.executors"
 
@@ -38,26 +38,33 @@ def executor_class(name: str) -> type[Executor]:
         import importlib
 
         module, cls = _BUILTIN[name]
-        found: type[Executor] = getattr(importlib.import_module(module), cls)
-        return found
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                loaded = ep.load()
-            except Exception as exc:
-                # a plugin whose module is gone, misspelt, or needs a backend that is not
-                # installed: a validation problem naming the plugin, not a traceback from
-                # importlib in the middle of the run's setup
-                dist = f" of {ep.dist.name}" if ep.dist is not None else ""
-                raise ExecutorNotFoundError(
-                    f"executor {name!r} (entry point {ep.value!r}{dist}) could not be loaded: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if not (isinstance(loaded, type) and issubclass(loaded, Executor)):
-                raise ExecutorNotFoundError(
-                    f"entry point {ep.value!r} for executor {name!r} is not an Executor subclass"
-                )
-            return loaded
+        builtin: type[Executor] = getattr(importlib.import_module(module), cls)
+        return builtin
+    found = _registered(name)
+    if len(found) > 1:
+        # which one a name means would depend on sys.path order: refuse, naming both
+        owners = ", ".join(f"{_dist(ep)} ({ep.value})" for ep in found)
+        raise ExecutorNotFoundError(
+            f"executor {name!r} is registered by more than one installed distribution: "
+            f"{owners}; uninstall all but one"
+        )
+    if found:
+        (ep,) = found
+        try:
+            loaded = ep.load()
+        except Exception as exc:
+            # a plugin whose module is gone, misspelt, or needs a backend that is not
+            # installed: a validation problem naming the plugin, not a traceback from
+            # importlib in the middle of the run's setup
+            raise ExecutorNotFoundError(
+                f"executor {name!r} (entry point {ep.value!r} of {_dist(ep)}) could not be "
+                f"loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not (isinstance(loaded, type) and issubclass(loaded, Executor)):
+            raise ExecutorNotFoundError(
+                f"entry point {ep.value!r} for executor {name!r} is not an Executor subclass"
+            )
+        return loaded
     hint = ""
     if name in _KNOWN_PLUGINS:
         hint = f"; install it with: pip install {_KNOWN_PLUGINS[name]}"
@@ -65,6 +72,42 @@ def executor_class(name: str) -> type[Executor]:
         f"no executor named {name!r} is installed (installed: {', '.join(available_executors())})"
         f"{hint}"
     )
+
+
+def _registered(name: str) -> list[Any]:
+    """The entry points registering ``name``, one per distribution (a distribution found
+    twice on sys.path, e.g. installed and editable, counts once)."""
+    by_dist: dict[str, Any] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            by_dist.setdefault(_dist(ep), ep)
+    return list(by_dist.values())
+
+
+def _dist(ep: Any) -> str:
+    return str(ep.dist.name) if ep.dist is not None else "an unknown distribution"
+
+
+def describe_executors() -> list[tuple[str, str, str | None]]:
+    """``(name, where it comes from, problem or None)`` for every executor installed here,
+    each plugin loaded to see that it can be (what `dflow-async executors` prints)."""
+    rows: list[tuple[str, str, str | None]] = []
+    for name in available_executors():
+        if name in _BUILTIN:
+            source = "built-in"
+            shadowing = [_dist(ep) for ep in _registered(name)]
+            problem = (
+                f"a plugin of this name in {', '.join(shadowing)} is ignored" if shadowing else None
+            )
+        else:
+            source = ", ".join(_dist(ep) for ep in _registered(name))
+            try:
+                executor_class(name)
+                problem = None
+            except ExecutorNotFoundError as exc:
+                problem = str(exc)
+        rows.append((name, source, problem))
+    return rows
 
 
 def make_executor(spec: Any) -> Executor:
