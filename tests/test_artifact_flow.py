@@ -734,3 +734,65 @@ def test_runs_on_an_s3_store_are_opened_with_the_same_store_url(s3: Any) -> None
     run = Run.open(result.run_id, store=url, storage_options=s3)
     assert run.query_step(name="table")[0].outputs.parameters["rows"] == [0, 1, 2, 3, 4]
     assert result.run_id in [r.run_id for r in list_runs(store=url)]
+
+
+def _empty(options: dict[str, Any], prefix: str) -> None:
+    """Everything under ``prefix`` gone from the bucket: an S3 server that restarted without
+    its data, a bucket emptied by a lifecycle rule."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    fs.rm(f"{BUCKET}/{prefix}", recursive=True)
+    assert not fs.find(f"{BUCKET}/{prefix}")
+
+
+def _counted(marker: Path) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def test_a_cache_entry_whose_objects_the_store_lost_is_a_miss(s3: Any, tmp_path: Path) -> None:
+    """Cache entries live beside the runs, locally (./.dflow-async/cache); a remote store's
+    objects can go without them. A hit on such an entry gave its consumers references nothing
+    could fetch, and every later run hit it again: the store stayed broken for good. Now the
+    entry is a miss, the step runs, and its outputs are committed afresh."""
+    import shutil
+
+    marker = tmp_path / "made"
+
+    @op
+    def produce(n: int) -> {"f": Artifact(Path), "rows": BigParameter(list)}:  # type: ignore[valid-type]
+        with open(marker, "a") as fh:
+            fh.write("ran\n")
+        Path("f.txt").write_text("x" * n)
+        return {"f": Path("f.txt"), "rows": list(range(n))}
+
+    @op
+    def consume(f: Artifact(Path), rows: BigParameter(list)) -> int:  # type: ignore[valid-type]
+        return len(f.read_text()) + sum(rows)
+
+    def run(prefix: str) -> Any:
+        wf = Workflow("cached", store=f"s3://{BUCKET}/{prefix}", storage_options=s3)
+        p = Step("produce", produce, parameters={"n": 4}, cache=True)
+        c = Step(
+            "consume",
+            consume,
+            artifacts={"f": p.outputs.artifacts["f"]},
+            parameters={"rows": p.outputs.parameters["rows"]},
+        )
+        wf.add(p)
+        wf.add(c)
+        return wf.run()
+
+    assert run("lost").status == "Succeeded"
+    assert run("lost").query_step(name="produce")[0].cached  # the cache does work
+    assert _counted(marker) == 1
+    _empty(s3, "lost")
+    shutil.rmtree(tmp_path / "download-cache")  # no local copy to hide the loss either
+    result = run("lost")
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    assert _counted(marker) == 2
+    assert not result.query_step(name="produce")[0].cached
+    assert result.query_step(name="consume")[0].outputs.parameters["result"] == 4 + 6
+    # an entry made on another store is no hit either: its objects are not in this one
+    assert run("elsewhere").status == "Succeeded"
+    assert _counted(marker) == 3

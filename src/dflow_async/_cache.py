@@ -26,7 +26,9 @@ from typing import Any, Generic, TypeVar
 from dflow_async._codec import decode, encode
 from dflow_async._op import OP, FunctionOP, op_name, port_plan
 from dflow_async._spec import AttemptSpec
+from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
+from dflow_async._stored import lost_digests
 
 __all__ = ["StepCache", "changed_ops", "ops_code"]
 
@@ -283,9 +285,12 @@ def _const_text(value: Any) -> str:
 
 
 class StepCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: ArtifactStore | None = None) -> None:
         self.root = root
         self.values = root / "values"
+        #: the run's artifact store, which a hit's artifacts and BigParameters must be in:
+        #: entries live beside the runs, locally, and outlive what a remote store holds
+        self.store = store
 
     def key(self, spec: AttemptSpec) -> str:
         """Computed in a worker thread: hashing artifacts reads their bytes."""
@@ -317,6 +322,17 @@ class StepCache:
             for value in slice_outputs.values():
                 if not _artifacts_exist(value):
                     return None  # the artifacts it points at were deleted
+        if self.store is not None:
+            # An entry's objects may be gone from the store (a bucket emptied, an S3 server
+            # that restarted without its data), or never have been in it (an entry made by a
+            # run on another store: all runs on remote stores share ./.dflow-async/cache). A
+            # hit would hand consumers references nothing can fetch, and every re-run of the
+            # step would hit again: a miss instead runs the step, which commits them afresh.
+            try:
+                if lost_digests((v for o in outputs for v in o.values()), self.store):
+                    return None
+            except Exception:  # the store cannot be asked: the step runs (and says why)
+                return None
         return list(outputs)
 
     def put(self, key: str, outputs: Any) -> None:

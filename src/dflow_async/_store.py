@@ -217,6 +217,13 @@ class ArtifactStore:
         """Whether the object (or, for a directory, its manifest, hence all of it) is stored."""
         return self._backend.exists(key(self._section(ref), ref.hexdigest))
 
+    def missing(self, refs: Sequence[ArtifactRef]) -> list[ArtifactRef]:
+        """Those of ``refs`` that :meth:`exists` says are not stored, asked all at once (one
+        HEAD each on S3, all in flight together)."""
+        keys = {key(self._section(r), r.hexdigest): r for r in refs}
+        absent = self._backend.missing(list(keys))
+        return [r for k, r in keys.items() if k in absent]
+
     def put_value(self, value: object, *, producer: str | None = None) -> ArtifactRef:
         """Store a BigParameter: as JSON when JSON gives back exactly the same value, else as a
         pickle. The ref's name says which (``value.json`` / ``value.pickle``)."""

@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -274,6 +274,33 @@ def adopt_inputs(root: Any, store: ArtifactStore) -> list[str]:
                 "it again"
             )
     return problems
+
+
+def stored_refs(value: Any) -> Iterator[ArtifactRef]:
+    """The store references ``value`` holds, at any depth of lists, tuples and dicts: its
+    artifacts' (StoredPath) and its BigParameters' (BigValue)."""
+    if isinstance(value, BigValue):
+        yield value.ref
+    elif isinstance(value, StoredPath):
+        if value.ref is not None:
+            yield value.ref
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from stored_refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from stored_refs(v)
+
+
+def lost_digests(values: Iterable[Any], store: ArtifactStore) -> set[str]:
+    """Digests of the objects ``values`` refer to that ``store`` does not hold (a bucket
+    emptied, a server that restarted without its data, a store cleaned by hand), asked all at
+    once. A record or cache entry naming one of them vouches for outputs no consumer can
+    fetch: its step has to run again."""
+    refs = {r.digest: r for v in values for r in stored_refs(v)}
+    if not refs:
+        return set()
+    return {r.digest for r in store.missing(list(refs.values()))}
 
 
 def _safe(key: str) -> str:

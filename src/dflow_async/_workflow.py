@@ -357,7 +357,7 @@ class Workflow:
             state.unit_events = hook is not None
             from dflow_async._scheduler import execute
 
-            cache = StepCache(self.store_path().absolute() / "cache")
+            cache = StepCache(self.store_path().absolute() / "cache", state.store)
             status = await execute(state, executors, recorder, cache)
         finally:
             if status == "Running" and state is not None:
