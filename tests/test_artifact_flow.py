@@ -796,3 +796,30 @@ def test_a_cache_entry_whose_objects_the_store_lost_is_a_miss(s3: Any, tmp_path:
     # an entry made on another store is no hit either: its objects are not in this one
     assert run("elsewhere").status == "Succeeded"
     assert _counted(marker) == 3
+
+
+def test_a_consumer_of_a_big_parameter_hits_the_cache_when_its_producer_did() -> None:
+    """A BigParameter input counted in the cache key as its pickle, which carried the store
+    object the value came with: a freshly produced one has it, one from a cache hit has none.
+    So a consumer missed the cache (and ran again) on the run where its producer first hit."""
+
+    @op
+    def produce(n: int) -> {"rows": BigParameter(list)}:  # type: ignore[valid-type]
+        return {"rows": list(range(n))}
+
+    @op
+    def total(rows: BigParameter(list)) -> int:  # type: ignore[valid-type]
+        return sum(rows)
+
+    def run() -> Any:
+        wf = Workflow("big-cache")
+        p = Step("produce", produce, parameters={"n": 5}, cache=True)
+        wf.add(p)
+        wf.add(Step("total", total, parameters={"rows": p.outputs.parameters["rows"]}, cache=True))
+        return wf.run()
+
+    assert run().status == "Succeeded"
+    second = run()
+    assert second.query_step(name="produce")[0].cached
+    assert second.query_step(name="total")[0].cached
+    assert second.query_step(name="total")[0].outputs.parameters["result"] == 10

@@ -28,7 +28,7 @@ from dflow_async._op import OP, FunctionOP, op_name, port_plan
 from dflow_async._spec import AttemptSpec
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
-from dflow_async._stored import lost_digests
+from dflow_async._stored import BigValue, lost_digests
 
 __all__ = ["StepCache", "changed_ops", "ops_code"]
 
@@ -364,6 +364,11 @@ def _value_digest(value: Any) -> str:
 def _no_json(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, BigValue):
+        # by its content's digest alone: pickled, it carries the store object it was loaded
+        # with (a fresh output's has one, a cache hit's or a journal's none), so a consumer
+        # missed the cache whenever its producer had run rather than hit it
+        return f"\0BigParameter {value.ref.digest}"
     raise TypeError
 
 
