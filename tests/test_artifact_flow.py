@@ -787,7 +787,7 @@ def test_a_cache_entry_whose_objects_the_store_lost_is_a_miss(s3: Any, tmp_path:
     assert run("lost").query_step(name="produce")[0].cached  # the cache does work
     assert _counted(marker) == 1
     _empty(s3, "lost")
-    shutil.rmtree(tmp_path / "download-cache")  # no local copy to hide the loss either
+    shutil.rmtree(tmp_path / "download-cache", ignore_errors=True)  # no local copy to hide it
     result = run("lost")
     assert result.status == "Succeeded", [r.errors for r in result.records]
     assert _counted(marker) == 2
@@ -823,3 +823,78 @@ def test_a_consumer_of_a_big_parameter_hits_the_cache_when_its_producer_did() ->
     assert second.query_step(name="produce")[0].cached
     assert second.query_step(name="total")[0].cached
     assert second.query_step(name="total")[0].outputs.parameters["result"] == 10
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_resume_runs_again_the_steps_whose_outputs_the_store_lost(
+    s3: Any, tmp_path: Path, executor: str
+) -> None:
+    """A run on S3 stops on a failed slice; then the server loses its data (restarted
+    without it). Resuming kept every succeeded step and finished slice, whose objects no
+    consumer could fetch: the consumers failed naming a producer no resume would run, on
+    every resume. Now the resume runs those again, and the run completes."""
+    import shutil
+
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    broken = tmp_path / "broken"
+    broken.touch()
+
+    def mark(name: str) -> None:
+        with open(counts / name, "a") as fh:
+            fh.write("ran\n")
+
+    @op
+    def make(n: int) -> {"fl": Artifact(list[Path]), "rows": BigParameter(list)}:  # type: ignore[valid-type]
+        mark("make")
+        files = [Path(f"in{i}.txt") for i in range(n)]
+        for i, p in enumerate(files):
+            p.write_text(f"input {i}\n")
+        return {"fl": files, "rows": list(range(n))}
+
+    @op
+    def work(x: Artifact(Path), i: int) -> {"o": Artifact(Path)}:
+        mark(f"work-{i}")
+        if i == 2 and broken.exists():
+            raise RuntimeError("broken")
+        Path("o.txt").write_text(x.read_text().upper())
+        return {"o": Path("o.txt")}
+
+    @op
+    def gather(os_: Artifact(list[Path]), rows: BigParameter(list)) -> str:  # type: ignore[valid-type]
+        return "".join(p.read_text() for p in os_) + str(sum(rows))
+
+    prefix = f"resume-lost-{executor}"
+    wf = Workflow("lost", store=f"s3://{BUCKET}/{prefix}", storage_options=s3)
+    m = Step("make", make, parameters={"n": 3})
+    w = Step(
+        "work",
+        work,
+        artifacts={"x": m.outputs.artifacts["fl"]},
+        parameters={"i": [0, 1, 2]},
+        slices=Slices(
+            input_artifact=["x"], input_parameter=["i"], output_artifact=["o"], pool_size=1
+        ),
+    )
+    g = Step(
+        "gather",
+        gather,
+        artifacts={"os_": w.outputs.artifacts["o"]},
+        parameters={"rows": m.outputs.parameters["rows"]},
+    )
+    wf.add(m)
+    wf.add(w)
+    wf.add(g)
+    first = wf.run(executor=executor)
+    assert first.status == "Failed"
+    assert [_counted(counts / n) for n in ("make", "work-0", "work-1")] == [1, 1, 1]
+    _empty(s3, prefix)
+    # another machine: nothing cached locally (process workers may keep an earlier one)
+    shutil.rmtree(tmp_path / "download-cache", ignore_errors=True)
+    broken.unlink()
+    result = wf.run(resume=first.run_id)
+    assert result.status == "Succeeded", [r.errors for r in result.records]
+    (gathered,) = result.query_step(name="gather")
+    assert gathered.outputs.parameters["result"] == "INPUT 0\nINPUT 1\nINPUT 2\n3"
+    # what the store lost ran again, once
+    assert [_counted(counts / n) for n in ("make", "work-0", "work-1")] == [2, 2, 2]

@@ -7,15 +7,18 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dflow_async._op import artifact_leaves
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
 from dflow_async._store_ref import ArtifactRef
 from dflow_async.exceptions import ArtifactError
+
+if TYPE_CHECKING:
+    from dflow_async._records import StepRecord
 
 __all__ = [
     "BigValue",
@@ -301,6 +304,40 @@ def lost_digests(values: Iterable[Any], store: ArtifactStore) -> set[str]:
     if not refs:
         return set()
     return {r.digest for r in store.missing(list(refs.values()))}
+
+
+def forget_lost(
+    records: Sequence[StepRecord], units: dict[str, dict[int, list[Any]]], store: ArtifactStore
+) -> list[str]:
+    """On resume: what an earlier driver finished, less what the store lost since. A
+    succeeded record whose outputs name objects the store no longer holds is marked Failed
+    (so the resume runs its step again, its attempts so far still counted), and so is a
+    fan-out's finished unit (dropped from ``units``): kept, they would hand their consumers
+    references nothing can fetch, failing them on every resume. Returns the paths of the steps
+    that run again."""
+    done = [r for r in records if r.phase == "Succeeded"]
+
+    def outputs(r: StepRecord) -> list[Any]:
+        return [*r.outputs.raw_parameters.values(), *r.outputs.artifacts.values()]
+
+    finished = [u for by_unit in units.values() for u in by_unit.values()]
+    lost = lost_digests([*(v for r in done for v in outputs(r)), *finished], store)
+    if not lost:
+        return []
+    again: list[str] = []
+    for r in done:
+        if _names_lost(outputs(r), lost):
+            r.phase = "Failed"
+            again.append(r.path)
+    for path, by_unit in units.items():
+        for unit in [n for n, out in by_unit.items() if _names_lost(out, lost)]:
+            del by_unit[unit]
+            again.append(f"{path} (unit {unit})")
+    return again
+
+
+def _names_lost(value: Any, lost: set[str]) -> bool:
+    return any(ref.digest in lost for ref in stored_refs(value))
 
 
 def _safe(key: str) -> str:

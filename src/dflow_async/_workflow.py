@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,7 +30,7 @@ from dflow_async._records import PHASES, StepRecord, did_you_mean, name_outputs
 from dflow_async._state import RunState
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
-from dflow_async._stored import adopt_inputs, edited_inputs, local_inputs_stamp
+from dflow_async._stored import adopt_inputs, edited_inputs, forget_lost, local_inputs_stamp
 from dflow_async.exceptions import (
     ArtifactError,
     EditedInputWarning,
@@ -315,6 +316,11 @@ class Workflow:
 
                 jr, snapshot = Journal.resume(run_dir, check=same_definition)
                 restored, units = snapshot.records, snapshot.units
+                try:
+                    _forget_lost(run_id, restored, units, self.artifact_store())
+                except BaseException:
+                    jr.close()
+                    raise
                 suffix = f".r{jr.epoch - 1}"
             else:
                 default = executor if executor is not None else self.executor
@@ -769,6 +775,33 @@ def _warn_edited_inputs(run_id: str, recorded: str | None) -> None:
             "steps that had not run yet read them as they are now. To run everything on the "
             "same inputs, start a new run",
             EditedInputWarning,
+        )
+
+
+def _forget_lost(
+    run_id: str,
+    restored: list[StepRecord],
+    units: dict[str, dict[int, list[Any]]],
+    store: ArtifactStore,
+) -> None:
+    """Steps whose outputs the store lost since they finished (a bucket emptied, an S3 server
+    that restarted without its data) run again: kept, their consumers would fail on every
+    resume, naming a producer that no resume would run."""
+    log = logging.getLogger("dflow_async")
+    try:
+        again = forget_lost(restored, units, store)
+    except Exception as exc:  # the store cannot be asked now: consumers will say what is amiss
+        log.warning(
+            "run %s: could not check the store %s for lost outputs: %s", run_id, store.url, exc
+        )
+        return
+    if again:
+        shown = ", ".join(again[:5]) + (f" and {len(again) - 5} more" if len(again) > 5 else "")
+        log.warning(
+            "run %s: the store %s no longer holds outputs of %s; they run again",
+            run_id,
+            store.url,
+            shown,
         )
 
 
