@@ -898,3 +898,43 @@ def test_resume_runs_again_the_steps_whose_outputs_the_store_lost(
     assert gathered.outputs.parameters["result"] == "INPUT 0\nINPUT 1\nINPUT 2\n3"
     # what the store lost ran again, once
     assert [_counted(counts / n) for n in ("make", "work-0", "work-1")] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("output", ["artifact", "big"])
+def test_a_store_that_goes_away_while_outputs_are_committed_fails_the_step_as_infra(
+    monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    """The S3 server stops while the step's outputs are being committed: the step fails as
+    an infra failure (retried), naming the output and the store, where botocore's bare
+    EndpointConnectionError made it a user error of the OP's, never retried."""
+    from dflow_async import RetryPolicy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"gone-{output}"  # moto's buckets outlive its servers, in this process
+    server, options = start_moto(bucket, config_kwargs={"retries": {"max_attempts": 1}})
+
+    @op
+    def produce_file() -> {"f": Artifact(Path)}:
+        Path("f.txt").write_text("data")
+        server.stop()  # the store goes away as the attempt ends
+        return {"f": Path("f.txt")}
+
+    @op
+    def produce_big() -> {"rows": BigParameter(list)}:  # type: ignore[valid-type]
+        server.stop()
+        return {"rows": [1, 2]}
+
+    wf = Workflow("gone", store=f"s3://{bucket}/p", storage_options=options)
+    once = RetryPolicy(max_retries=1, backoff=0, jitter=0)
+    wf.add(Step("produce", produce_file if output == "artifact" else produce_big, retries=once))
+    try:
+        result = wf.run(journal=False)
+    finally:
+        server.stop()
+    (rec,) = result.records
+    assert rec.phase == "Failed"
+    assert rec.attempts == 2, rec.errors  # retried: an infra failure
+    assert rec.errors[0].startswith("attempt 0: [infra]"), rec.errors
+    name = "f.txt" if output == "artifact" else "rows"
+    assert f"artifact {name!r} (produced by step 'produce') could not be committed" in rec.error
+    assert f"s3://{bucket}/p" in rec.error and "check that the store is reachable" in rec.error

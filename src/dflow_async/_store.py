@@ -227,7 +227,10 @@ class ArtifactStore:
     def put_value(self, value: object, *, producer: str | None = None) -> ArtifactRef:
         """Store a BigParameter: as JSON when JSON gives back exactly the same value, else as a
         pickle. The ref's name says which (``value.json`` / ``value.pickle``)."""
-        data, label = encode_value(value)
+        return self.put_encoded(*encode_value(value), producer=producer)
+
+    def put_encoded(self, data: bytes, label: str, *, producer: str | None = None) -> ArtifactRef:
+        """:meth:`put_value` of a value ``encode_value`` made ``(data, label)``."""
         hexdigest = hash_bytes(data)
         k = key("values", hexdigest)
         with self._committing(label, producer):

@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from dflow_async._op import artifact_leaves
 from dflow_async._store import ArtifactStore
 from dflow_async._store_local import ensure_dir
 from dflow_async._store_ref import ArtifactRef
+from dflow_async._store_values import encode_value
 from dflow_async.exceptions import ArtifactError
 
 if TYPE_CHECKING:
@@ -56,6 +58,26 @@ def _stored_path(path: str, ref: ArtifactRef | None) -> StoredPath:
 
 class InputFetchError(ArtifactError):
     """An input artifact could not be fetched or failed verification: an infra failure."""
+
+
+class StoreUnreachableError(InputFetchError):
+    """The store failed a request while an attempt's outputs were committed (it went away, a
+    network error): an infra failure, retried like an input it could not give, not an error
+    of the OP's (which botocore's bare exception types made it, never retried)."""
+
+
+@contextmanager
+def _committing_to(store: ArtifactStore, name: str, producer: str) -> Iterator[None]:
+    try:
+        yield
+    except ArtifactError:  # the store's own account (a file that changed, an unsafe tree...)
+        raise
+    except Exception as exc:  # a transport's error types: botocore's, aiohttp's...
+        raise StoreUnreachableError(
+            f"artifact {name!r} (produced by step {producer!r}) could not be committed to "
+            f"the store {store.url} ({type(exc).__name__}: {exc}); check that the store is "
+            "reachable"
+        ) from None
 
 
 def materialise(value: Any, store: ArtifactStore | None, dest: Path) -> Any:
@@ -161,7 +183,8 @@ def _commit(value: Any, store: ArtifactStore, producer: str, own: str) -> Any:
         value = _snapshot(Path(value), own)
     # the work dir itself (an OP returned Path(".")): not the inputs it was given, nor copies
     skip = _OWN_DIRS if real == own else frozenset()
-    ref = store.put(value, producer=producer, skip=skip)
+    with _committing_to(store, Path(value).name, producer):
+        ref = store.put(value, producer=producer, skip=skip)
     return StoredPath(value, ref)
 
 
@@ -435,7 +458,9 @@ def store_big(
 ) -> None:
     for name in names:
         if name in values and not isinstance(values[name], BigValue):
-            values[name] = BigValue(store.put_value(values[name], producer=step), store)
+            data, label = encode_value(values[name])  # its errors are the OP's value's
+            with _committing_to(store, name, step):
+                values[name] = BigValue(store.put_encoded(data, label, producer=step), store)
 
 
 def load_big(inputs: dict[str, Any], store: ArtifactStore | None) -> dict[str, Any]:
