@@ -13,6 +13,7 @@ import pytest
 from dflow_async import (
     DAG,
     Artifact,
+    ArtifactError,
     BigParameter,
     Slices,
     Step,
@@ -531,6 +532,32 @@ def test_broken_store_url_is_rejected_before_any_step_runs() -> None:
     with pytest.raises(WorkflowValidationError) as info:
         wf.run()
     assert "store:" in str(info.value) and "nosuchproto" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("s3:/bucket/x", "did you mean s3://bucket/x?"),
+        ("s3:bucket/x", "did you mean s3://bucket/x?"),
+        ("s3://", "names no location"),
+        ("memory://", "names no location"),
+    ],
+)
+def test_a_mistyped_store_url_is_rejected_not_taken_for_a_local_directory(
+    url: str, says: str, tmp_path: Path
+) -> None:
+    """fsspec sees a protocol only before "://": "s3:/bucket/x" was a local directory named
+    "s3:", where the run put its artifacts and succeeded; "s3://" lost its slashes and became
+    one too. Each is refused before any step runs, naming the store and the likely URL, and
+    nothing is created."""
+    wf = Workflow("typo", store=url, storage_options={"anon": True})
+    wf.add(Step("make", make_dataset, parameters={"n": 1}))
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.run()
+    assert f"artifact store {url!r}" in str(info.value) and says in str(info.value)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ArtifactError, match=r"did you mean|names no location"):
+        upload_artifact(__file__, store=url)
 
 
 def test_big_parameter_travels_by_reference(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ from dflow_async._store_tree import (
 from dflow_async._store_values import VALUE_CODECS, decode_value, encode_value
 from dflow_async.exceptions import ArtifactError
 
-__all__ = ["ArtifactRef", "ArtifactStore"]
+__all__ = ["ArtifactRef", "ArtifactStore", "check_url"]
 
 _LOCAL_PROTOCOLS = (None, "file", "local")
 
@@ -94,6 +94,7 @@ class ArtifactStore:
     ) -> None:
         import fsspec.core
 
+        check_url(str(url))
         protocol = fsspec.core.split_protocol(str(url))[0]
         self.is_local: bool = protocol in _LOCAL_PROTOCOLS
         self._protocol = protocol or "file"
@@ -528,6 +529,32 @@ class ArtifactStore:
 
     def _fail_store(self, problem: str) -> NoReturn:
         raise ArtifactError(f"artifact store {self.url} {problem}")
+
+
+def check_url(url: str) -> None:
+    """Raises ArtifactError for a URL fsspec would take for something else than what it
+    says: ``s3://`` (no bucket: with its trailing slashes stripped, "s3:" was a local
+    directory, as "memory:" was for ``memory://``), and ``s3:/bucket/p`` or ``s3:bucket/p``
+    (a slash short: fsspec sees a protocol only before "://", so these were local directories
+    named "s3:", and a run wrote its artifacts there and succeeded)."""
+    import fsspec.core
+    from fsspec.registry import known_implementations, registry
+
+    protocol, rest = fsspec.core.split_protocol(url)
+    if protocol is not None:
+        if protocol not in _LOCAL_PROTOCOLS and not rest.strip("/"):
+            raise ArtifactError(
+                f"artifact store {url!r} names no location: give one, as in "
+                f"{protocol}://bucket/prefix"
+            )
+        return
+    head, sep, tail = url.partition(":")
+    known = set(known_implementations) | set(registry)
+    if sep and "/" not in head and head in known - set(_LOCAL_PROTOCOLS):
+        raise ArtifactError(
+            f"artifact store {url!r} is not a {head} URL, which needs '://': did you mean "
+            f"{head}://{tail.lstrip('/')}? (A local directory of that name is ./{url})"
+        )
 
 
 Committed = tuple[str, os.stat_result]  # a file as committed: (hex digest, stat when hashed)

@@ -28,7 +28,7 @@ from dflow_async._op import OP
 from dflow_async._recorder import Recorder
 from dflow_async._records import PHASES, StepRecord, did_you_mean, name_outputs
 from dflow_async._state import RunState
-from dflow_async._store import ArtifactStore
+from dflow_async._store import ArtifactStore, check_url
 from dflow_async._store_local import ensure_dir
 from dflow_async._stored import adopt_inputs, edited_inputs, forget_lost, local_inputs_stamp
 from dflow_async.exceptions import (
@@ -387,6 +387,8 @@ class Workflow:
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts are committed: ``<store>/artifacts`` for a local store, the URL
         itself (``s3://bucket/prefix``, ``memory://...``) otherwise."""
+        if self.store is not None:  # before a mistyped URL is taken for a local directory
+            check_url(os.fspath(self.store))
         if self.store is None or _is_local_url(str(self.store)):
             root = self.store_path().absolute() / "artifacts"
             return ArtifactStore(str(root), self.storage_options, verify=self.verify_artifacts)
