@@ -965,3 +965,16 @@ def test_a_store_that_goes_away_while_outputs_are_committed_fails_the_step_as_in
     name = "f.txt" if output == "artifact" else "rows"
     assert f"artifact {name!r} (produced by step 'produce') could not be committed" in rec.error
     assert f"s3://{bucket}/p" in rec.error and "check that the store is reachable" in rec.error
+
+
+def test_a_run_not_found_on_a_remote_store_says_where_its_journal_is() -> None:
+    """Runs on a remote store keep their journals locally: asked with store="s3://..." from
+    another directory, the advice was to point at its store, which had just been done."""
+    from dflow_async import Run
+    from dflow_async._journal import JournalError
+
+    with pytest.raises(JournalError) as info:
+        Run.open("nope", store=f"s3://{BUCKET}/elsewhere")
+    message = str(info.value)
+    assert f"runs on s3://{BUCKET}/elsewhere keep their journals locally" in message
+    assert "$DFLOW_ASYNC_HOME to its .dflow-async directory" in message

@@ -26,6 +26,12 @@ def _store_root(store: str | os.PathLike[str] | None) -> Path:
     return runs_home(store)
 
 
+def _is_local_url(url: str) -> bool:
+    from dflow_async._workflow import _is_local_url
+
+    return _is_local_url(url)
+
+
 class Run:
     """A run as its journal records it: ``status``, ``records``, ``query_step(...)``.
 
@@ -99,10 +105,19 @@ class Run:
             )
         if not (run_dir / JOURNAL_NAME).exists():
             known = ", ".join(r.run_id for r in list_runs(store=store)[-5:]) or "none"
-            raise JournalError(
-                f"no run {run_id!r} under {str(run_dir.parent)!r} (recent runs: {known}); "
+            advice = (
                 "run from the directory the run was started in, or point at its store "
                 "(store= in Python, --store or $DFLOW_ASYNC_HOME for the CLI)"
+            )
+            if store is not None and not _is_local_url(os.fspath(store)):
+                # given already: a remote store holds no journals, so --store cannot find them
+                advice = (
+                    f"runs on {os.fspath(store)} keep their journals locally: run from the "
+                    "directory the run was started in, or set $DFLOW_ASYNC_HOME to its "
+                    ".dflow-async directory"
+                )
+            raise JournalError(
+                f"no run {run_id!r} under {str(run_dir.parent)!r} (recent runs: {known}); {advice}"
             )
         return cls(read_run(run_dir), storage_options)
 
