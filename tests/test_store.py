@@ -522,11 +522,28 @@ def test_missing_objects(case: Case, store: ArtifactStore, tmp_path: Path) -> No
     case.delete(f"{case.url}/objects/{top[:2]}/{top}")
     with pytest.raises(ArtifactError, match=r"'res'.*wf/sim.*missing.*'top.txt'"):
         store.get(ref, tmp_path / "out")
-    case.delete(ref.uri)
-    assert not store.exists(ref)
+    assert not store.exists(ref)  # its manifest went too (see the repair test below)
     with pytest.raises(ArtifactError, match=r"missing"):
         store.get(ref, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []  # no partial tree left behind
+
+
+def test_a_directory_missing_objects_is_repaired_by_the_next_put(
+    case: Case, store: ArtifactStore, tmp_path: Path
+) -> None:
+    """The error says "re-run the producer": with some of a directory's objects gone (a
+    lifecycle rule, a hand clean-up) its manifest stayed, and the producer's commit, finding
+    the manifest, uploaded nothing: every re-run failed its consumer the same way."""
+    src = _tree(tmp_path / "res")
+    ref = store.put(src, producer="wf/sim")
+    top = _sha(b"top\n")[7:]
+    case.delete(f"{case.url}/objects/{top[:2]}/{top}")
+    with pytest.raises(ArtifactError, match="missing"):
+        store.get(ref, tmp_path / "bad")
+    again = store.put(src, producer="wf/sim")  # the producer runs again
+    assert again == ref
+    got = store.get(again, tmp_path / "good", verify=True)
+    assert (got / "top.txt").read_text() == "top\n"
 
 
 def test_tampered_manifest_cannot_escape(tmp_path: Path) -> None:

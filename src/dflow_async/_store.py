@@ -452,7 +452,10 @@ class ArtifactStore:
         except ObjectProblem as problem:
             what = _describe(problem, manifest)
             hint = "re-run the producer (the store was damaged or cleaned)"
-            if problem.corrupt:  # so that re-running the producer does repair the store
+            # so that re-running the producer does repair the store. A directory missing some
+            # objects loses its manifest too: a stored manifest vouches for every object it
+            # names, so its producer's commit found it and uploaded nothing, again and again
+            if problem.corrupt or (problem.missing and ref.kind == "dir"):
                 self._discard(ref, problem.corrupt)
             self._fail(ref, what, hint)
         except OSError as exc:
