@@ -151,3 +151,34 @@ def test_fan_out_tolerates_failures_by_ratio() -> None:
     rec = state.records[0]
     assert rec.outputs.parameters["result"] == [0, 1, None, 3]
     assert rec.failed_slices == 1
+
+
+def test_a_retry_waits_for_its_steps_pool_size() -> None:
+    """While a failed unit waits out its retry delay, its pool slot goes to the step's next
+    unit: the retry, once due, waits for a slot instead of running a third attempt at once."""
+    wf = Workflow("w")
+    fan = Step(
+        "fan",
+        ident,
+        parameters={"x": list(range(4))},
+        slices=Slices(input_parameter=["x"], output_parameter=["result"], pool_size=2),
+        retries=RetryPolicy(max_retries=1, backoff=1.0),
+    )
+    wf.add(fan)
+    state = make_state(wf)
+    u0, u1 = launches(state.start())
+    out = state.unit_finished(u0, Failed(kind="transient", error="flaky", retryable=True))
+    (retry,) = [i for i in out if isinstance(i, Retry)]
+    (u2,) = launches(out)  # the free slot went to the next unit
+    assert [s.index for s in u2.spec.slices] == [2]
+    assert launches(state.retry_due(retry.unit)) == []  # u1 and u2 hold the pool
+    (again,) = launches(state.unit_finished(u1, ok(u1)))
+    assert again is retry.unit  # the retry goes before the step's last unit
+    running = [u2, again]
+    while running:
+        u = running.pop(0)
+        new = launches(state.unit_finished(u, ok(u)))
+        assert len(running) + len(new) <= 2
+        running += new
+    assert state.status == "Succeeded"
+    assert state.records[0].outputs.parameters["result"] == [0, 1, 2, 3]

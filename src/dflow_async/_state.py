@@ -767,8 +767,9 @@ class RunState:
                 return
 
     def _launch_retries(self, limit: int | None, out: list[Instruction]) -> None:
-        """Launch due retries while slots are free; a retry whose template's parallelism is
-        used up stays in line (an attempt of that template finishing calls this again)."""
+        """Launch due retries while slots are free; a retry whose template's parallelism or
+        step's pool_size is used up stays in line (an attempt of that template or step
+        finishing calls this again)."""
         retries = self.retries
         waiting: list[Unit] = []
         while retries and (limit is None or self.running < limit):
@@ -779,7 +780,12 @@ class RunState:
                 self._maybe_finish_step(sr, out)
                 continue
             trun = sr.trun
-            if trun.held is not None and trun.running >= trun.limit:  # type: ignore[operator]
+            pool = sr.node.pool_size
+            if (trun.held is not None and trun.running >= trun.limit) or (  # type: ignore[operator]
+                pool is not None and sr.running >= pool
+            ):
+                # (while the retry waited out its delay, the pool slot it left went to the
+                # step's next unit)
                 waiting.append(unit)
                 continue
             self._launch(unit, out)
