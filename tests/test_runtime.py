@@ -791,6 +791,63 @@ def test_ctrl_c_cancels_the_run_and_kills_worker_processes(tmp_path: Path) -> No
     assert not [p for p in pids if _alive(p)]
 
 
+def test_a_second_ctrl_c_kills_the_workers_without_their_grace(tmp_path: Path) -> None:
+    """A second Ctrl-C while a cancelled run waits for its workers to stop kills them now.
+    asyncio's own second Ctrl-C raised KeyboardInterrupt wherever the loop was, and its
+    cleanup then waited for the whole kill grace (and sometimes forever: the interrupt lost
+    a task's wake-up)."""
+    script = tmp_path / "stubborn_wf.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, time
+            from pathlib import Path
+            from dflow_async import Step, Workflow, op
+            from dflow_async.executors._process import ProcessExecutor
+
+            HERE = Path({str(tmp_path)!r})
+
+            @op
+            def stubborn() -> int:
+                def termed(*_):
+                    (HERE / "termed").write_text("yes")
+                signal.signal(signal.SIGTERM, termed)
+                (HERE / f"pid-{{os.getpid()}}").write_text("")
+                while True:
+                    time.sleep(0.05)
+
+            wf = Workflow("twice")
+            wf.add(Step("s", stubborn))
+            if __name__ == "__main__":
+                wf.run(executor=ProcessExecutor(max_workers=1, kill_grace=3600))
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stderr=err)
+    try:
+        for marker, then in (("pid-*", "the OP never started"), ("termed", "no SIGTERM")):
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob(marker)):
+                assert time.monotonic() < deadline, then
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)  # the second waits for the workers' SIGTERM
+        proc.wait(timeout=60)  # (it waited out the hour's grace)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = log.read_text()
+    assert "KeyboardInterrupt: run twice-" in said and "wf.run(resume='twice-" in said, said
+    (pid,) = [int(p.name.split("-")[1]) for p in tmp_path.glob("pid-*")]
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import secrets
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,15 +229,21 @@ class Workflow:
         _refuse_in_worker_bootstrap()
         # named here, so that a Ctrl-C can say which run to resume
         run_id = _run_id(self.name, run_id, resume)
+        interrupts: list[int] | None = [] if _default_ctrl_c() else None
 
         async def main() -> Result:
-            with tuned_gc(), std_streams_routed():
+            with tuned_gc(), std_streams_routed(), _ctrl_c(interrupts):
                 return await self._arun(
                     parameters, executor, parallelism, run_id, on_event, resume, reuse_step, journal
                 )
 
         try:
-            return anyio.run(main)
+            try:
+                return anyio.run(main)
+            except asyncio.CancelledError:
+                if not interrupts:  # not cancelled by a Ctrl-C of ours
+                    raise
+                raise KeyboardInterrupt from None
         except KeyboardInterrupt:
             # asyncio's own traceback (CancelledError inside a KeyboardInterrupt) says nothing
             # a user can act on
@@ -828,6 +837,54 @@ def _require_asyncio() -> None:
             "Workflow.arun() needs an asyncio event loop; under trio, run it in a worker "
             "thread instead: await trio.to_thread.run_sync(wf.run)"
         ) from None
+
+
+def _default_ctrl_c() -> bool:
+    """Whether Ctrl-C has Python's default meaning here, which run() then takes over: not in
+    another thread, nor where the application ignores it (a shell's background job) or
+    handles it itself."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+
+
+@contextlib.contextmanager
+def _ctrl_c(interrupts: list[int] | None) -> Iterator[None]:
+    """Ctrl-C during run(), handled on the event loop: the first cancels the run, which stops
+    its attempts and records what finished; another one while that goes on kills the worker
+    processes at once (no grace period for OPs that ignore SIGTERM). asyncio's own handling
+    (asyncio.Runner) raises KeyboardInterrupt on a second Ctrl-C wherever the loop happens to
+    be: raised inside a callback, it lost a task's wake-up, and the cleanup then waited
+    forever (the command hung after an impatient double Ctrl-C)."""
+    if interrupts is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_sigint() -> None:
+        interrupts.append(signal.SIGINT)
+        if len(interrupts) == 1:
+            task.cancel()
+        else:
+            from dflow_async.executors._process import kill_workers_now
+
+            kill_workers_now()
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows: asyncio's way then
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGINT, previous)  # asyncio.Runner's, for what follows
 
 
 def _refuse_running_loop() -> None:

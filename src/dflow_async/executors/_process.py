@@ -414,10 +414,17 @@ def _describe(op: Any) -> str:
     return repr(op_name(op)) if isinstance(op, OP) else repr(op)
 
 
+def kill_workers_now() -> None:
+    """SIGKILL the process groups of every open executor's workers: what a second Ctrl-C
+    does, where the executors would give them ``kill_grace`` to stop. They are retired as
+    usual when their exit is seen."""
+    for executor in list(_open_executors):
+        for worker in list(executor._workers):
+            executor._signal(worker, signal.SIGKILL)
+
+
 @atexit.register
 def _kill_leftover_workers() -> None:
     # Runs before multiprocessing joins its children at exit (atexit is LIFO), so an executor
     # that was never closed cannot hang the interpreter's exit.
-    for executor in list(_open_executors):
-        for worker in list(executor._workers):
-            executor._signal(worker, signal.SIGKILL)
+    kill_workers_now()
