@@ -77,6 +77,43 @@ def make_loop(limit: int) -> Steps:
     return loop
 
 
+def test_a_rendered_key_naming_a_second_execution_fails_that_step() -> None:
+    """A loop's key that leaves out the iteration renders alike every time: the run went on
+    with four records of one key, and a run reusing them gave the first iteration the last
+    one's outputs (the loop ended early, "succeeded"). Validation refuses repeated literal
+    keys; a repeated rendered key fails the step that repeats it, naming the first."""
+    loop = Steps("loop", inputs={"iter": 0, "limit": 4})
+    p = loop.inputs.parameters
+    inc = Step("plus1", plus1, parameters={"iter": p["iter"]}, key=f"inc-{p['limit']}")
+    again = inc.outputs.parameters["iter"] < p["limit"]
+    loop.add(inc)
+    loop.add(
+        Step(
+            "next",
+            loop,
+            parameters={"iter": inc.outputs.parameters["iter"], "limit": p["limit"]},
+            when=again,
+        )
+    )
+    result = Workflow("dupkey", steps=loop).run()
+    assert result.status == "Failed"
+    (first,) = result.query_step(key="inc-4")
+    assert first.path == "plus1" and first.phase == "Succeeded"
+    (repeat,) = [r for r in result.records if r.path == "next/plus1"]
+    assert repeat.phase == "Failed" and repeat.key is None
+    assert "key 'inc-4' already names step 'plus1' of this run" in repeat.error
+
+    # per-slice keys are names too: one repeating another step's key fails the fan-out
+    wf = Workflow("dupslice")
+    wf.add(Step("other", ident, parameters={"x": 0}, key="slice-1"))
+    wf.add(Step("fan", ident, parameters={"x": item}, with_param=[0, 1, 2], key=f"slice-{item}"))
+    result = wf.run()
+    assert result.status == "Failed"
+    (fan,) = result.query_step(name="fan")
+    assert fan.phase == "Failed"
+    assert "key 'slice-1' already names step 'other' of this run" in fan.error
+
+
 def test_recursion_loop_with_keys_and_conditional_output() -> None:
     result = Workflow("rec", steps=make_loop(5)).run()
     assert result.status == "Succeeded"

@@ -305,6 +305,9 @@ class RunState:
         # reuse_step: finished records of other runs, by key
         self.reuse = {r.key: r for r in reuse if r.key is not None and r.phase == "Succeeded"}
         self.records: list[StepRecord] = []
+        # key -> the path of the execution it names (validation refuses repeated literal
+        # keys; a rendered one repeating, a loop's key missing its iteration, shows here)
+        self.keys: dict[str, str] = {}
         self.ready: deque[StepRun] = deque()
         self.retries: deque[Unit] = deque()
         self.running = 0
@@ -431,6 +434,9 @@ class RunState:
             if done is not None:
                 self.records.append(done)
                 self.records.extend(self.restored_slices.get(path, ()))
+                for rec in (done, *self.restored_slices.get(path, ())):
+                    if rec.key is not None:
+                        self.keys.setdefault(rec.key, rec.path)
                 self._node_done(trun, idx, _outputs_of(done), out)
                 return
         record = StepRecord(node.name, path, node.template_name)
@@ -523,11 +529,24 @@ class RunState:
         if key is not None:
             if sr.items is not None and node.key_per_item:
                 self._slice_records(sr, key, scope or _Using(sr, self.store))
-            elif "{{" in key:
-                sr.record.key = str(render(key, scope or _Using(sr, self.store)))
             else:
+                if "{{" in key:
+                    key = str(render(key, scope or _Using(sr, self.store)))
+                self._claim_key(key, sr.record.path)
                 sr.record.key = key
         return True
+
+    def _claim_key(self, key: str, path: str) -> None:
+        """Refuse a key that already names another execution of this run: queries,
+        ``reuse_step=`` and per-slice records would take one for the other (a reused run
+        gave every iteration of a loop the last iteration's outputs)."""
+        first = self.keys.setdefault(key, path)
+        if first != path:
+            raise ValueError(
+                f"key {key!r} already names step {first!r} of this run; keys name one "
+                "execution each (for queries, resume and reuse): embed what tells the "
+                "executions apart in the key, e.g. a loop's iteration"
+            )
 
     def _slice_records(self, sr: StepRun, key: str, scope: _Using) -> None:
         """One record per slice, each with its own rendered key (Dflow's per-slice keys)."""
@@ -540,6 +559,7 @@ class RunState:
                 template=sr.record.template,
                 key=str(render(key, _ItemScope(scope, it))),
             )
+            self._claim_key(rec.key, rec.path)  # type: ignore[arg-type]
             records.append(rec)
         self.records.extend(records)
         sr.slice_records = records
