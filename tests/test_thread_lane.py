@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from dflow_async import DAG, Run, Step, Steps, TransientError, Workflow, op
+from dflow_async import DAG, Run, Slices, Step, Steps, TransientError, Workflow, op
 
 
 @pytest.fixture(autouse=True)
@@ -173,3 +173,35 @@ def test_cancelling_a_run_stops_a_chain_advancing_in_a_worker_thread() -> None:
     ended = {name: kind for kind, name in events if kind in ("succeeded", "cancelled")}
     assert started and all(name in ended for name in started)
     assert ended[started[-1]] == "cancelled"
+
+
+def test_a_chain_of_short_steps_does_not_starve_an_attempt_queued_before_it(
+    tmp_path: Path,
+) -> None:
+    """A worker thread that finishes a step goes on with the steps it made ready; under a
+    pool_size the slices of a fan-out are such a chain. An attempt already queued (here the
+    sibling ``mark``, beside it under parallelism=2) waited for the whole chain: no thread
+    was stuck long enough for the executor to add one."""
+    marker = tmp_path / "marked"
+
+    @op
+    def tick(x: int) -> bool:
+        return marker.exists()
+
+    @op
+    def mark() -> int:
+        marker.write_text("yes")
+        return 1
+
+    wf = Workflow("fair", parallelism=2)
+    fan = Step(
+        "fan",
+        tick,
+        parameters={"x": list(range(200))},
+        slices=Slices(input_parameter=["x"], output_parameter=["result"], pool_size=1),
+    )
+    wf.add([fan, Step("mark", mark)])
+    result = wf.run(journal=False)
+    assert result.status == "Succeeded"
+    seen = result.query_step(name="fan")[0].outputs.parameters["result"]
+    assert seen[-1], "mark ran only after the last slice"

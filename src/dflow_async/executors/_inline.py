@@ -228,14 +228,21 @@ class InlineExecutor(Executor):
             if not isinstance(sink, asyncio.Future):  # a continuation: the scheduler's lane
                 follow = sink(token, outcome)  # it never raises: errors go to the scheduler
                 if follow:
-                    # This thread goes straight on with the first (it stays busy: no queue,
-                    # no idle count); the others wait in the queue for any thread.
-                    item = follow[0]
-                    if len(follow) > 1:
-                        for extra in follow[1:]:
-                            put(extra)
-                        self._watch_queue()
-                    continue
+                    if not self._queue.qsize():
+                        # This thread goes straight on with the first (it stays busy: no
+                        # queue, no idle count); the others wait in the queue for any thread.
+                        item = follow[0]
+                        if len(follow) > 1:
+                            for extra in follow[1:]:
+                                put(extra)
+                            self._watch_queue()
+                        continue
+                    # Attempts queued before these go first (taken below): a chain of short
+                    # steps (a fan-out under pool_size) kept its thread, and with no thread
+                    # stuck long enough to add another, starved them to its end.
+                    for extra in follow:
+                        put(extra)
+                    self._watch_queue()
             else:
                 with self._lock:
                     self._done.append((sink, outcome))
