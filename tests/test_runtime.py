@@ -1385,3 +1385,20 @@ def test_a_fan_out_reports_its_progress_by_unit(journal: bool) -> None:
     )
     assert wf.run(on_event=hook, journal=journal).status == "Succeeded"
     assert sorted(seen) == [("sq", 1, 7), ("sq", 3, 7), ("sq", 3, 7)]
+
+
+def test_a_when_callable_that_raises_fails_its_step_naming_the_condition() -> None:
+    # the step's error read "ZeroDivisionError: division by zero", as if its OP had raised
+    def ratio_ok(inputs: dict[str, int]) -> bool:
+        return 1 / inputs["x"] > 0.5
+
+    wf = Workflow("cond")
+    wf.add(Step("guarded", ident, parameters={"x": 0}, when=ratio_ok))
+    result = wf.run(journal=False)
+    assert result.status == "Failed"
+    (rec,) = result.query_step(name="guarded")
+    assert rec.errors == [
+        "ConditionError: the when= condition test_a_when_callable_that_raises_fails_its_step_"
+        "naming_the_condition.<locals>.ratio_ok raised ZeroDivisionError: division by zero"
+    ]
+    assert rec.attempts == 0  # the OP never ran

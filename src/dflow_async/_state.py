@@ -572,7 +572,14 @@ class RunState:
         elif isinstance(when, str):
             value = safe_condition(when, scope)
         elif callable(when):
-            value = when({k: scope.loaded_value(v, f"the input {k!r}") for k, v in inputs.items()})
+            args = {k: scope.loaded_value(v, f"the input {k!r}") for k, v in inputs.items()}
+            try:
+                value = when(args)
+            except Exception as exc:  # say it was the condition, not the OP, that raised
+                name = getattr(when, "__qualname__", None) or type(when).__qualname__
+                raise ConditionError(
+                    f"the when= condition {name} raised {type(exc).__name__}: {exc}"
+                ) from exc
         else:
             raise TypeError(f"when= must be an expression, a callable or a bool, got {when!r}")
         if isinstance(value, Ref):
@@ -1081,6 +1088,10 @@ def _shortened(path: str) -> str:
 
 def _outputs_of(record: StepRecord) -> dict[str, dict[str, Any]]:
     return {"parameters": record.outputs.raw_parameters, "artifacts": record.outputs.artifacts}
+
+
+class ConditionError(Exception):
+    """A step's ``when=`` callable raised: the step fails, naming the condition."""
 
 
 def _optional(info: Any) -> bool:
