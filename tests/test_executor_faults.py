@@ -207,3 +207,27 @@ def test_an_executor_object_in_use_by_another_loop_is_refused_before_the_run() -
     finally:
         leave.set()
         holder.join()
+
+
+def test_an_executor_object_whose_start_failed_may_serve_a_run_in_another_loop() -> None:
+    # a failed start leaves it new (not in use), wherever that start was tried
+    flaky = _StartsOnSecondTry()
+    wf = Workflow("w", executor=flaky)
+    wf.add(Step("double", double, parameters={"x": 4}))
+    with pytest.raises(ExecutorStartError):
+        wf.run(run_id="first")
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(wf.run(run_id="second")))
+    t.start()
+    t.join()
+    assert box[0].status == "Succeeded"
+
+
+class _StartsOnSecondTry(InlineExecutor):
+    tries = 0
+
+    async def start(self) -> None:
+        type(self).tries += 1
+        if self.tries == 1:
+            raise ConnectionError("not yet")
+        await super().start()

@@ -153,7 +153,8 @@ class Workflow:
                     )
                     return broken[spec]
                 loop = _running_loop()
-                if loop is not None and found._opened_in not in (None, loop):
+                busy = found._state in ("starting", "open")  # (a failed start: new again)
+                if busy and loop is not None and found._opened_in is not loop:
                     broken[spec] = (
                         f"the {found.name!r} executor object is in use by a run in another event "
                         "loop (another thread): an executor object serves the runs of one loop "
