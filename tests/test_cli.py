@@ -723,3 +723,27 @@ def test_the_progress_line_counts_a_running_fan_outs_slices() -> None:
     progress("succeeded", fan, {})
     shown = line()
     assert "1 done" in shown and "slices" not in shown.splitlines()[-1]
+
+
+def test_a_resume_after_editing_an_op_warns_as_the_command_not_from_typer(tmp_path: Path) -> None:
+    # Python pointed the warning at the caller it saw from inside the command: typer/main.py
+    flow = """
+    @op
+    def f(x: int) -> int:
+        raise ValueError("bug")
+
+    wf = Workflow("edited")
+    wf.add(Step("f", f, {"x": 1}))
+    """
+    write(tmp_path, "flow.py", flow)
+    first = cli(tmp_path, "run", "flow.py", "-q")
+    assert first.returncode == 1, first.stderr
+    found = re.search(r"run id:\s+(\S+)", first.stdout)
+    assert found, first.stdout
+    write(tmp_path, "flow.py", flow.replace('raise ValueError("bug")', "return x"))
+    resumed = cli(tmp_path, "resume", found.group(1), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: run {found.group(1)}: the code of flow.f changed since the run began" in (
+        resumed.stderr
+    )
+    assert "typer" not in resumed.stderr and "EditedOpWarning" not in resumed.stderr

@@ -77,7 +77,7 @@ def resume(
     the rest runs with the parameters, executor and parallelism the run was started with."""
     from dflow_async._cli_progress import RunProgress, render_summary
     from dflow_async._workflow import runs_home
-    from dflow_async.cli import CliError, WorkflowChoiceError, load_workflow
+    from dflow_async.cli import CliError, WorkflowChoiceError, cli_warnings, load_workflow
 
     run = _open(run_id, store)
     source = run.meta.get("source", "")
@@ -105,7 +105,7 @@ def resume(
     err = Console(stderr=True)
     progress = RunProgress(wf.name, err, enabled=not quiet and err.is_terminal)
     try:
-        with progress:
+        with progress, cli_warnings():
             result = wf.run(
                 resume=run_id, executor=executor, parallelism=parallelism, on_event=progress
             )

@@ -14,6 +14,9 @@ import re
 import secrets
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +29,12 @@ from rich.text import Text
 from dflow_async import __version__
 from dflow_async._compile import CompiledTemplate, as_networkx
 from dflow_async._workflow import Workflow
-from dflow_async.exceptions import ExecutorStartError, WorkflowValidationError
+from dflow_async.exceptions import (
+    EditedInputWarning,
+    EditedOpWarning,
+    ExecutorStartError,
+    WorkflowValidationError,
+)
 
 __all__ = ["app", "load_workflow", "main", "parse_params", "render_graph"]
 
@@ -56,6 +64,26 @@ class WorkflowChoiceError(CliError):
     def __init__(self, message: str, found: list[str]) -> None:
         super().__init__(message)
         self.found = found
+
+
+@contextmanager
+def cli_warnings() -> Iterator[None]:
+    """The library's warnings to the user (a resume's EditedOpWarning, EditedInputWarning)
+    as the command's own messages: Python would point them at a line of typer, the caller
+    the library sees from inside the command."""
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, EditedOpWarning | EditedInputWarning):
+            _stderr().print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
+        else:
+            original(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def _stderr() -> Console:
@@ -255,7 +283,7 @@ def run(
     progress = RunProgress(wf.name, err, enabled=not quiet and err.is_terminal)
     run_id = f"{wf.name}-{secrets.token_hex(3)}"
     try:
-        with progress:
+        with progress, cli_warnings():
             result = wf.run(
                 parameters=parameters or None,
                 executor=executor,
