@@ -145,22 +145,9 @@ class Workflow:
                     return broken[spec]
                 # found here, not when the run enters it: by then the run has a journal,
                 # left behind as an Interrupted run that never started
-                if found._state == "closed":
-                    broken[spec] = (
-                        f"the {found.name!r} executor object was closed at the end of an earlier "
-                        "run, and an executor object serves the runs it is open for: give this "
-                        f"run a new one (run(executor=...)), or its name (executor={found.name!r})"
-                    )
-                    return broken[spec]
-                loop = _running_loop()
-                busy = found._state in ("starting", "open")  # (a failed start: new again)
-                if busy and loop is not None and found._opened_in is not loop:
-                    broken[spec] = (
-                        f"the {found.name!r} executor object is in use by a run in another event "
-                        "loop (another thread): an executor object serves the runs of one loop "
-                        f"at a time; give this run its own (run(executor=...)), or its name "
-                        f"(executor={found.name!r})"
-                    )
+                refusal = found._unusable_from(_running_loop())
+                if refusal is not None:
+                    broken[spec] = refusal
                     return broken[spec]
                 executors[spec] = found
             try:

@@ -49,17 +49,13 @@ class Executor(ABC):
         # concurrent arun() calls): it starts once and closes when the last of them is over.
         loop = asyncio.get_running_loop()
         while self._state != "open":
-            if self._state == "closed":
-                raise ExecutorClosedError(
-                    f"Cannot reopen the {self.name!r} executor once it has been closed; "
-                    "create a new one."
-                )
-            if self._state == "starting" and self._opened_in is loop:
+            refusal = self._unusable_from(loop)
+            if refusal is not None:
+                raise ExecutorClosedError(refusal)
+            if self._state == "starting":
                 assert self._ready is not None
                 await self._ready.wait()  # then: open, or new again if start() failed
                 continue
-            if self._state == "starting":
-                break  # another loop's: refused below
             self._state, self._opened_in = "starting", loop
             ready = self._ready = asyncio.Event()
             try:
@@ -70,15 +66,31 @@ class Executor(ABC):
             finally:
                 ready.set()
             self._state = "open"
-        if self._opened_in is not loop:
-            # its threads, futures and pipes belong to the loop that started it
-            raise ExecutorClosedError(
-                f"the {self.name!r} executor object is in use by a run in another event loop "
-                "(another thread): an executor object serves the runs of one loop at a time; "
-                f"give this run its own (executor=...), or its name (executor={self.name!r})"
-            )
+        refusal = self._unusable_from(loop)
+        if refusal is not None:
+            raise ExecutorClosedError(refusal)
         self._users += 1
         return self
+
+    def _unusable_from(self, loop: asyncio.AbstractEventLoop | None) -> str | None:
+        """Why a run in ``loop`` cannot use this executor object (None: it can; ``loop`` None:
+        whatever loop the run will have). Asked by validation too, before a run has a
+        journal that a refusal in ``__aenter__`` would leave behind as Interrupted."""
+        if self._state == "closed":
+            return (
+                f"the {self.name!r} executor object was closed at the end of an earlier run, "
+                "and an executor object serves the runs it is open for: give this run a new "
+                f"one (run(executor=...)), or its name (executor={self.name!r})"
+            )
+        if loop is not None and self._state != "new" and self._opened_in is not loop:
+            # its threads, futures and pipes belong to the loop that started it
+            return (
+                f"the {self.name!r} executor object is in use by a run in another event loop "
+                "(another thread): an executor object serves the runs of one loop at a time; "
+                f"give this run its own (run(executor=...)), or its name "
+                f"(executor={self.name!r})"
+            )
+        return None
 
     async def __aexit__(
         self,
